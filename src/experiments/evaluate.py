@@ -1,0 +1,112 @@
+"""Re-test a saved run: `python -m experiments.evaluate run=<run dir or checkpoint> [inputs=[...]]`.
+
+The checkpoint carries the run's config, so the data set is rebuilt as it was trained. For a
+regression, `inputs=[...]` are raw readings (for the thermometer, t_u) and the answer is the
+fitted line's prediction for each (t_c in Celsius).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.config import CONF_DIR, UserError
+
+log = logging.getLogger("experiments")
+
+
+def find_checkpoint(run: str, which: str) -> Path:
+    path = Path(run).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in (which, "last" if which == "best" else "best"):
+            candidate = path / "checkpoints" / f"{name}.ckpt"
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"run={run} holds no checkpoints/{which}.ckpt; pass a run directory written by experiments.train or a .ckpt file.")
+    raise UserError(f"run={run} does not exist; pass a run directory under outputs/ or a .ckpt file.")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with weights_only=True: a checkpoint is data, never code to run."""
+    import pickle
+
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+        raise UserError(f"{path} is not a checkpoint torch.load can read safely; pass a .ckpt file written by experiments.train.") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "run_config" not in checkpoint:
+        raise UserError(f"{path} is not a checkpoint written by experiments.train (it has no state_dict and run_config).")
+    return checkpoint
+
+
+def evaluate(run: str, which: str = "best", inputs: list[float] | None = None, data_overrides: dict | None = None, accelerator: str = "cpu") -> dict[str, Any]:
+    """Test the checkpoint's model on its data; return test metrics and, given inputs, predictions."""
+    from experiments.train import quiet_lightning
+
+    quiet_lightning()
+    import lightning.pytorch as pl
+    import torch
+    from hydra.utils import get_class
+
+    from experiments.train import instantiate
+
+    path = find_checkpoint(run, which)
+    checkpoint = load_checkpoint(path)
+    config = OmegaConf.create(checkpoint["run_config"])
+    if data_overrides:
+        config.data = OmegaConf.merge(config.data, data_overrides)
+    datamodule = instantiate(config.data, "data")
+    model = get_class(config.model._target_)(**checkpoint["hyper_parameters"])
+    model.load_state_dict(checkpoint["state_dict"])
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    result: dict[str, Any] = {
+        "checkpoint": str(path),
+        "epoch": checkpoint.get("epoch", -1) + 1,
+        "test": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
+    }
+    if inputs is not None:
+        if model.task != "regression":
+            raise UserError(f"inputs= answers regression runs only; {path} holds a {model.task} model.")
+        raw = torch.tensor([float(v) for v in inputs]).reshape(-1, *datamodule.input_shape)
+        with torch.no_grad():
+            predictions = model(datamodule.transform_inputs(raw)).reshape(len(raw), -1)
+        result["predictions"] = [
+            {"input": float(x), "prediction": p.item() if p.numel() == 1 else p.tolist()} for x, p in zip(raw.flatten(), predictions)
+        ]
+    return result
+
+
+def print_result(result: dict[str, Any]) -> None:
+    lines = [f"{result['checkpoint']} (after epoch {result['epoch']})"]
+    lines += [f"  {name} {value:.6g}" for name, value in result["test"].items()]
+    for row in result.get("predictions", []):
+        prediction = row["prediction"]
+        lines.append(f"  {row['input']:g} -> {prediction:.4g}" if isinstance(prediction, float) else f"  {row['input']:g} -> {prediction}")
+    log.info("\n".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    inputs = cfg.inputs
+    if inputs is not None and not OmegaConf.is_list(inputs):
+        inputs = [inputs]
+    try:
+        result = evaluate(str(cfg.run), cfg.checkpoint, None if inputs is None else list(inputs), OmegaConf.to_container(cfg.data), cfg.accelerator)
+    except UserError as error:
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(1)
+    print_result(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Train one experiment: `python -m experiments.train [group=option ...] [key=value ...]`.
+
+`train(cfg)` instantiates data, model, callbacks, loggers and trainer from the composed config,
+fits, tests on the best checkpoint and records the run. Torch and Lightning are imported inside
+it, so `--help` and `--cfg job` answer without loading them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.config import CONF_DIR, UserError, check_positive
+
+log = logging.getLogger("experiments")
+
+
+def hydra_choices() -> dict[str, str]:
+    """Which option of each config group this run uses ({"optimizer": "adam", ...})."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v and not k.startswith("hydra")}
+
+
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, with a user's mistake reported as one sentence naming `key`."""
+    import inspect
+
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_method, instantiate
+
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            target = get_method(node._target_)
+            valid = [p for p in inspect.signature(target).parameters if p not in ("self", "kwargs", "optimizer")]
+            raise UserError(f"{key}: {cause}; {node._target_} takes {', '.join(valid)}.") from None
+        raise UserError(f"{key} could not be built: {cause or error}.") from None
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up chatter off the console; its warnings go through our log handlers once."""
+    import lightning.pytorch  # noqa: F401  (it installs its own handlers on import)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+
+
+def check_accelerator(accelerator: str | None) -> None:
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={accelerator} but this machine has no usable GPU; use trainer=cpu (or trainer.accelerator=cpu)."
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise UserError("trainer.accelerator=mps but this machine has no Apple GPU; use trainer=cpu (or trainer.accelerator=cpu).")
+
+
+def build(cfg: DictConfig) -> tuple[Any, Any]:
+    """The data module, and the model sized from it with the configured optimizer."""
+    from hydra.utils import get_class
+
+    check_positive("optimizer.lr", cfg.optimizer.get("lr"))
+    datamodule = instantiate(cfg.data, "data")
+    model_class = get_class(cfg.model._target_)
+    if getattr(model_class, "task", None) != datamodule.task:
+        choices = hydra_choices()
+        raise UserError(
+            f"model={choices.get('model', model_class.__name__)} needs {model_class.needs}, "
+            f"but data={choices.get('data', type(datamodule).__name__)} holds {datamodule.task} data."
+        )
+    optimizer = instantiate(cfg.optimizer, "optimizer")
+    model = instantiate(
+        cfg.model, "model", input_shape=list(datamodule.input_shape), num_outputs=datamodule.num_outputs, optimizer=optimizer
+    )
+    try:  # torch checks its own settings (betas, momentum, ...) only when the optimizer is built
+        optimizer(model.parameters())
+    except (ValueError, TypeError) as error:
+        raise UserError(f"optimizer settings rejected by {cfg.optimizer._target_}: {error}.") from None
+    return datamodule, model
+
+
+def instantiate_group(group: DictConfig | None, key: str) -> list[Any]:
+    return [instantiate(node, f"{key}.{name}") for name, node in (group or {}).items() if "_target_" in node]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test the configured experiment in `cfg.run_dir`; return what its metrics.json holds."""
+    run_dir = Path(cfg.run_dir)
+    quiet_lightning()
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from experiments import record
+    from experiments.callbacks.divergence import Diverged
+
+    # Lightning sets this so CUDA probes never initialise CUDA, but then every optimizer step
+    # re-probes NVML (about 0.25 ms, longer than a whole step of these models). Nothing here forks.
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    started = time.perf_counter()
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    check_accelerator(cfg.trainer.get("accelerator"))
+    datamodule, model = build(cfg)
+    model.run_config = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in cfg.items() if k != "hydra"}
+    recorder = record.MetricsRecord()
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    # With callbacks=none, Lightning would otherwise add its own checkpointing and progress bar.
+    defaults = {
+        "enable_checkpointing": any(isinstance(c, Checkpoint) for c in callbacks),
+        "enable_progress_bar": any(isinstance(c, ProgressBar) for c in callbacks),
+    }
+    defaults = {k: v for k, v in defaults.items() if k not in cfg.trainer}
+    trainer = instantiate(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=[*loggers, recorder], default_root_dir=str(run_dir), **defaults
+    )
+
+    status, reason, parameters = "finished", None, None
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        if trainer.interrupted:
+            status, reason = "interrupted", "training was interrupted"
+        if hasattr(model, "fitted_parameters"):
+            parameters = model.fitted_parameters()
+        if status == "finished":
+            checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+            best = checkpoint.best_model_path if checkpoint is not None else None
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+    except Diverged as error:
+        status, reason = "diverged", str(error)
+    except (KeyboardInterrupt, SystemExit):
+        status, reason = "interrupted", "training was interrupted"
+        raise
+    except Exception as error:
+        status, reason = "failed", f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        result = {
+            "status": status,
+            "reason": reason,
+            "experiment": hydra_choices().get("experiment"),
+            "wall_time_s": round(time.perf_counter() - started, 3),
+            "epochs": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "monitor": {
+                "name": cfg.monitor,
+                "mode": cfg.monitor_mode,
+                "best": recorder.best(cfg.monitor),
+                "epoch": recorder.metrics.get(cfg.monitor, {}).get("best_epoch"),
+            },
+            "metrics": {k: v for k, v in recorder.metrics.items() if not k.startswith("test/")},
+            "test": {k: v["final"] for k, v in recorder.metrics.items() if k.startswith("test/")},
+            "parameters": parameters,
+            "checkpoints": checkpoint_paths(run_dir),
+            "run_dir": str(run_dir),
+        }
+        if trainer.is_global_zero:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            record.write_json(run_dir / "metrics.json", result)
+            tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
+            if tensorboard is not None:
+                hp_metrics = {f"best/{k.replace('/', '_')}": v["best"] for k, v in result["metrics"].items() if k.startswith("val/") and v["best"] is not None}
+                hp_metrics.update({k: v for k, v in result["test"].items() if v is not None})
+                batch_size = datamodule.batch_size or datamodule.train_size
+                record.log_hparams(tensorboard, record.flat_hparams(cfg, hydra_choices(), batch_size), hp_metrics)
+    return result
+
+
+def checkpoint_paths(run_dir: Path) -> dict[str, str]:
+    folder = run_dir / "checkpoints"
+    return {name: str(folder / f"{name}.ckpt") for name in ("best", "last") if (folder / f"{name}.ckpt").is_file()}
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    status = result["status"]
+    head = f"{status.capitalize()} in {result['wall_time_s']:.1f} s: {result['epochs']} epochs, {result['steps']} steps."
+    lines = [head if status == "finished" else f"{head} Reason: {result['reason']}."]
+    monitor = result["monitor"]
+    if monitor["best"] is not None:
+        lines.append(f"  best {monitor['name']} {monitor['best']:.6g} (epoch {monitor['epoch']})")
+    if result["test"]:
+        lines.append("  " + ", ".join(f"{k} {v:.6g}" for k, v in result["test"].items()))
+    if result["parameters"]:
+        lines.append("  " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in result["parameters"].items()))
+    lines.append(f"  run dir: {result['run_dir']}")
+    lines.append(f"  tensorboard --logdir {result['run_dir']}")
+    log.info("\n".join(lines))
+
+
+def only_hydra_files(run_dir: Path) -> bool:
+    return run_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir())
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        result = train(cfg)
+    except UserError as error:
+        log.debug("error: %s", error)
+        sys.stderr.write(f"error: {error}\n")
+        run_dir = Path(cfg.run_dir)
+        if not is_multirun() and only_hydra_files(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)  # a mistyped value leaves no empty run behind
+        sys.exit(1)
+    print_summary(result)
+    if result["status"] != "finished" and not is_multirun():
+        sys.exit(1)
+    return result["monitor"]["best"]
+
+
+if __name__ == "__main__":
+    main()
