@@ -25,3 +25,13 @@ def check_fraction(key: str, value: float) -> None:
 def check_positive(key: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
         raise UserError(f"{key} must be a positive number, got {value!r}.")
+
+
+def check_values(cfg) -> None:
+    """Checks that need no data and no torch, so a mistyped value fails before the slow imports."""
+    check_positive("optimizer.lr", cfg.optimizer.get("lr"))
+    epochs = cfg.trainer.get("max_epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or (epochs < 1 and epochs != -1)):
+        raise UserError(f"trainer.max_epochs must be a positive integer (or -1 to train until stopped), got {epochs!r}.")
+    if cfg.get("monitor_mode") not in ("min", "max"):
+        raise UserError(f"monitor_mode must be min or max, got {cfg.get('monitor_mode')!r}.")

@@ -50,6 +50,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def evaluate(run: str, which: str = "best", inputs: list[float] | None = None, data_overrides: dict | None = None, accelerator: str = "cpu") -> dict[str, Any]:
     """Test the checkpoint's model on its data; return test metrics and, given inputs, predictions."""
+    path = find_checkpoint(run, which)
     from experiments.train import quiet_lightning
 
     quiet_lightning()
@@ -59,7 +60,6 @@ def evaluate(run: str, which: str = "best", inputs: list[float] | None = None, d
 
     from experiments.train import instantiate
 
-    path = find_checkpoint(run, which)
     checkpoint = load_checkpoint(path)
     config = OmegaConf.create(checkpoint["run_config"])
     if data_overrides:

@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import CONF_DIR, UserError, check_positive
+from experiments.config import CONF_DIR, UserError, check_values
 
 log = logging.getLogger("experiments")
 
@@ -88,7 +88,6 @@ def build(cfg: DictConfig) -> tuple[Any, Any]:
     """The data module, and the model sized from it with the configured optimizer."""
     from hydra.utils import get_class
 
-    check_positive("optimizer.lr", cfg.optimizer.get("lr"))
     datamodule = instantiate(cfg.data, "data")
     model_class = get_class(cfg.model._target_)
     if getattr(model_class, "task", None) != datamodule.task:
@@ -115,6 +114,7 @@ def instantiate_group(group: DictConfig | None, key: str) -> list[Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the configured experiment in `cfg.run_dir`; return what its metrics.json holds."""
     run_dir = Path(cfg.run_dir)
+    check_values(cfg)
     quiet_lightning()
     import lightning.pytorch as pl
     import torch
@@ -213,8 +213,10 @@ def print_summary(result: dict[str, Any]) -> None:
         lines.append("  " + ", ".join(f"{k} {v:.6g}" for k, v in result["test"].items()))
     if result["parameters"]:
         lines.append("  " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in result["parameters"].items()))
-    lines.append(f"  run dir: {result['run_dir']}")
-    lines.append(f"  tensorboard --logdir {result['run_dir']}")
+    run_dir = Path(result["run_dir"])
+    shown = run_dir.relative_to(Path.cwd()) if run_dir.is_relative_to(Path.cwd()) else run_dir
+    lines.append(f"  run dir: {shown}")
+    lines.append(f"  tensorboard --logdir {shown}")
     log.info("\n".join(lines))
 
 

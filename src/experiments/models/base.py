@@ -95,7 +95,8 @@ class ExperimentModule(pl.LightningModule):
         self._track_train = due or last_epoch or self._last_logged_step < 0
 
     def on_train_epoch_end(self) -> None:
-        if self._track_train:
+        # A run resumed from a checkpoint taken at validation ends its first epoch without a step.
+        if self._track_train and self.train_metrics["loss"].update_count:
             self._last_logged_step = self.global_step
             self.log_stage("train")
 

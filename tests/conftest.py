@@ -1,0 +1,91 @@
+"""Shared helpers: compose configs in-process, run the real CLI, write small IDX files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from experiments.config import CONF_DIR
+
+IDX_NAMES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+
+
+def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train") -> DictConfig:
+    """The config `python -m experiments.train OVERRIDES` would run, writing into run_dir."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=[*overrides, f"run_dir={run_dir}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def train_in_process(overrides: list[str], run_dir: Path) -> dict:
+    from experiments.train import train
+
+    return train(compose_train(overrides, run_dir))
+
+
+def cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None, module: str = "experiments.train") -> subprocess.CompletedProcess:
+    """Run `python -m experiments.train ARGS` for real, as a user would, with CI=true."""
+    full_env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(cwd / ".cache"), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def only_run_dir(cwd: Path) -> Path:
+    runs = sorted((cwd / "outputs" / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes, as MNIST ships them (gzipped when the name ends in .gz)."""
+    header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def fake_mnist(folder: Path, n_train: int = 300, n_test: int = 60, gz: bool = True, seed: int = 0) -> Path:
+    """Small MNIST-shaped IDX files in `folder`: each class is a bright bar at its own rows, plus noise."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 * label + 4 : 2 * label + 6, 4:24] = 255
+        suffix = ".gz" if gz else ""
+        write_idx(folder / f"{IDX_NAMES[split, 'images']}{suffix}", images)
+        write_idx(folder / f"{IDX_NAMES[split, 'labels']}{suffix}", labels)
+    return folder
+
+
+@pytest.fixture
+def mnist_root(tmp_path: Path) -> Path:
+    """Gzipped files flat in one folder, as Debian's dataset packages install them."""
+    return fake_mnist(tmp_path / "mnist")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".cache"))

@@ -1,0 +1,98 @@
+"""Config: every experiment composes and builds, every optimizer instantiates, bad input fails clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+from conftest import compose_train
+from experiments.config import CONF_DIR, UserError, check_values
+from experiments.train import build
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+OPTIMIZERS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
+
+
+def test_the_groups_users_are_promised_exist():
+    assert set(OPTIMIZERS) >= {"sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"}
+    assert set(EXPERIMENTS) >= {"linear_synthetic", "linear_2x1", "thermometer", "thermometer_adam", "mnist", "fashion_mnist"}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_builds(experiment: str, tmp_path: Path, mnist_root: Path):
+    data_root = [f"data.root={mnist_root}", "data.val_size=40"] if "mnist" in experiment else []
+    datamodule, model = build(compose_train([f"experiment={experiment}", *data_root], tmp_path))
+    assert model.task == datamodule.task
+    datamodule.setup()
+    x, _ = datamodule.splits["train"]
+    assert model(x[:2]).shape[0] == 2
+
+
+def test_default_experiment_is_linear_regression_on_synthetic_data(tmp_path: Path):
+    cfg = compose_train([], tmp_path)
+    assert cfg.data._target_.endswith("SyntheticLineDataModule")
+    assert cfg.model._target_.endswith("LinearRegression")
+    assert cfg.hydra.job.chdir is False
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_instantiates_with_overridden_settings(optimizer: str, tmp_path: Path):
+    cfg = compose_train([f"optimizer={optimizer}", "optimizer.lr=0.05", "optimizer.weight_decay=0.001"], tmp_path)
+    factory = instantiate(cfg.optimizer, _convert_="all")
+    opt = factory([torch.nn.Parameter(torch.zeros(2))])
+    assert opt.param_groups[0]["lr"] == 0.05 and opt.param_groups[0]["weight_decay"] == 0.001
+
+
+def test_momentum_preset_reproduces_seed_000s_update_with_dampening(tmp_path: Path):
+    """v = 0.8 v + 0.2 g from the second step on, as the momentum file documents."""
+    cfg = compose_train(["optimizer=momentum", "optimizer.momentum=0.8", "optimizer.dampening=0.8", "optimizer.lr=1.0"], tmp_path)
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = instantiate(cfg.optimizer, _convert_="all")([w])
+    grads = [1.0, 3.0]
+    for g in grads:
+        w.grad = torch.tensor([g])
+        opt.step()
+    v1 = grads[0]  # torch starts v at the first gradient
+    v2 = 0.8 * v1 + 0.2 * grads[1]
+    assert w.item() == pytest.approx(-(v1 + v2))
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["optimizer=adamm"], "optimizer/adamm"),
+        (["experiment=thermometr"], "experiment/thermometr"),
+        (["optimizer.lrr=0.1"], "optimizer.lrr"),
+    ],
+)
+def test_bad_group_names_and_keys_fail_at_composition(overrides: list[str], match: str, tmp_path: Path):
+    with pytest.raises(ConfigCompositionException, match=match):
+        compose_train(overrides, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["optimizer.lr=-0.1"], r"optimizer.lr must be a positive number, got -0.1"),
+        (["optimizer.lr=0"], r"optimizer.lr must be a positive number"),
+        (["trainer.max_epochs=0"], r"trainer.max_epochs must be a positive integer"),
+        (["data.batch_size=0"], r"data.batch_size must be a positive integer or null"),
+        (["data.batch_size=-5"], r"data.batch_size"),
+        (["data.val_fraction=1.2"], r"data.val_fraction must be a number strictly between 0 and 1"),
+        (["experiment=thermometer", "data.val_fraction=0"], r"data.val_fraction"),
+        (["model=mlp", "data=thermometer"], r"model=mlp needs image classification data .* data=thermometer holds regression data"),
+        (["model=linear", "experiment=mnist"], r"model=linear needs regression data"),
+        (["optimizer=adam", "optimizer.betas=[1.5,0.9]"], r"optimizer settings rejected by torch.optim.Adam"),
+        (["+data.batchsize=3"], r"data: .*batchsize.* takes .*batch_size"),
+    ],
+)
+def test_bad_values_fail_with_one_sentence_naming_the_key(overrides: list[str], match: str, tmp_path: Path):
+    cfg = compose_train(overrides, tmp_path)
+    with pytest.raises(UserError, match=match) as error:
+        check_values(cfg)
+        build(cfg)
+    assert "\n" not in str(error.value)
