@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -35,3 +38,17 @@ def check_values(cfg) -> None:
         raise UserError(f"trainer.max_epochs must be a positive integer (or -1 to train until stopped), got {epochs!r}.")
     if cfg.get("monitor_mode") not in ("min", "max"):
         raise UserError(f"monitor_mode must be min or max, got {cfg.get('monitor_mode')!r}.")
+
+
+def job_dir_name(override_dirname: str, job_num: int) -> str:
+    """A sweep job's folder: its overrides (what TensorBoard shows as the run's name), kept to one
+    path component of a sane length; job<N> when the sweep sets nothing per job."""
+    if not override_dirname:
+        return f"job{job_num}"
+    name = override_dirname.replace("/", "_")
+    if len(name) > 200:
+        name = f"{name[:180]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+    return name
+
+
+OmegaConf.register_new_resolver("job_dir", job_dir_name, replace=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -55,6 +56,72 @@ class MetricsRecord(Logger):
         return self.metrics.get(name, {}).get("best")
 
 
+def checkpoint_paths(run_dir: Path) -> dict[str, str]:
+    folder = run_dir / "checkpoints"
+    return {name: str(folder / f"{name}.ckpt") for name in ("best", "last") if (folder / f"{name}.ckpt").is_file()}
+
+
+def run_result(cfg: Any, trainer: Any, recorder: MetricsRecord, outcome: dict[str, Any], context: dict[str, Any], hparams: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """What metrics.json holds for a run that got as far as training."""
+    run_dir = Path(cfg.run_dir)
+    return {
+        "status": outcome["status"],
+        "reason": outcome["reason"],
+        "experiment": context["choices"].get("experiment"),
+        "overrides": context["overrides"],
+        "wall_time_s": round(seconds, 3),
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "monitor": {
+            "name": cfg.monitor,
+            "mode": cfg.monitor_mode,
+            "best": recorder.best(cfg.monitor),
+            "epoch": recorder.metrics.get(cfg.monitor, {}).get("best_epoch"),
+        },
+        "metrics": {k: v for k, v in recorder.metrics.items() if not k.startswith("test/")},
+        "test": {k: v["final"] for k, v in recorder.metrics.items() if k.startswith("test/")},
+        "parameters": outcome["parameters"],
+        "hparams": hparams,
+        "checkpoints": checkpoint_paths(run_dir),
+        "run_dir": str(run_dir),
+    }
+
+
+def write_failure(run_dir: Path, reason: str, context: dict[str, Any]) -> None:
+    """metrics.json for a job that failed before training started, so a sweep can account for it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "metrics.json", {
+        "status": "failed",
+        "reason": reason,
+        "experiment": context["choices"].get("experiment"),
+        "overrides": context["overrides"],
+        "wall_time_s": 0.0,
+        "epochs": 0,
+        "steps": 0,
+        "monitor": {},
+        "metrics": {},
+        "test": {},
+        "parameters": None,
+        "hparams": {"optimizer": context["choices"].get("optimizer", "")},
+        "run_dir": str(run_dir),
+    })
+
+
+def hparams_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The HParams metric columns of a run: the best of each validation metric, and the test metrics."""
+    metrics = {f"best/{k.replace('/', '_')}": v["best"] for k, v in result["metrics"].items() if k.startswith("val/") and v["best"] is not None}
+    metrics.update({k: v for k, v in result["test"].items() if v is not None})
+    return metrics
+
+
+def log_run_hparams(loggers: list[Any], result: dict[str, Any], with_experiment: bool) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            log_hparams(logger, result["hparams"], hparams_metrics(result), with_experiment)
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically: a reader never sees half a file, a crash never leaves one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -62,8 +129,37 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def flat_hparams(cfg: Any, choices: dict[str, str], batch_size: int) -> dict[str, Any]:
-    """The flat key set the HParams tab shows: optimizer name and settings, batch size, model, data, seed."""
+def plain(value: Any) -> int | float | str | bool:
+    """A value TensorBoard's HParams can show: numbers, strings and booleans as they are, the rest as text."""
+    if value is None:
+        return ""
+    return value if isinstance(value, (int, float, str, bool)) else str(value)
+
+
+def neutral(value: Any) -> int | float | str | bool:
+    """What a run that lacks a setting shows for it: zero, false or empty, of the same type."""
+    value = plain(value)
+    return type(value)() if not isinstance(value, float) else 0.0
+
+
+@functools.cache
+def optimizer_settings() -> dict[str, Any]:
+    """Every setting any optimizer preset has, with a neutral value, so every run shows the same keys."""
+    from omegaconf import OmegaConf
+
+    from experiments.config import CONF_DIR
+
+    keys: dict[str, Any] = {}
+    for path in sorted((CONF_DIR / "optimizer").glob("*.yaml")):
+        for key, value in OmegaConf.to_container(OmegaConf.load(path)).items():
+            if not key.startswith("_"):
+                keys.setdefault(f"optimizer.{key}", neutral(value))
+    return keys
+
+
+def flat_hparams(cfg: Any, choices: dict[str, str], overrides: list[str], batch_size: int) -> dict[str, Any]:
+    """The flat key set of the HParams tab: the groups chosen, every optimizer setting (neutral where
+    this optimizer has none), batch size, seed, epochs, and any other key set on the command line."""
     params: dict[str, Any] = {
         "experiment": choices.get("experiment", ""),
         "optimizer": choices.get("optimizer", str(cfg.optimizer._target_).rsplit(".", 1)[-1]),
@@ -72,24 +168,36 @@ def flat_hparams(cfg: Any, choices: dict[str, str], batch_size: int) -> dict[str
         "batch_size": batch_size,
         "seed": int(cfg.seed),
         "max_epochs": int(cfg.trainer.max_epochs),
+        **optimizer_settings(),
     }
     for key, value in cfg.optimizer.items():
         if not str(key).startswith("_"):
-            params[f"optimizer.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(list(value))
+            params[f"optimizer.{key}"] = plain(value)
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key not in params and key.split("/")[0] not in choices and "." in key:
+            params[key] = plain(value)
     return params
 
 
-def log_hparams(tensorboard: Any, params: dict[str, Any], metrics: dict[str, float]) -> None:
-    """Write the HParams summary with real metric values, instead of Lightning's `hp_metric = -1`.
-
-    Metrics already logged as scalars (test/*) are referenced by tag; the `best/*` ones are written here.
-    """
+def hparams_summaries(params: dict[str, Any], metrics: list[str], domains: dict[str, list] | None = None) -> tuple[Any, Any, Any]:
+    """TensorBoard's (experiment, session start, session end) summaries for these settings and metric tags."""
     from torch.utils.tensorboard.summary import hparams
 
+    return hparams(params, dict.fromkeys(metrics, 0.0), hparam_domain_discrete=domains)
+
+
+def log_hparams(tensorboard: Any, params: dict[str, Any], metrics: dict[str, float], with_experiment: bool) -> None:
+    """Write this run's HParams entry with real metric values, instead of Lightning's `hp_metric = -1`.
+
+    Metrics already logged as scalars (test/*) are referenced by tag; the `best/*` ones are written
+    here. In a sweep the runs leave out the experiment summary: TensorBoard takes the first one it
+    finds for the whole table, so the sweep writes one covering every run (experiments.summary).
+    """
     writer = tensorboard.experiment
-    experiment, start, end = hparams(params, metrics)
+    experiment, start, end = hparams_summaries(params, list(metrics))
     file_writer = writer._get_file_writer()
-    for summary in (experiment, start, end):
+    for summary in (experiment, start, end) if with_experiment else (start, end):
         file_writer.add_summary(summary)
     for tag, value in metrics.items():
         if tag.startswith("best/"):

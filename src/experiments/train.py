@@ -24,20 +24,20 @@ from experiments.config import CONF_DIR, UserError, check_values
 log = logging.getLogger("experiments")
 
 
-def hydra_choices() -> dict[str, str]:
-    """Which option of each config group this run uses ({"optimizer": "adam", ...})."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v and not k.startswith("hydra")}
-
-
-def is_multirun() -> bool:
+def hydra_context() -> dict[str, Any]:
+    """What Hydra knows of this job: the option chosen per group, the command-line overrides, and
+    whether it is one job of a sweep."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if not HydraConfig.initialized():
+        return {"choices": {}, "overrides": [], "multirun": False}
+    hydra_cfg = HydraConfig.get()
+    return {
+        "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if v and not k.startswith("hydra")},
+        "overrides": [o for o in hydra_cfg.overrides.task if not o.lstrip("+~").startswith("hydra")],
+        "multirun": hydra_cfg.mode == RunMode.MULTIRUN,
+    }
 
 
 def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -91,7 +91,7 @@ def build(cfg: DictConfig) -> tuple[Any, Any]:
     datamodule = instantiate(cfg.data, "data")
     model_class = get_class(cfg.model._target_)
     if getattr(model_class, "task", None) != datamodule.task:
-        choices = hydra_choices()
+        choices = hydra_context()["choices"]
         raise UserError(
             f"model={choices.get('model', model_class.__name__)} needs {model_class.needs}, "
             f"but data={choices.get('data', type(datamodule).__name__)} holds {datamodule.task} data."
@@ -111,29 +111,10 @@ def instantiate_group(group: DictConfig | None, key: str) -> list[Any]:
     return [instantiate(node, f"{key}.{name}") for name, node in (group or {}).items() if "_target_" in node]
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test the configured experiment in `cfg.run_dir`; return what its metrics.json holds."""
-    run_dir = Path(cfg.run_dir)
-    check_values(cfg)
-    quiet_lightning()
-    import lightning.pytorch as pl
-    import torch
-    from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
-    from lightning.pytorch.loggers import TensorBoardLogger
+def make_trainer(cfg: DictConfig, run_dir: Path, recorder: Any) -> tuple[Any, list[Any]]:
+    """The Trainer with the configured loggers and callbacks; returns it and the loggers."""
+    from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 
-    from experiments import record
-    from experiments.callbacks.divergence import Diverged
-
-    # Lightning sets this so CUDA probes never initialise CUDA, but then every optimizer step
-    # re-probes NVML (about 0.25 ms, longer than a whole step of these models). Nothing here forks.
-    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
-    started = time.perf_counter()
-
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    check_accelerator(cfg.trainer.get("accelerator"))
-    datamodule, model = build(cfg)
-    model.run_config = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in cfg.items() if k != "hydra"}
-    recorder = record.MetricsRecord()
     loggers = instantiate_group(cfg.get("logger"), "logger")
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     # With callbacks=none, Lightning would otherwise add its own checkpointing and progress bar.
@@ -142,64 +123,60 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "enable_progress_bar": any(isinstance(c, ProgressBar) for c in callbacks),
     }
     defaults = {k: v for k, v in defaults.items() if k not in cfg.trainer}
-    trainer = instantiate(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=[*loggers, recorder], default_root_dir=str(run_dir), **defaults
-    )
+    trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=[*loggers, recorder], default_root_dir=str(run_dir), **defaults)
+    return trainer, loggers
 
-    status, reason, parameters = "finished", None, None
+
+def fit_and_test(trainer: Any, model: Any, datamodule: Any, ckpt_path: str | None, outcome: dict[str, Any]) -> None:
+    """Fit, note the fitted line's parameters, then test the best checkpoint (the final weights without one)."""
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if trainer.interrupted:
+        outcome.update(status="interrupted", reason="training was interrupted")
+    if hasattr(model, "fitted_parameters"):
+        outcome["parameters"] = model.fitted_parameters()
+    if outcome["status"] == "finished":
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else None
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test the configured experiment in `cfg.run_dir`; return what its metrics.json holds."""
+    run_dir = Path(cfg.run_dir)
+    check_values(cfg)
+    quiet_lightning()
+    import lightning.pytorch as pl
+
+    from experiments import record
+    from experiments.callbacks.divergence import Diverged
+
+    # Lightning sets this so CUDA probes never initialise CUDA, but then every optimizer step
+    # re-probes NVML (about 0.25 ms, longer than a whole step of these models). Nothing here forks.
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    started = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    check_accelerator(cfg.trainer.get("accelerator"))
+    datamodule, model = build(cfg)
+    model.run_config = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in cfg.items() if k != "hydra"}
+    recorder = record.MetricsRecord()
+    trainer, loggers = make_trainer(cfg, run_dir, recorder)
+
+    outcome: dict[str, Any] = {"status": "finished", "reason": None, "parameters": None}
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-        if trainer.interrupted:
-            status, reason = "interrupted", "training was interrupted"
-        if hasattr(model, "fitted_parameters"):
-            parameters = model.fitted_parameters()
-        if status == "finished":
-            checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-            best = checkpoint.best_model_path if checkpoint is not None else None
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+        fit_and_test(trainer, model, datamodule, cfg.ckpt_path, outcome)
     except Diverged as error:
-        status, reason = "diverged", str(error)
-    except (KeyboardInterrupt, SystemExit):
-        status, reason = "interrupted", "training was interrupted"
-        raise
-    except Exception as error:
-        status, reason = "failed", f"{type(error).__name__}: {error}"
+        outcome.update(status="diverged", reason=str(error))
+    except BaseException as error:
+        interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+        outcome.update(status="interrupted" if interrupted else "failed", reason="training was interrupted" if interrupted else f"{type(error).__name__}: {error}")
         raise
     finally:
-        result = {
-            "status": status,
-            "reason": reason,
-            "experiment": hydra_choices().get("experiment"),
-            "wall_time_s": round(time.perf_counter() - started, 3),
-            "epochs": trainer.current_epoch,
-            "steps": trainer.global_step,
-            "monitor": {
-                "name": cfg.monitor,
-                "mode": cfg.monitor_mode,
-                "best": recorder.best(cfg.monitor),
-                "epoch": recorder.metrics.get(cfg.monitor, {}).get("best_epoch"),
-            },
-            "metrics": {k: v for k, v in recorder.metrics.items() if not k.startswith("test/")},
-            "test": {k: v["final"] for k, v in recorder.metrics.items() if k.startswith("test/")},
-            "parameters": parameters,
-            "checkpoints": checkpoint_paths(run_dir),
-            "run_dir": str(run_dir),
-        }
+        context = hydra_context()
+        hparams = record.flat_hparams(cfg, context["choices"], context["overrides"], datamodule.batch_size or datamodule.train_size)
+        result = record.run_result(cfg, trainer, recorder, outcome, context, hparams, time.perf_counter() - started)
         if trainer.is_global_zero:
-            run_dir.mkdir(parents=True, exist_ok=True)
             record.write_json(run_dir / "metrics.json", result)
-            tensorboard = next((lg for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
-            if tensorboard is not None:
-                hp_metrics = {f"best/{k.replace('/', '_')}": v["best"] for k, v in result["metrics"].items() if k.startswith("val/") and v["best"] is not None}
-                hp_metrics.update({k: v for k, v in result["test"].items() if v is not None})
-                batch_size = datamodule.batch_size or datamodule.train_size
-                record.log_hparams(tensorboard, record.flat_hparams(cfg, hydra_choices(), batch_size), hp_metrics)
+            record.log_run_hparams(loggers, result, with_experiment=not context["multirun"])
     return result
-
-
-def checkpoint_paths(run_dir: Path) -> dict[str, str]:
-    folder = run_dir / "checkpoints"
-    return {name: str(folder / f"{name}.ckpt") for name in ("best", "last") if (folder / f"{name}.ckpt").is_file()}
 
 
 def print_summary(result: dict[str, Any]) -> None:
@@ -226,18 +203,37 @@ def only_hydra_files(run_dir: Path) -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """One run, or one job of a sweep. A job that fails or diverges is recorded and the sweep goes
+    on; with fail_fast=true the sweep stops there. A single run that does not finish exits non-zero."""
+    from experiments import record
+
+    run_dir = Path(cfg.run_dir)
+    multirun = hydra_context()["multirun"]
     try:
         result = train(cfg)
     except UserError as error:
-        log.debug("error: %s", error)
         sys.stderr.write(f"error: {error}\n")
-        run_dir = Path(cfg.run_dir)
-        if not is_multirun() and only_hydra_files(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)  # a mistyped value leaves no empty run behind
-        sys.exit(1)
-    print_summary(result)
-    if result["status"] != "finished" and not is_multirun():
-        sys.exit(1)
+        log.debug("error: %s", error)
+        if not multirun:
+            if only_hydra_files(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)  # a mistyped value leaves no empty run behind
+            sys.exit(1)
+        record.write_failure(run_dir, str(error), hydra_context())
+        result = None
+    except Exception as error:
+        if not multirun:
+            raise
+        log.exception("job failed: %s", error)  # the traceback goes to the job's train.log
+        if not (run_dir / "metrics.json").is_file():
+            record.write_failure(run_dir, f"{type(error).__name__}: {error}", hydra_context())
+        result = None
+    if result is not None:
+        print_summary(result)
+    if result is None or result["status"] != "finished":
+        # Hydra's launchers run every job before raising a failure, so stopping means exiting here.
+        if not multirun or cfg.fail_fast:
+            sys.exit(1)
+        return None
     return result["monitor"]["best"]
 
 

@@ -1,0 +1,137 @@
+"""The pictures: a fitted line, a confusion matrix, misclassified images, and a sweep's two plots.
+
+Each function returns a matplotlib Figure; callers log it to TensorBoard or save it as PNG.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def fit_line_figure(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_line: np.ndarray, title: str = "") -> Figure:
+    """The data and the fitted line, as seed 000 plots y_true against y_pred."""
+    fig = Figure(figsize=(5, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    ax.scatter(x, y, s=12, label="data")
+    ax.plot(x_line, y_line, color="tab:red", label="fitted line")
+    ax.set_xlabel("input")
+    ax.set_ylabel("target")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str]) -> Figure:
+    fig = Figure(figsize=(6, 5.2), dpi=100)
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2
+    for i in ticks:
+        for j in ticks:
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6, color="white" if matrix[i, j] > threshold else "black")
+    fig.tight_layout()
+    return fig
+
+
+def misclassified_figure(images: np.ndarray, targets: Sequence[int], predictions: Sequence[int], class_names: Sequence[str]) -> Figure:
+    """A grid of test images the model got wrong, each titled `true -> predicted`."""
+    n = len(images)
+    cols = min(8, max(n, 1))
+    rows = max(1, math.ceil(n / cols))
+    fig = Figure(figsize=(1.3 * cols, 1.5 * rows), dpi=100)
+    for k in range(n):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(images[k].squeeze(), cmap="gray")
+        ax.set_title(f"{class_names[targets[k]]} -> {class_names[predictions[k]]}", fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def sweep_figure(rows: list[dict[str, Any]], metric: str) -> Figure:
+    """Final `metric` against learning rate, one line per optimizer, both axes logarithmic; diverged jobs as x."""
+    lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    diverged: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        lr = row.get("lr")
+        if lr is None:
+            continue
+        value = row.get("final")
+        if row["status"] == "finished" and value is not None and math.isfinite(value) and value > 0:
+            lines[row["optimizer"]].append((lr, value))
+        else:
+            diverged[row["optimizer"]].append(lr)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
+    finite = [v for points in lines.values() for _, v in points]
+    top = max(finite) * 3 if finite else 1.0
+    for name in sorted(set(lines) | set(diverged)):
+        points = sorted(lines[name])
+        line = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)[0]
+        if diverged[name]:
+            ax.scatter(diverged[name], [top] * len(diverged[name]), marker="x", color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"final {metric}")
+    ax.set_title(f"final {metric} by learning rate (x: diverged)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
+    """The MSE loss surface over (w, b) as contours, and each job's path on it, one panel per optimizer."""
+    x = np.asarray(trajectories[0]["x"], dtype=float)
+    y = np.asarray(trajectories[0]["y"], dtype=float)
+    w_opt, b_opt = np.polyfit(x, y, 1)
+    # The view covers the runs that converged; a diverged path is drawn up to where it leaves it.
+    framing = [t for t in trajectories if t["status"] == "finished"] or trajectories
+    finite = [(w, b) for t in framing for w, b in zip(t["w"], t["b"]) if math.isfinite(w) and math.isfinite(b)]
+    ws, bs = np.array([p[0] for p in finite] + [w_opt]), np.array([p[1] for p in finite] + [b_opt])
+    w_span = max(ws.max() - ws.min(), 1e-3) * 0.15
+    b_span = max(bs.max() - bs.min(), 1e-3) * 0.15
+    w_lim = (min(ws.min(), w_opt) - w_span, max(ws.max(), w_opt) + w_span)
+    b_lim = (min(bs.min(), b_opt) - b_span, max(bs.max(), b_opt) + b_span)
+    grid_w, grid_b = np.meshgrid(np.linspace(*w_lim, 200), np.linspace(*b_lim, 200))
+    loss = ((grid_w[..., None] * x + grid_b[..., None] - y) ** 2).mean(axis=-1)
+
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for t in trajectories:
+        groups[t["optimizer"]].append(t)
+    names = sorted(groups)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.6 * rows), dpi=100)
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.contour(grid_w, grid_b, np.log10(loss + 1e-12), levels=25, cmap="viridis", linewidths=0.6)
+        for t in sorted(groups[name], key=lambda t: t.get("lr") or 0):
+            w, b = np.asarray(t["w"], dtype=float), np.asarray(t["b"], dtype=float)
+            inside = (w >= w_lim[0]) & (w <= w_lim[1]) & (b >= b_lim[0]) & (b <= b_lim[1])
+            end = len(w) if inside.all() else int(np.argmin(inside)) + 1  # up to the first point outside
+            w, b = np.clip(w[:end], *w_lim), np.clip(b[:end], *b_lim)
+            label = f"lr={t['lr']:g}" if t.get("lr") is not None else t["name"]
+            ax.plot(w, b, linewidth=1.2, label=label + (" (diverged)" if t["status"] == "diverged" else ""))
+        ax.plot([w_opt], [b_opt], marker="*", color="black", markersize=9)
+        ax.set_xlim(*w_lim)
+        ax.set_ylim(*b_lim)
+        ax.set_title(name)
+        ax.set_xlabel("w")
+        ax.set_ylabel("b")
+        ax.legend(fontsize=7)
+    fig.suptitle("paths over the loss surface (contours: log10 MSE, star: least squares)")
+    fig.tight_layout()
+    return fig
