@@ -25,8 +25,10 @@ parser.add_argument("root")
 parser.add_argument("--fashion", action="store_true")
 parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--device", default="cpu")
 args = parser.parse_args()
 torch.manual_seed(args.seed)
+device = torch.device(args.device)
 
 BATCH_SIZE = 128
 Dataset = FashionMNIST if args.fashion else MNIST
@@ -52,7 +54,7 @@ class MnistNet(nn.Module):
 
 
 criterion = nn.CrossEntropyLoss()
-mnist_net = MnistNet()
+mnist_net = MnistNet().to(device)
 optimizer = Adam(mnist_net.parameters(), lr=0.001)
 train_loader = get_dataloader()
 test_loader = get_dataloader(train=False)
@@ -63,6 +65,7 @@ def test():
     mnist_net.eval()
     with torch.no_grad():
         for data, target in test_loader:
+            data, target = data.to(device), target.to(device)
             pred = mnist_net(data).max(1, keepdim=True)[1]
             correct += pred.eq(target.view_as(pred)).sum().item()
     mnist_net.train()
@@ -73,10 +76,11 @@ epoch_seconds = []
 for epoch in range(args.epochs):
     t = time.perf_counter()
     for inputs, labels in train_loader:
+        inputs, labels = inputs.to(device), labels.to(device)
         loss = criterion(mnist_net(inputs), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     epoch_seconds.append(time.perf_counter() - t)
 accuracy = test()
-print(json.dumps({"epoch_seconds": epoch_seconds, "test_acc": accuracy, "total_seconds": time.perf_counter() - start}))
+print(json.dumps({"epoch_seconds": epoch_seconds, "steps_per_epoch": len(train_loader), "test_acc": accuracy}))

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from experiments.config import CONF_DIR
+from experiments.data.idx_files import FILES, write_fake_set
 
-IDX_NAMES = {
-    ("train", "images"): "train-images-idx3-ubyte",
-    ("train", "labels"): "train-labels-idx1-ubyte",
-    ("test", "images"): "t10k-images-idx3-ubyte",
-    ("test", "labels"): "t10k-labels-idx1-ubyte",
-}
+IDX_NAMES = {(split, kind): FILES[f"{split}_{kind}"] for split in ("train", "test") for kind in ("images", "labels")}
 
 
 def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train") -> DictConfig:
@@ -58,26 +51,8 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """An IDX file of unsigned bytes, as MNIST ships them (gzipped when the name ends in .gz)."""
-    header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
-
-
 def fake_mnist(folder: Path, n_train: int = 300, n_test: int = 60, gz: bool = True, seed: int = 0) -> Path:
-    """Small MNIST-shaped IDX files in `folder`: each class is a bright bar at its own rows, plus noise."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 60, (n, 28, 28))
-        for i, label in enumerate(labels):
-            images[i, 2 * label + 4 : 2 * label + 6, 4:24] = 255
-        suffix = ".gz" if gz else ""
-        write_idx(folder / f"{IDX_NAMES[split, 'images']}{suffix}", images)
-        write_idx(folder / f"{IDX_NAMES[split, 'labels']}{suffix}", labels)
-    return folder
+    return write_fake_set(folder, n_train, n_test, gz, seed)
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import IDX_NAMES, fake_mnist, write_idx
+from conftest import IDX_NAMES, fake_mnist
 from experiments.config import UserError
 from experiments.data.batching import TensorLoader
+from experiments.data.idx_files import write_idx
 from experiments.data.mnist import FashionMNISTDataModule, MNISTDataModule
 from experiments.data.synthetic import SyntheticLineDataModule
 from experiments.data.thermometer import T_C, T_U, ThermometerDataModule

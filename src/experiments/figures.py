@@ -1,6 +1,7 @@
 """The pictures: a fitted line, a confusion matrix, misclassified images, and a sweep's two plots.
 
-Each function returns a matplotlib Figure; callers log it to TensorBoard or save it as PNG.
+Each function returns a matplotlib Figure; `run_figures` picks those that suit a trained model.
+Callers log them to TensorBoard or save them as PNG.
 """
 
 from __future__ import annotations
@@ -135,3 +136,31 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
     fig.suptitle("paths over the loss surface (contours: log10 MSE, star: least squares)")
     fig.tight_layout()
     return fig
+
+
+def run_figures(model: Any, datamodule: Any, stage: str, max_misclassified: int = 32) -> dict[str, Figure]:
+    """After fitting ("fit"): the data and fitted line of a one-input regression. After testing
+    ("test"): a classifier's confusion matrix and a grid of the test images it got wrong."""
+    import torch
+
+    figures: dict[str, Figure] = {}
+    with torch.no_grad():
+        if stage == "fit" and model.task == "regression":
+            x, y = datamodule.splits["train"]
+            if x.shape[1:] == (1,) and y.shape[1:] == (1,):
+                line = torch.linspace(x.min().item(), x.max().item(), 50, device=x.device).unsqueeze(1)
+                fitted = model(line)
+                figures["fit/line"] = fit_line_figure(x.cpu().numpy(), y.cpu().numpy(), line.cpu().numpy(), fitted.cpu().numpy(), "training data and fitted line")
+        if stage == "test" and model.task == "classification":
+            from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+            x, y = datamodule.splits["test"]
+            predictions = torch.cat([model(chunk).argmax(1) for chunk in x.split(4096)])
+            names = datamodule.class_names
+            matrix = multiclass_confusion_matrix(predictions, y, num_classes=len(names)).cpu().numpy()
+            figures["test/confusion_matrix"] = confusion_matrix_figure(matrix, names)
+            wrong = (predictions != y).nonzero().flatten()[:max_misclassified]
+            if len(wrong):
+                images = datamodule.denormalise(x[wrong]).cpu().numpy()
+                figures["test/misclassified"] = misclassified_figure(images, y[wrong].tolist(), predictions[wrong].tolist(), names)
+    return figures

@@ -61,15 +61,22 @@ def checkpoint_paths(run_dir: Path) -> dict[str, str]:
     return {name: str(folder / f"{name}.ckpt") for name in ("best", "last") if (folder / f"{name}.ckpt").is_file()}
 
 
-def run_result(cfg: Any, trainer: Any, recorder: MetricsRecord, outcome: dict[str, Any], context: dict[str, Any], hparams: dict[str, Any], seconds: float) -> dict[str, Any]:
+def run_result(cfg: Any, trainer: Any, model: Any, recorder: MetricsRecord, outcome: dict[str, Any], context: dict[str, Any], hparams: dict[str, Any], seconds: float) -> dict[str, Any]:
     """What metrics.json holds for a run that got as far as training."""
     run_dir = Path(cfg.run_dir)
+    epochs = model.train_epoch_seconds
     return {
         "status": outcome["status"],
         "reason": outcome["reason"],
         "experiment": context["choices"].get("experiment"),
         "overrides": context["overrides"],
         "wall_time_s": round(seconds, 3),
+        "timing": {
+            "fit_s": round(outcome.get("fit_s", seconds), 3),
+            "test_s": round(outcome.get("test_s", 0.0), 3),
+            "train_epoch_s_median": round(sorted(epochs)[len(epochs) // 2], 6) if epochs else None,
+            "train_epoch_s_first": round(epochs[0], 6) if epochs else None,
+        },
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "monitor": {
@@ -89,7 +96,6 @@ def run_result(cfg: Any, trainer: Any, recorder: MetricsRecord, outcome: dict[st
 
 def write_failure(run_dir: Path, reason: str, context: dict[str, Any]) -> None:
     """metrics.json for a job that failed before training started, so a sweep can account for it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "metrics.json", {
         "status": "failed",
         "reason": reason,
@@ -124,6 +130,7 @@ def log_run_hparams(loggers: list[Any], result: dict[str, Any], with_experiment:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically: a reader never sees half a file, a crash never leaves one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(tmp, path)
@@ -203,3 +210,34 @@ def log_hparams(tensorboard: Any, params: dict[str, Any], metrics: dict[str, flo
         if tag.startswith("best/"):
             writer.add_scalar(tag, value, 0)
     writer.flush()
+
+
+def log_figures(loggers: list[Any], model: Any, datamodule: Any, stage: str, step: int) -> None:
+    """The run's pictures (experiments.figures.run_figures) in TensorBoard's Images tab."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    tensorboards = [lg for lg in loggers if isinstance(lg, TensorBoardLogger)]
+    if not tensorboards or datamodule.splits is None:
+        return
+    from experiments.figures import run_figures
+
+    for tag, figure in run_figures(model, datamodule, stage).items():
+        for logger in tensorboards:
+            logger.experiment.add_figure(tag, figure, step)
+    for logger in tensorboards:
+        logger.experiment.flush()
+
+
+def write_trajectory(path: Path, model: Any, datamodule: Any) -> None:
+    """A two-parameter model's path (model.parameter_path) and its training data, for paths.png."""
+    points = getattr(model, "parameter_path", None)
+    if not points or datamodule.splits is None:
+        return
+    x, y = datamodule.splits["train"]
+    write_json(path, {
+        "steps": [step for step, _, _ in points],
+        "w": [w for _, w, _ in points],
+        "b": [b for _, _, b in points],
+        "x": x.flatten().tolist(),
+        "y": y.flatten().tolist(),
+    })

@@ -127,16 +127,27 @@ def make_trainer(cfg: DictConfig, run_dir: Path, recorder: Any) -> tuple[Any, li
     return trainer, loggers
 
 
-def fit_and_test(trainer: Any, model: Any, datamodule: Any, ckpt_path: str | None, outcome: dict[str, Any]) -> None:
-    """Fit, note the fitted line's parameters, then test the best checkpoint (the final weights without one)."""
+def fit_and_test(trainer: Any, model: Any, datamodule: Any, ckpt_path: str | None, loggers: list[Any], outcome: dict[str, Any]) -> None:
+    """Fit, note the fitted line's parameters, then test the best checkpoint (the final weights
+    without one); the run's pictures go to TensorBoard after each."""
+    from experiments import record
+
+    started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    outcome["fit_s"] = time.perf_counter() - started
     if trainer.interrupted:
         outcome.update(status="interrupted", reason="training was interrupted")
+        return
     if hasattr(model, "fitted_parameters"):
         outcome["parameters"] = model.fitted_parameters()
-    if outcome["status"] == "finished":
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else None
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+    if trainer.is_global_zero:
+        record.log_figures(loggers, model, datamodule, "fit", trainer.global_step)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else None
+    started = time.perf_counter()
+    trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+    outcome["test_s"] = time.perf_counter() - started
+    if trainer.is_global_zero:
+        record.log_figures(loggers, model, datamodule, "test", trainer.global_step)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -147,7 +158,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from experiments import record
-    from experiments.callbacks.divergence import Diverged
+    from experiments.models.base import Diverged
 
     # Lightning sets this so CUDA probes never initialise CUDA, but then every optimizer step
     # re-probes NVML (about 0.25 ms, longer than a whole step of these models). Nothing here forks.
@@ -162,7 +173,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     outcome: dict[str, Any] = {"status": "finished", "reason": None, "parameters": None}
     try:
-        fit_and_test(trainer, model, datamodule, cfg.ckpt_path, outcome)
+        fit_and_test(trainer, model, datamodule, cfg.ckpt_path, loggers, outcome)
     except Diverged as error:
         outcome.update(status="diverged", reason=str(error))
     except BaseException as error:
@@ -172,8 +183,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         context = hydra_context()
         hparams = record.flat_hparams(cfg, context["choices"], context["overrides"], datamodule.batch_size or datamodule.train_size)
-        result = record.run_result(cfg, trainer, recorder, outcome, context, hparams, time.perf_counter() - started)
+        result = record.run_result(cfg, trainer, model, recorder, outcome, context, hparams, time.perf_counter() - started)
         if trainer.is_global_zero:
+            record.write_trajectory(run_dir / "trajectory.json", model, datamodule)
             record.write_json(run_dir / "metrics.json", result)
             record.log_run_hparams(loggers, result, with_experiment=not context["multirun"])
     return result

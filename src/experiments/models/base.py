@@ -1,7 +1,10 @@
-"""What every model here shares: the optimizer Hydra hands in, and per-stage metrics logged cheaply."""
+"""What every model here shares: the optimizer Hydra hands in, per-stage torchmetrics logged
+cheaply, and a stop as soon as the training loss is no longer a number."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Iterable
 
 import lightning.pytorch as pl
@@ -13,12 +16,18 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 STAGES = ("train", "val", "test")
 
 
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite; the message says when."""
+
+
 class ExperimentModule(pl.LightningModule):
     """Subclasses define the network, `task`, `loss(outputs, targets)` and `extra_metrics()`.
 
     Metrics are torchmetrics objects per stage, so they aggregate over batches and, with several
-    processes, over ranks. Training metrics are logged at most once per `log_every_n_steps` steps:
-    a 5000-epoch full-batch fit would otherwise spend most of its time logging.
+    processes, over ranks. A training step only keeps its loss and outputs; they reach the metrics
+    in one update at the end of the epoch (a metric update costs more than a step of these models),
+    and only in the epochs that are logged: the first, the last, and one whenever
+    `log_every_n_steps` steps have passed since the previous one.
     """
 
     task: str
@@ -31,8 +40,10 @@ class ExperimentModule(pl.LightningModule):
             metrics = nn.ModuleDict({"loss": MeanMetric(nan_strategy="disable"), **self.extra_metrics()})
             setattr(self, f"{stage}_metrics", metrics)
         self._last_logged_step = -1
-        self._track_train = True
+        self._train_outputs: list[tuple[Tensor, Tensor, Tensor]] | None = []
         self.run_config: dict | None = None  # the composed config, saved in checkpoints by train()
+        self.train_epoch_seconds: list[float] = []  # training only, validation excluded, for metrics.json
+        self._clock = [0.0, 0.0]  # epoch start, validation start
 
     def __setattr__(self, name: str, value: object) -> None:
         # Lightning sets _current_fx_name around every hook call, a dozen times a step; nn.Module's
@@ -58,26 +69,39 @@ class ExperimentModule(pl.LightningModule):
             raise RuntimeError("This model was built without an optimizer; pass optimizer=partial(torch.optim.X, ...).")
         return self.optimizer_factory(self.parameters())
 
-    def step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def update_metrics(self, stage: str, loss: Tensor, weight: Tensor | int, outputs: Tensor, targets: Tensor) -> None:
+        """Add batches to a stage's metrics: the loss weighted by batch size, the rest from outputs."""
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics["loss"].update(loss, weight)
+        for name, metric in metrics.items():
+            if name != "loss":
+                metric.update(outputs, targets)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
         outputs = self(inputs)
         loss = self.loss(outputs, targets)
-        if stage != "train" or self._track_train:
-            metrics = getattr(self, f"{stage}_metrics")
-            metrics["loss"].update(loss.detach(), len(targets))
-            for name, metric in metrics.items():
-                if name != "loss":
-                    metric.update(outputs.detach(), targets)
+        self.check_finite(loss)
+        if self._train_outputs is not None:
+            self._train_outputs.append((loss.detach(), outputs.detach(), targets))
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self.step(batch, "train")
+    def check_finite(self, loss: Tensor) -> None:
+        # Reading the loss waits for an accelerator, so there it is read only every few steps.
+        if loss.device.type == "cpu" or self.global_step % self.trainer.log_every_n_steps == 0:
+            if not math.isfinite(value := loss.item()):
+                raise Diverged(f"train loss became {value} at epoch {self.current_epoch + 1}, step {self.global_step + 1}")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.step(batch, "val")
+        self.evaluation_step(batch, "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.step(batch, "test")
+        self.evaluation_step(batch, "test")
+
+    def evaluation_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        inputs, targets = batch
+        outputs = self(inputs)
+        self.update_metrics(stage, self.loss(outputs, targets), len(targets), outputs, targets)
 
     def log_stage(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
@@ -85,20 +109,30 @@ class ExperimentModule(pl.LightningModule):
         for metric in metrics.values():
             metric.reset()
 
+    def on_validation_start(self) -> None:
+        self._clock[1] = time.perf_counter()
+
+    def on_validation_end(self) -> None:
+        self._clock[0] += time.perf_counter() - self._clock[1]  # the epoch's clock skips validation
+
     def on_train_epoch_start(self) -> None:
-        # Train metrics are tracked only in epochs that will be logged: the first, the last, and
-        # then one whenever log_every_n_steps steps have passed since the previous one.
+        self._clock[0] = time.perf_counter()
         trainer = self.trainer
-        steps = trainer.num_training_batches
-        due = self.global_step + steps - self._last_logged_step >= trainer.log_every_n_steps
+        due = self.global_step + trainer.num_training_batches - self._last_logged_step >= trainer.log_every_n_steps
         last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        self._track_train = due or last_epoch or self._last_logged_step < 0
+        self._train_outputs = [] if due or last_epoch or self._last_logged_step < 0 else None
 
     def on_train_epoch_end(self) -> None:
+        self.train_epoch_seconds.append(time.perf_counter() - self._clock[0])
         # A run resumed from a checkpoint taken at validation ends its first epoch without a step.
-        if self._track_train and self.train_metrics["loss"].update_count:
-            self._last_logged_step = self.global_step
-            self.log_stage("train")
+        if not self._train_outputs:
+            return
+        losses, outputs, targets = zip(*self._train_outputs)
+        sizes = torch.tensor([len(t) for t in targets], dtype=losses[0].dtype, device=losses[0].device)
+        self.update_metrics("train", torch.stack(losses), sizes, torch.cat(outputs), torch.cat(targets))
+        self._train_outputs = None
+        self._last_logged_step = self.global_step
+        self.log_stage("train")
 
     def on_validation_epoch_end(self) -> None:
         self.log_stage("val")

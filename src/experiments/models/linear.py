@@ -12,6 +12,9 @@ from experiments.models.base import ExperimentModule, OptimizerFactory
 
 
 class LinearRegression(ExperimentModule):
+    """A line with one input and one output also records its path (step, w, b) through training:
+    every step for the first 100, then about 500 points in all, for the sweep's paths.png."""
+
     task = "regression"
     needs = "regression data (data=synthetic or data=thermometer)"
 
@@ -31,6 +34,27 @@ class LinearRegression(ExperimentModule):
             nn.init.constant_(self.linear.weight, init_weight)
         if init_bias is not None:
             nn.init.constant_(self.linear.bias, init_bias)
+        self.parameter_path: list[tuple[int, float, float]] = []
+        self._path_every = 0  # 0: not recording
+
+    def on_train_start(self) -> None:
+        total = self.trainer.estimated_stepping_batches
+        if self.linear.weight.numel() == 1:
+            self._path_every = max(1, math.ceil(total / 500)) if math.isfinite(total) else 1
+            if not self.parameter_path:
+                self.record_path()
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        step = self.global_step
+        if self._path_every and (step <= 100 or step % self._path_every == 0):
+            self.record_path()
+
+    def on_train_end(self) -> None:
+        if self._path_every and self.parameter_path[-1][0] != self.global_step:
+            self.record_path()
+
+    def record_path(self) -> None:
+        self.parameter_path.append((self.global_step, self.linear.weight.item(), self.linear.bias.item()))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(x.flatten(1))

@@ -1,0 +1,258 @@
+"""Benchmark this package end to end against plain PyTorch loops.
+
+    python benchmarks/run.py [--reps 3] [--data /usr/share/datasets/fashion-mnist] [--quick]
+
+Every command is a fresh process, start-up included, and the variants of each case run side by
+side: repetition 1 of every variant, then repetition 2, and so on, so a slow minute on a shared
+machine hits them alike. The tables (medians over the repetitions, with ratios against the
+targets) go to benchmarks/RESULTS.md and benchmarks/results.json, or --out. --quick runs tiny
+sizes once (the smoke test of this script). With a GPU, cases 1 to 3 also run on it.
+
+  1. MNIST-style data, the seed's 784-28-10 MLP, Adam 1e-3, batch 128, 2 epochs: the package,
+     the seed's own loop (benchmarks/seed_loop.py) and a loop over preloaded tensors
+     (benchmarks/plain_preloaded.py).
+  2. The thermometer fit, 5000 full-batch SGD epochs: the package and benchmarks/plain_thermometer.py.
+  3. 15 thermometer fits (5 optimizers x 3 learning rates): the package's multirun, one job after
+     another and on the parallel launcher, and benchmarks/plain_sweep.py.
+  4. Start-up: `--help` and a 1-epoch run against `python -c "import torch"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+TRAIN = [PY, "-m", "experiments.train"]
+
+
+@dataclass
+class Variant:
+    name: str
+    command: list[str]
+    reads: str = ""  # "package": the run's metrics.json; "json": the last line of stdout
+    runs: list[dict] = field(default_factory=list)
+
+
+def run(command: list[str], workdir: Path) -> dict:
+    """Run a command to its end; its wall time, peak memory and output."""
+    out, err = workdir / "stdout", workdir / "stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=workdir, stdout=stdout, stderr=stderr, env={**os.environ, "CI": "true"})
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"benchmark command failed ({code}): {' '.join(command)}\n{err.read_text()[-3000:]}")
+    return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024, "stdout": out.read_text()}
+
+
+def measure(variant: Variant, workdir: Path) -> None:
+    workdir.mkdir(parents=True)
+    result = run(variant.command, workdir)
+    if variant.reads == "json":
+        result["json"] = json.loads(result["stdout"].strip().splitlines()[-1])
+    elif variant.reads == "package":
+        metrics = sorted(workdir.glob("**/metrics.json"))
+        result["json"] = json.loads(metrics[0].read_text()) if len(metrics) == 1 else {"jobs": len(metrics)}
+    result.pop("stdout")
+    variant.runs.append(result)
+
+
+def median(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summary(variant: Variant) -> dict:
+    """Medians over the repetitions: wall time, peak memory, per-epoch training time, test accuracy."""
+    def epoch(run: dict) -> float | None:
+        data = run.get("json") or {}
+        if "epoch_seconds" in data:
+            return statistics.median(data["epoch_seconds"])
+        return (data.get("timing") or {}).get("train_epoch_s_median")
+
+    def accuracy(run: dict) -> float | None:
+        data = run.get("json") or {}
+        return data.get("test_acc", (data.get("test") or {}).get("test/acc"))
+
+    return {
+        "variant": variant.name,
+        "command": " ".join(variant.command).replace(PY, "python"),
+        "repetitions": len(variant.runs),
+        "wall_s": median([r["seconds"] for r in variant.runs]),
+        "wall_s_all": [round(r["seconds"], 3) for r in variant.runs],
+        "peak_mb": median([r["peak_mb"] for r in variant.runs]),
+        "epoch_s": median([epoch(r) for r in variant.runs]),
+        "test_acc": median([accuracy(r) for r in variant.runs]),
+    }
+
+
+def cases(args: argparse.Namespace, work: Path, data: Path | None, device: str) -> dict[str, list[Variant]]:
+    gpu = device == "cuda"
+    accelerator = [f"trainer.accelerator={'gpu' if gpu else 'cpu'}"]
+    plain_device = ["--device", device]
+    quick = args.quick
+    epochs = ["trainer.max_epochs=50"] if quick else []
+    plain_epochs = ["--epochs", "50"] if quick else []
+    suffix = " (gpu)" if gpu else ""
+    found: dict[str, list[Variant]] = {}
+    if data is not None:
+        from experiments.data.idx_files import prepare
+
+        fashion = "fashion" in str(data)
+        name = "FashionMNIST" if fashion else "MNIST"
+        torchvision_root = prepare(data, name, work / "cache")
+        experiment = "fashion_mnist" if fashion else "mnist"
+        flag = ["--fashion"] if fashion else []
+        sizes = ["data.val_size=100"] if quick else []
+        found["1 " + experiment + suffix] = [
+            Variant("package", [*TRAIN, f"experiment={experiment}", f"data.root={data}", *sizes, *accelerator], "package"),
+            Variant("seed loop", [PY, str(HERE / "seed_loop.py"), str(torchvision_root), *flag, *plain_device], "json"),
+            Variant("preloaded loop", [PY, str(HERE / "plain_preloaded.py"), str(torchvision_root), *flag, *plain_device, *(["--val-size", "100"] if quick else [])], "json"),
+        ]
+    found["2 thermometer" + suffix] = [
+        Variant("package", [*TRAIN, "experiment=thermometer", *epochs, *accelerator], "package"),
+        Variant("plain script", [PY, str(HERE / "plain_thermometer.py"), *plain_epochs, *plain_device], "json"),
+    ]
+    sweep = ["optimizer=sgd,adam", "optimizer.lr=0.01"] if quick else ["sweep=optimizers"]
+    found["3 sweep of 15" + suffix] = [
+        Variant("package, sequential", [*TRAIN, "-m", "experiment=thermometer", *sweep, *epochs, *accelerator], "package"),
+        Variant("package, parallel launcher", [*TRAIN, "-m", "hydra/launcher=parallel", "experiment=thermometer", *sweep, *epochs, *accelerator], "package"),
+        Variant("plain script", [PY, str(HERE / "plain_sweep.py"), *plain_epochs, *plain_device], "json"),
+    ]
+    if not gpu:
+        found["4 start-up"] = [
+            Variant("python -c 'import torch'", [PY, "-c", "import torch"]),
+            Variant("package --help", [*TRAIN, "--help"]),
+            Variant("package, 1-epoch run", [*TRAIN, "trainer.max_epochs=1", *accelerator], "package"),
+        ]
+    return found
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def targets(results: dict[str, list[dict]]) -> list[dict]:
+    """Each target of the speed issue, its measured ratio and whether it is met."""
+    rows = []
+    for case, variants in results.items():
+        by_name = {v["variant"]: v for v in variants}
+        if case.startswith("1 "):
+            package, seed, preloaded = by_name["package"], by_name["seed loop"], by_name["preloaded loop"]
+            rows.append({"case": case, "target": "per training epoch <= 1.5x the preloaded loop", "value": ratio(package["epoch_s"], preloaded["epoch_s"]), "limit": 1.5, "better": "lower"})
+            rows.append({"case": case, "target": "end to end >= 3x faster than the seed's loop", "value": ratio(seed["wall_s"], package["wall_s"]), "limit": 3.0, "better": "higher"})
+            gap = None if package["test_acc"] is None or seed["test_acc"] is None else abs(package["test_acc"] - seed["test_acc"]) * 100
+            rows.append({"case": case, "target": "test accuracy within 0.5 points of the seed's loop", "value": gap, "limit": 0.5, "better": "lower", "unit": "points"})
+        elif case.startswith("2 "):
+            rows.append({"case": case, "target": "end to end <= 2x the plain script", "value": ratio(by_name["package"]["wall_s"], by_name["plain script"]["wall_s"]), "limit": 2.0, "better": "lower"})
+        elif case.startswith("3 "):
+            for name in ("package, parallel launcher", "package, sequential"):
+                rows.append({"case": case, "target": f"{name}: end to end <= 2x the plain script", "value": ratio(by_name[name]["wall_s"], by_name["plain script"]["wall_s"]), "limit": 2.0, "better": "lower"})
+        elif case.startswith("4 "):
+            rows.append({"case": case, "target": "--help < 1.5x `import torch`", "value": ratio(by_name["package --help"]["wall_s"], by_name["python -c 'import torch'"]["wall_s"]), "limit": 1.5, "better": "lower"})
+    for row in rows:
+        value = row["value"]
+        row["met"] = value is not None and (value <= row["limit"] if row["better"] == "lower" else value >= row["limit"])
+    return rows
+
+
+def machine() -> dict:
+    import lightning
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    memory = next((int(line.split()[1]) // 1024**2 for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), None) if Path("/proc/meminfo").exists() else None
+    return {
+        "date": date.today().isoformat(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": memory,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+    }
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def markdown(report: dict) -> str:
+    info = report["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`python benchmarks/run.py --reps {report['reps']}`{' --quick' if report['quick'] else ''}, {info['date']}: "
+        f"{info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB"
+        + (f", {info['gpu']}" if info["gpu"] else ", no GPU")
+        + f"; Python {info['python']}, torch {info['torch']}, Lightning {info['lightning']}.",
+        "Medians over the repetitions; every command is a fresh process, start-up included.",
+        "",
+        "## Targets",
+        "",
+        "| case | target | measured | met |",
+        "|---|---|---|---|",
+    ]
+    for row in report["targets"]:
+        unit = row.get("unit", "x")
+        lines.append(f"| {row['case']} | {row['target']} | {number(row['value'])} {unit} | {'yes' if row['met'] else 'no'} |")
+    for case, variants in report["results"].items():
+        lines += ["", f"## Case {case}", "", "| variant | wall s | per-epoch s | test acc | peak MB | wall s, each run |", "|---|---|---|---|---|---|"]
+        for v in variants:
+            lines.append(f"| {v['variant']} | {number(v['wall_s'])} | {number(v['epoch_s'])} | {number(v['test_acc'], 4)} | {number(v['peak_mb'])} | {v['wall_s_all']} |")
+        lines += ["", "Commands:", ""] + [f"- {v['variant']}: `{v['command']}`" for v in variants]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each command (at least 3 for the published table)")
+    parser.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"), help="a folder with the four MNIST-style IDX files")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: checks the benchmark runs")
+    parser.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md and results.json go")
+    parser.add_argument("--cases", default="1,2,3,4", help="which cases to run, e.g. 2,3")
+    args = parser.parse_args()
+    reps = 1 if args.quick else args.reps
+    with tempfile.TemporaryDirectory(prefix="experiments-bench-") as tmp:
+        work = Path(tmp)
+        data = args.data if args.data.is_dir() else None
+        if args.quick:
+            from experiments.data.idx_files import write_fake_set
+
+            data = write_fake_set(work / "fake-mnist", 600, 100)
+        elif data is None:
+            print(f"no MNIST-style files in {args.data}: case 1 is skipped (pass --data DIR)", file=sys.stderr)
+        import torch
+
+        devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+        plan = {name: variants for device in devices for name, variants in cases(args, work, data, device).items() if name[0] in args.cases.split(",")}
+        for rep in range(reps):
+            for name, variants in plan.items():
+                for variant in variants:
+                    print(f"[{rep + 1}/{reps}] case {name}: {variant.name}", flush=True)
+                    measure(variant, work / f"{name}-{variant.name}-{rep}".replace(" ", "_").replace(",", "").replace("'", ""))
+    results = {name: [summary(v) for v in variants] for name, variants in plan.items()}
+    report = {"machine": machine(), "reps": reps, "quick": args.quick, "targets": targets(results), "results": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "RESULTS.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
