@@ -98,3 +98,13 @@ def test_no_logger_and_no_callbacks_still_record_the_run(tmp_path: Path):
     assert not (tmp_path / "checkpoints").exists()
     assert not (tmp_path / "lightning_logs").exists()
     assert read_metrics(tmp_path)["metrics"]["val/loss"]["final_epoch"] == 3
+
+
+def test_gradient_clipping_from_the_trainer_config_limits_each_step(tmp_path: Path):
+    """trainer.gradient_clip_val works as Lightning users expect, with the models' own optimizer step."""
+    clipped = train_in_process(["experiment=thermometer", "data.input_scale=null", "trainer.max_epochs=3", "trainer.gradient_clip_val=0.5", "trainer.gradient_clip_algorithm=value", "optimizer.lr=0.1"], tmp_path / "clipped")
+    # each step moves w and b by at most lr * 0.5 = 0.05 from the seed's start w = 1, b = 0
+    assert abs(clipped["parameters"]["weight"] - 1.0) <= 3 * 0.05 + 1e-6
+    assert abs(clipped["parameters"]["bias"]) <= 3 * 0.05 + 1e-6
+    free = train_in_process(["experiment=thermometer", "data.input_scale=null", "trainer.max_epochs=3", "optimizer.lr=0.1"], tmp_path / "free")
+    assert abs(free["parameters"]["weight"] - 1.0) > 10  # without clipping the raw readings' gradient is huge

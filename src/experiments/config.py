@@ -36,6 +36,11 @@ def check_values(cfg) -> None:
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or (epochs < 1 and epochs != -1)):
         raise UserError(f"trainer.max_epochs must be a positive integer (or -1 to train until stopped), got {epochs!r}.")
+    if (cfg.trainer.get("accumulate_grad_batches") or 1) != 1:
+        raise UserError("trainer.accumulate_grad_batches is not supported: the models step their optimizer every batch; raise data.batch_size instead.")
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0):
+        raise UserError(f"trainer.gradient_clip_val must be a number of 0 or more, or null, got {clip!r}.")
     if cfg.get("monitor_mode") not in ("min", "max"):
         raise UserError(f"monitor_mode must be min or max, got {cfg.get('monitor_mode')!r}.")
 

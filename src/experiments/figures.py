@@ -47,17 +47,26 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str]) -> F
 
 
 def misclassified_figure(images: np.ndarray, targets: Sequence[int], predictions: Sequence[int], class_names: Sequence[str]) -> Figure:
-    """A grid of test images the model got wrong, each titled `true -> predicted`."""
+    """A grid of test images the model got wrong, each labelled `true -> predicted`.
+
+    One mosaic in one Axes: a subplot per image would cost more than the whole training epoch.
+    """
     n = len(images)
     cols = min(8, max(n, 1))
     rows = max(1, math.ceil(n / cols))
-    fig = Figure(figsize=(1.3 * cols, 1.5 * rows), dpi=100)
+    height, width = images.shape[-2:]
+    cell_h, cell_w = height + 12, width + 4  # room for the label above each image
+    mosaic = np.full((rows * cell_h, cols * cell_w), np.nan)
     for k in range(n):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        ax.imshow(images[k].squeeze(), cmap="gray")
-        ax.set_title(f"{class_names[targets[k]]} -> {class_names[predictions[k]]}", fontsize=7)
-        ax.axis("off")
-    fig.tight_layout()
+        r, c = divmod(k, cols)
+        mosaic[r * cell_h + 10 : r * cell_h + 10 + height, c * cell_w + 2 : c * cell_w + 2 + width] = images[k].reshape(height, width)
+    fig = Figure(figsize=(1.3 * cols, 1.45 * rows), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(mosaic, cmap="gray")
+    for k in range(n):
+        r, c = divmod(k, cols)
+        ax.text(c * cell_w + cell_w / 2, r * cell_h + 5, f"{class_names[targets[k]]} -> {class_names[predictions[k]]}", ha="center", va="center", fontsize=6, color="black")
+    ax.axis("off")
     return fig
 
 

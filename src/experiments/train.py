@@ -123,6 +123,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, recorder: Any) -> tuple[Any, li
         "enable_progress_bar": any(isinstance(c, ProgressBar) for c in callbacks),
     }
     defaults = {k: v for k, v in defaults.items() if k not in cfg.trainer}
+    # The models step their optimizer themselves and clip there (ExperimentModule.training_step).
+    defaults.update(gradient_clip_val=None, gradient_clip_algorithm=None)
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=[*loggers, recorder], default_root_dir=str(run_dir), **defaults)
     return trainer, loggers
 
@@ -167,6 +169,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     check_accelerator(cfg.trainer.get("accelerator"))
     datamodule, model = build(cfg)
+    if cfg.trainer.get("gradient_clip_val"):
+        model.gradient_clip = (float(cfg.trainer.gradient_clip_val), cfg.trainer.get("gradient_clip_algorithm") or "norm")
     model.run_config = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in cfg.items() if k != "hydra"}
     recorder = record.MetricsRecord()
     trainer, loggers = make_trainer(cfg, run_dir, recorder)
