@@ -109,4 +109,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.train import run_cli
+
+    run_cli(main)

@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def run_result(cfg: Any, trainer: Any, model: Any, recorder: MetricsRecord, outc
         "timing": {
             "fit_s": round(outcome.get("fit_s", seconds), 3),
             "test_s": round(outcome.get("test_s", 0.0), 3),
-            "train_epoch_s_median": round(sorted(epochs)[len(epochs) // 2], 6) if epochs else None,
+            "train_epoch_s_median": round(statistics.median(epochs), 6) if epochs else None,
             "train_epoch_s_first": round(epochs[0], 6) if epochs else None,
         },
         "epochs": trainer.current_epoch,
