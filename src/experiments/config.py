@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -57,3 +61,40 @@ def job_dir_name(override_dirname: str, job_num: int) -> str:
 
 
 OmegaConf.register_new_resolver("job_dir", job_dir_name, replace=True)
+# resume=<run dir> runs in that directory and leaves its .hydra/ (the run's own config) untouched.
+OmegaConf.register_new_resolver("run_dir_or_resume", lambda resume, new: resume or new, replace=True)
+OmegaConf.register_new_resolver("unless_resume", lambda resume, subdir: None if resume else subdir, replace=True)
+
+
+def check_resume_dir(resume: str) -> None:
+    run_dir = Path(resume)
+    if not (run_dir / ".hydra" / "overrides.yaml").is_file() or not (run_dir / ".hydra" / "hydra.yaml").is_file():
+        raise UserError(f"resume={resume} is not a run directory written by experiments.train (no .hydra/overrides.yaml); pass one under outputs/runs/.")
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise UserError(f"resume={resume} has no checkpoints/last.ckpt to continue from; start a new run instead.")
+
+
+class RunDirectoryCheck(Callback):
+    """Before Hydra creates or uses a run's or a sweep's directory: one sentence and exit 1 if it
+    cannot be created and written, or if resume= names something that is not a run."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("resume"):
+            try:
+                check_resume_dir(str(config.resume))
+            except UserError as error:
+                sys.stderr.write(f"error: {error}\n")
+                sys.exit(1)
+        self.check("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.check("hydra.sweep.dir", config.hydra.sweep.dir)
+
+    @staticmethod
+    def check(key: str, folder: str) -> None:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as error:
+            sys.stderr.write(f"error: {key}={folder} cannot be created or written ({error.strerror}); pick a writable folder.\n")
+            sys.exit(1)

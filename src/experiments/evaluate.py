@@ -33,39 +33,39 @@ def find_checkpoint(run: str, which: str) -> Path:
     raise UserError(f"run={run} does not exist; pass a run directory under outputs/ or a .ckpt file.")
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load with weights_only=True: a checkpoint is data, never code to run."""
-    import pickle
+def checkpoint_class(target: str, key: str, path: Path) -> type:
+    """The data module or model class a checkpoint names, if it is one of this package's."""
+    from hydra.utils import get_class
 
-    import torch
+    from experiments.data.batching import TensorDataModule
+    from experiments.models.base import ExperimentModule
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
-        raise UserError(f"{path} is not a checkpoint torch.load can read safely; pass a .ckpt file written by experiments.train.") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "run_config" not in checkpoint:
-        raise UserError(f"{path} is not a checkpoint written by experiments.train (it has no state_dict and run_config).")
-    return checkpoint
+    base = TensorDataModule if key == "data" else ExperimentModule
+    cls = get_class(target) if target.startswith("experiments.") else None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise UserError(f"{path} names {key} {target!r}, which is not one of this package's {base.__name__} classes; it will not be run.")
+    return cls
 
 
 def evaluate(run: str, which: str = "best", inputs: list[float] | None = None, data_overrides: dict | None = None, accelerator: str = "cpu") -> dict[str, Any]:
     """Test the checkpoint's model on its data; return test metrics and, given inputs, predictions."""
     path = find_checkpoint(run, which)
+    from experiments.callbacks.checkpoint import read_checkpoint
     from experiments.train import quiet_lightning
 
     quiet_lightning()
     import lightning.pytorch as pl
     import torch
-    from hydra.utils import get_class
 
-    from experiments.train import instantiate
-
-    checkpoint = load_checkpoint(path)
+    checkpoint = read_checkpoint(path, "run")
     config = OmegaConf.create(checkpoint["run_config"])
     if data_overrides:
         config.data = OmegaConf.merge(config.data, data_overrides)
-    datamodule = instantiate(config.data, "data")
-    model = get_class(config.model._target_)(**checkpoint["hyper_parameters"])
+    data_class, model_class = (checkpoint_class(config[key]._target_, key, path) for key in ("data", "model"))
+    # Built from plain values, never through instantiate: a checkpoint's config is not the user's
+    # own, so nothing in it may name code to run.
+    datamodule = data_class(**{k: v for k, v in OmegaConf.to_container(config.data).items() if k != "_target_"})
+    model = model_class(**checkpoint["hyper_parameters"])
     model.load_state_dict(checkpoint["state_dict"])
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(model, datamodule=datamodule, verbose=False)

@@ -92,6 +92,7 @@ def run_result(cfg: Any, trainer: Any, model: Any, recorder: MetricsRecord, outc
         "hparams": hparams,
         "checkpoints": checkpoint_paths(run_dir),
         "run_dir": str(run_dir),
+        "versions": versions(),
     }
 
 
@@ -127,6 +128,54 @@ def log_run_hparams(loggers: list[Any], result: dict[str, Any], with_experiment:
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             log_hparams(logger, result["hparams"], hparams_metrics(result), with_experiment)
+
+
+def previous_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The metric history of a run being resumed, so its metrics.json covers the whole run."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in json.loads(path.read_text()).get("metrics", {}).items() if not k.startswith("test/")}
+
+
+@functools.cache
+def versions() -> dict[str, str | None]:
+    """What produced a run: this package's version and git commit, torch, Lightning and Hydra."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    from experiments.config import CONF_DIR
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=5).stdout.strip() or None
+        dirty = commit is not None and bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, False
+    return {
+        "experiments": installed("experiments"),
+        "git_commit": None if commit is None else commit + ("-dirty" if dirty else ""),
+        "torch": installed("torch"),
+        "lightning": installed("lightning"),
+        "hydra": installed("hydra-core"),
+        "torchmetrics": installed("torchmetrics"),
+        "python": ".".join(map(str, __import__("sys").version_info[:3])),
+    }
+
+
+def write_resolved_config(path: Path, config: dict[str, Any] | None) -> None:
+    """The config with every interpolation resolved, beside the composed one in .hydra/."""
+    if config is not None:
+        from omegaconf import OmegaConf
+
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+        os.replace(tmp, path)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

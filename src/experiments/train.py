@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import CONF_DIR, UserError, check_values
+from experiments.config import CONF_DIR, UserError, check_resume_dir, check_values
 
 log = logging.getLogger("experiments")
 
@@ -115,6 +115,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, recorder: Any) -> tuple[Any, li
     """The Trainer with the configured loggers and callbacks; returns it and the loggers."""
     from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 
+    from experiments.callbacks.checkpoint import AtomicCheckpointIO
+
     loggers = instantiate_group(cfg.get("logger"), "logger")
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     # With callbacks=none, Lightning would otherwise add its own checkpointing and progress bar.
@@ -125,7 +127,9 @@ def make_trainer(cfg: DictConfig, run_dir: Path, recorder: Any) -> tuple[Any, li
     defaults = {k: v for k, v in defaults.items() if k not in cfg.trainer}
     # The models step their optimizer themselves and clip there (ExperimentModule.training_step).
     defaults.update(gradient_clip_val=None, gradient_clip_algorithm=None)
-    trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=[*loggers, recorder], default_root_dir=str(run_dir), **defaults)
+    trainer = instantiate(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=[*loggers, recorder], default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()], **defaults
+    )
     return trainer, loggers
 
 
@@ -152,15 +156,29 @@ def fit_and_test(trainer: Any, model: Any, datamodule: Any, ckpt_path: str | Non
         record.log_figures(loggers, model, datamodule, "test", trainer.global_step)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test the configured experiment in `cfg.run_dir`; return what its metrics.json holds."""
+def interruption(error: BaseException, trainer: Any) -> str:
+    checkpoint = trainer.checkpoint_callback
+    by = getattr(checkpoint, "interrupted_by", None) or ("SIGINT" if isinstance(error, KeyboardInterrupt) else "SIGTERM")
+    saved = checkpoint is not None and Path(checkpoint.dirpath, "last.ckpt").is_file()
+    return f"interrupted by {by}" + ("; resume=<run dir> continues from checkpoints/last.ckpt" if saved else "")
+
+
+def train(cfg: DictConfig, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit and test the configured experiment in `cfg.run_dir`; return what its metrics.json holds.
+
+    `context` is what hydra_context() returns; a resumed run passes its original one."""
     run_dir = Path(cfg.run_dir)
+    context = context or hydra_context()
     check_values(cfg)
     quiet_lightning()
     import lightning.pytorch as pl
 
     from experiments import record
+    from experiments.callbacks.checkpoint import read_checkpoint
     from experiments.models.base import Diverged
+
+    if cfg.ckpt_path:
+        read_checkpoint(cfg.ckpt_path, "ckpt_path")
 
     # Lightning sets this so CUDA probes never initialise CUDA, but then every optimizer step
     # re-probes NVML (about 0.25 ms, longer than a whole step of these models). Nothing here forks.
@@ -173,6 +191,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model.gradient_clip = (float(cfg.trainer.gradient_clip_val), cfg.trainer.get("gradient_clip_algorithm") or "norm")
     model.run_config = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in cfg.items() if k != "hydra"}
     recorder = record.MetricsRecord()
+    if context.get("resumed"):
+        recorder.metrics = record.previous_metrics(run_dir)
     trainer, loggers = make_trainer(cfg, run_dir, recorder)
 
     outcome: dict[str, Any] = {"status": "finished", "reason": None, "parameters": None}
@@ -180,17 +200,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         fit_and_test(trainer, model, datamodule, cfg.ckpt_path, loggers, outcome)
     except Diverged as error:
         outcome.update(status="diverged", reason=str(error))
+    except (KeyboardInterrupt, SystemExit) as error:  # Lightning's SIGTERMException is a SystemExit
+        outcome.update(status="interrupted", reason=interruption(error, trainer))
     except BaseException as error:
-        interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
-        outcome.update(status="interrupted" if interrupted else "failed", reason="training was interrupted" if interrupted else f"{type(error).__name__}: {error}")
+        outcome.update(status="failed", reason=f"{type(error).__name__}: {error}")
         raise
     finally:
-        context = hydra_context()
         hparams = record.flat_hparams(cfg, context["choices"], context["overrides"], datamodule.batch_size or datamodule.train_size)
         result = record.run_result(cfg, trainer, model, recorder, outcome, context, hparams, time.perf_counter() - started)
         if trainer.is_global_zero:
             record.write_trajectory(run_dir / "trajectory.json", model, datamodule)
             record.write_json(run_dir / "metrics.json", result)
+            record.write_resolved_config(run_dir / "config.resolved.yaml", model.run_config)
             record.log_run_hparams(loggers, result, with_experiment=not context["multirun"])
     return result
 
@@ -217,6 +238,29 @@ def only_hydra_files(run_dir: Path) -> bool:
     return run_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir())
 
 
+def resumed(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """For resume=<run dir>: that run's config (its command-line overrides, composed again, plus
+    any given now) with its own directory and last checkpoint, and its Hydra context."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(cfg.run_dir)
+    check_resume_dir(str(run_dir))
+    saved = run_dir / ".hydra"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    original = [str(o) for o in OmegaConf.load(saved / "overrides.yaml")]
+    extra = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("resume=", "hydra.", "hydra/"))]
+    config = compose("train", overrides=[*original, *extra, f"run_dir={run_dir}", f"ckpt_path={last}"])
+    choices = OmegaConf.load(saved / "hydra.yaml").hydra.runtime.choices
+    context = {
+        "choices": {k: v for k, v in choices.items() if v and not k.startswith("hydra")},
+        "overrides": [*original, *extra],
+        "multirun": False,
+        "resumed": True,
+    }
+    return config, context
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """One run, or one job of a sweep. A job that fails or diverges is recorded and the sweep goes
@@ -226,12 +270,18 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.run_dir)
     multirun = hydra_context()["multirun"]
     try:
-        result = train(cfg)
+        if cfg.get("resume"):
+            if multirun:
+                raise UserError("resume= continues one run; run it without -m (sweep jobs resume with ckpt_path=<job dir>/checkpoints/last.ckpt).")
+            cfg, context = resumed(cfg)
+            result = train(cfg, context)
+        else:
+            result = train(cfg)
     except UserError as error:
         sys.stderr.write(f"error: {error}\n")
         log.debug("error: %s", error)
         if not multirun:
-            if only_hydra_files(run_dir):
+            if only_hydra_files(run_dir) and not cfg.get("resume"):
                 shutil.rmtree(run_dir, ignore_errors=True)  # a mistyped value leaves no empty run behind
             sys.exit(1)
         record.write_failure(run_dir, str(error), hydra_context())
@@ -245,6 +295,8 @@ def main(cfg: DictConfig) -> float | None:
         result = None
     if result is not None:
         print_summary(result)
+    if result is not None and result["status"] == "interrupted":
+        sys.exit(130 if "SIGINT" in result["reason"] else 143)  # as a shell reports a signal; a sweep stops too
     if result is None or result["status"] != "finished":
         # Hydra's launchers run every job before raising a failure, so stopping means exiting here.
         if not multirun or cfg.fail_fast:
