@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: checks the benchmark runs")
     parser.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md and results.json go")
     parser.add_argument("--cases", default="1,2,3,4", help="which cases to run, e.g. 2,3")
+    parser.add_argument("--devices", default="auto", help="cpu, cuda, or cpu,cuda; auto: cpu, and cuda when there is a GPU")
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
     with tempfile.TemporaryDirectory(prefix="experiments-bench-") as tmp:
@@ -239,7 +240,7 @@ def main() -> None:
             print(f"no MNIST-style files in {args.data}: case 1 is skipped (pass --data DIR)", file=sys.stderr)
         import torch
 
-        devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+        devices = (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]) if args.devices == "auto" else args.devices.split(",")
         plan = {name: variants for device in devices for name, variants in cases(args, work, data, device).items() if name[0] in args.cases.split(",")}
         for rep in range(reps):
             for name, variants in plan.items():

@@ -110,7 +110,7 @@ def test_mnist_experiment_on_small_idx_files(tmp_path: Path):
 def test_help_lists_the_groups_and_cfg_job_shows_overrides_without_running(tmp_path: Path):
     done = cli(["--help"], tmp_path)
     assert done.returncode == 0
-    for group in ("optimizer: adagrad, adam, adamw, momentum, rmsprop, sgd", "experiment:", "trainer: cpu, default, gpu", "logger: csv, none, tensorboard"):
+    for group in ("optimizer: adagrad, adam, adamw, momentum, rmsprop, sgd", "experiment:", "trainer: cpu, ddp, ddp_cpu, default, gpu, gpu_per_job", "logger: csv, none, tensorboard"):
         assert group in done.stdout
     done = cli(["--cfg", "job", "optimizer=adam", "optimizer.lr=0.1"], tmp_path)
     assert done.returncode == 0

@@ -66,3 +66,14 @@ def test_hyperparameters_hold_plain_data_and_no_optimizer():
 def test_a_model_built_for_evaluation_cannot_train():
     with pytest.raises(RuntimeError, match="without an optimizer"):
         LinearRegression().configure_optimizers()
+
+
+def test_the_loss_metric_weighs_uneven_batches_by_their_size():
+    # A last batch smaller than the others (or a smaller shard on one DDP rank) must not count as much.
+    model = LinearRegression()
+    x, y = torch.arange(7.0).unsqueeze(1), torch.zeros(7, 1)
+    for batch in ((x[:6], y[:6]), (x[6:], y[6:])):
+        model.evaluation_step(batch, "val")
+    with torch.no_grad():
+        whole = model.loss(model(x), y)
+    assert model.val_metrics["loss"].compute() == pytest.approx(whole.item(), rel=1e-6)

@@ -60,7 +60,22 @@ def job_dir_name(override_dirname: str, job_num: int) -> str:
     return name
 
 
+def gpu_for_job(job_num: int | None = None, gpu_count: int | None = None) -> list[int]:
+    """The one GPU a sweep job trains on (trainer=gpu_per_job): its job number modulo the GPUs
+    visible, so jobs launched side by side land on different GPUs. A single run uses GPU 0."""
+    if job_num is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        job_num = OmegaConf.select(HydraConfig.get(), "job.num", default=0) if HydraConfig.initialized() else 0
+    if gpu_count is None:
+        import torch
+
+        gpu_count = torch.cuda.device_count()
+    return [int(job_num) % gpu_count] if gpu_count else [0]
+
+
 OmegaConf.register_new_resolver("job_dir", job_dir_name, replace=True)
+OmegaConf.register_new_resolver("gpu_for_job", gpu_for_job, replace=True)
 # resume=<run dir> runs in that directory and leaves its .hydra/ (the run's own config) untouched.
 OmegaConf.register_new_resolver("run_dir_or_resume", lambda resume, new: resume or new, replace=True)
 OmegaConf.register_new_resolver("unless_resume", lambda resume, subdir: None if resume else subdir, replace=True)

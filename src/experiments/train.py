@@ -7,6 +7,7 @@ it, so `--help` and `--cfg job` answer without loading them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -261,6 +262,42 @@ def resumed(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
     return config, context
 
 
+def starts_script_processes(cfg: DictConfig) -> bool:
+    """Whether the strategy starts its other processes by running this command again (Lightning's ddp)."""
+    strategy = str(cfg.trainer.get("strategy") or "auto")
+    return strategy.startswith("ddp") and not any(word in strategy for word in ("spawn", "fork", "notebook"))
+
+
+def resumable_job(run_dir: Path) -> bool:
+    """A sweep job run again in its directory (a requeue after preemption, or a rerun of the sweep)
+    that stopped before finishing and left a checkpoint."""
+    metrics = run_dir / "metrics.json"
+    finished = metrics.is_file() and json.loads(metrics.read_text()).get("status") == "finished"
+    return (run_dir / "checkpoints" / "last.ckpt").is_file() and not finished
+
+
+def run_job_in_own_process(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Run one sweep job as a single run in a process of its own, in the job's directory.
+
+    Lightning's DDP starts its other processes by running the command line again: inside a sweep,
+    that would start the whole sweep again in each of them (duplicate directories, then a hang).
+    As a single run, the usual Hydra and DDP handshake applies: same directory, rank 0 writes."""
+    import subprocess
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if resumable_job(run_dir):
+        command = [f"resume={run_dir}"]
+    else:
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("sweep=", "hydra.", "hydra/", "fail_fast="))]
+        command = [*overrides, f'hydra.run.dir="{run_dir}"', "hydra.output_subdir=null"]
+    done = subprocess.run([sys.executable, "-m", "experiments.train", *command, "hydra.mode=RUN"], cwd=os.getcwd())
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        raise RuntimeError(f"the job's own process exited with {done.returncode} before recording a result")
+    return json.loads(metrics.read_text())
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """One run, or one job of a sweep. A job that fails or diverges is recorded and the sweep goes
@@ -269,12 +306,18 @@ def main(cfg: DictConfig) -> float | None:
 
     run_dir = Path(cfg.run_dir)
     multirun = hydra_context()["multirun"]
+    own_process = multirun and starts_script_processes(cfg)  # which prints its own summary
     try:
         if cfg.get("resume"):
             if multirun:
-                raise UserError("resume= continues one run; run it without -m (sweep jobs resume with ckpt_path=<job dir>/checkpoints/last.ckpt).")
+                raise UserError("resume= continues one run; run it without -m (a sweep run again into its directory resumes its unfinished jobs).")
             cfg, context = resumed(cfg)
             result = train(cfg, context)
+        elif own_process:
+            result = run_job_in_own_process(cfg, run_dir)
+        elif multirun and resumable_job(run_dir):
+            cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
+            result = train(cfg, {**hydra_context(), "resumed": True})
         else:
             result = train(cfg)
     except UserError as error:
@@ -293,7 +336,9 @@ def main(cfg: DictConfig) -> float | None:
         if not (run_dir / "metrics.json").is_file():
             record.write_failure(run_dir, f"{type(error).__name__}: {error}", hydra_context())
         result = None
-    if result is not None:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if result is not None and rank_zero_only.rank == 0 and not own_process:
         print_summary(result)
     if result is not None and result["status"] == "interrupted":
         sys.exit(130 if "SIGINT" in result["reason"] else 143)  # as a shell reports a signal; a sweep stops too

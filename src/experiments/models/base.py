@@ -75,10 +75,12 @@ class ExperimentModule(pl.LightningModule):
             raise RuntimeError("This model was built without an optimizer; pass optimizer=partial(torch.optim.X, ...).")
         return self.optimizer_factory(self.parameters())
 
-    def update_metrics(self, stage: str, loss: Tensor, weight: Tensor | int, outputs: Tensor, targets: Tensor) -> None:
+    def update_metrics(self, stage: str, loss: Tensor, sizes: Tensor | int, outputs: Tensor, targets: Tensor) -> None:
         """Add batches to a stage's metrics: the loss weighted by batch size, the rest from outputs."""
         metrics = getattr(self, f"{stage}_metrics")
-        metrics["loss"].update(loss, weight)
+        # MeanMetric drops its weights when NaN handling is off (it would hide a diverged loss), so
+        # each batch's mean loss counts once per sample: uneven batches and ranks weigh correctly.
+        metrics["loss"].update(loss.expand(sizes) if loss.ndim == 0 else loss.repeat_interleave(sizes))
         for name, metric in metrics.items():
             if name != "loss":
                 metric.update(outputs, targets)
@@ -100,8 +102,12 @@ class ExperimentModule(pl.LightningModule):
 
     def check_finite(self, loss: Tensor) -> None:
         # Reading the loss waits for an accelerator, so there it is read only every few steps.
-        if loss.device.type == "cpu" or self.global_step % self.trainer.log_every_n_steps == 0:
-            if not math.isfinite(value := loss.item()):
+        trainer = self.trainer
+        if loss.device.type == "cpu" or self.global_step % trainer.log_every_n_steps == 0:
+            bad = not math.isfinite(value := loss.item())
+            if trainer.world_size > 1:  # every process stops together, or the others wait forever
+                bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+            if bad:
                 raise Diverged(f"train loss became {value} at epoch {self.current_epoch + 1}, step {self.global_step + 1}")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -140,7 +146,7 @@ class ExperimentModule(pl.LightningModule):
         if not self._train_outputs:
             return
         losses, outputs, targets = zip(*self._train_outputs)
-        sizes = torch.tensor([len(t) for t in targets], dtype=losses[0].dtype, device=losses[0].device)
+        sizes = torch.tensor([len(t) for t in targets], device=losses[0].device)
         self.update_metrics("train", torch.stack(losses), sizes, torch.cat(outputs), torch.cat(targets))
         self._train_outputs = None
         self._last_logged_step = self.global_step

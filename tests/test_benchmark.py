@@ -1,0 +1,35 @@
+"""The benchmark's quick mode runs every case end to end, so the benchmark cannot rot.
+
+It times nothing that is asserted: CI machines vary; the published numbers are in
+benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import fake_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_quick_benchmark_runs_every_case_and_writes_its_tables(tmp_path: Path):
+    data = fake_mnist(tmp_path / "digits")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--data", str(data), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted(report["results"]) == ["1 mnist", "2 thermometer", "3 sweep of 15", "4 start-up"]
+    for variants in report["results"].values():
+        assert all(v["repetitions"] == 1 and v["wall_s"] > 0 for v in variants)
+    package = report["results"]["1 mnist"][0]
+    assert package["variant"] == "package" and 0 <= package["test_acc"] <= 1 and package["epoch_s"] > 0
+    sweeps = {v["variant"]: v for v in report["results"]["3 sweep of 15"]}
+    assert set(sweeps) == {"package, sequential", "package, parallel launcher", "plain script"}
+    assert {row["case"] for row in report["targets"]} == set(report["results"])
+    table = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert "## Targets" in table and "| 2 thermometer | end to end <= 2x the plain script |" in table

@@ -1,0 +1,134 @@
+"""Beyond one process: Lightning's DDP with two CPU processes, sweeps of DDP jobs, the SLURM preset,
+the submitit launcher's local executor, and sweep jobs that resume when run again (a requeue)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli, compose_train, fake_mnist, only_run_dir, read_metrics, train_in_process
+from experiments.config import gpu_for_job
+from experiments.data.mnist import MNISTDataModule
+from experiments.data.thermometer import ThermometerDataModule
+from experiments.models.linear import LinearRegression
+from experiments.models.mlp import MLPClassifier
+
+
+def event_file_pids(run_dir: Path) -> set[str]:
+    return {p.name.split(".")[-2] for p in run_dir.glob("events.out.tfevents.*")}
+
+
+def test_ddp_on_two_cpu_processes_keeps_one_run_directory_and_synced_metrics(tmp_path: Path):
+    done = cli(["experiment=thermometer", "trainer=ddp_cpu", "trainer.max_epochs=300", "trainer.check_val_every_n_epoch=100"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)  # the second process used the first one's directory
+    assert (run_dir / "train_ddp_process_1.log").is_file()
+    assert len(event_file_pids(run_dir)) == 1  # TensorBoard files come from rank 0 only
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "finished" and metrics["steps"] == 300
+    assert done.stdout.count("Finished in") == 1  # one summary, from rank 0
+    # The validation loss DDP logged equals what one process computes with the same weights.
+    model = LinearRegression()
+    model.load_state_dict(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    data = ThermometerDataModule(fit_all_readings=True)
+    data.setup()
+    x, y = data.splits["val"]
+    with torch.no_grad():
+        single = model.loss(model(x), y).item()
+    assert metrics["metrics"]["val/loss"]["final"] == pytest.approx(single, rel=1e-5)
+
+
+def test_ddp_splits_each_epoch_across_processes_and_syncs_test_accuracy(tmp_path: Path):
+    root = fake_mnist(tmp_path / "digits")
+    done = cli(["experiment=mnist", f"data.root={root}", "data.val_size=40", "data.batch_size=16", "trainer.max_epochs=2", "trainer=ddp_cpu"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    metrics = read_metrics(run_dir)
+    # 260 training images, 130 per process: ceil(130 / 16) = 9 steps an epoch, not the 17 of one process
+    assert metrics["steps"] == 2 * 9
+    # Test accuracy gathered over both processes' halves of the test set equals one process's count.
+    checkpoint = torch.load(metrics["checkpoints"]["best"], weights_only=True)
+    model = MLPClassifier()
+    model.load_state_dict(checkpoint["state_dict"])
+    data = MNISTDataModule(root=str(root), val_size=40, download=False, cache_dir=str(tmp_path / ".cache"))
+    data.setup()
+    x, y = data.splits["test"]
+    with torch.no_grad():
+        single = (model(x).argmax(1) == y).float().mean().item()
+    assert metrics["test"]["test/acc"] == pytest.approx(single, abs=1e-6)
+
+
+def test_a_sweep_of_ddp_jobs_runs_each_job_once_in_its_own_directory(tmp_path: Path):
+    done = cli(["-m", "experiment=thermometer", "trainer=ddp_cpu", "trainer.max_epochs=50", "optimizer.lr=0.001,0.01"], tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
+    assert len(sweeps) == 1 and not (tmp_path / "outputs" / "runs").exists()
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in jobs] == ["experiment=thermometer,optimizer.lr=0.001,trainer.max_epochs=50,trainer=ddp_cpu", "experiment=thermometer,optimizer.lr=0.01,trainer.max_epochs=50,trainer=ddp_cpu"]
+    for job in jobs:
+        assert read_metrics(job)["status"] == "finished" and read_metrics(job)["steps"] == 50
+        assert (job / "train_ddp_process_1.log").is_file() and len(event_file_pids(job)) == 1
+    assert "2 jobs: 2 finished" in done.stdout
+
+
+def test_the_slurm_preset_composes_with_the_usual_settings(tmp_path: Path):
+    cfg = compose_train(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"], tmp_path)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min, launcher.cpus_per_task) == ("gpu", 2, 60, 4)
+    assert launcher.max_num_timeout == 3 and launcher.signal_delay_s == 120
+
+
+def test_cfg_hydra_shows_the_slurm_launcher_settings(tmp_path: Path):
+    done = cli(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    for line in ("SlurmLauncher", "partition: gpu", "gpus_per_node: 1", "cpus_per_task: 4", "timeout_min: 60", "array_parallelism: 64"):
+        assert line in done.stdout
+
+
+def test_submitit_local_executor_runs_a_two_job_sweep(tmp_path: Path):
+    done = cli(["-m", "hydra/launcher=submitit_local", "experiment=thermometer", "trainer.max_epochs=50", "optimizer.lr=0.001,0.01"], tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+    jobs = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(jobs) == 2 and all(read_metrics(job)["status"] == "finished" for job in jobs)
+    assert (sweep / ".submitit").is_dir() and (sweep / "summary.csv").is_file()
+
+
+def test_a_sweep_job_run_again_after_preemption_resumes_from_its_checkpoint(tmp_path: Path):
+    """What a SLURM requeue does: the same job, in the same directory, after a SIGTERM."""
+    args = ["-m", "experiment=thermometer", "trainer.max_epochs=3000", "trainer.check_val_every_n_epoch=100", "optimizer.lr=0.01", "callbacks.progress.plain_every_seconds=0.05"]
+    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / ".cache")}
+    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if (match := re.search(r"epoch (\d+)/3000", line)) and int(match[1]) >= 700:
+            process.send_signal(signal.SIGTERM)
+            break
+    process.stdout.read()
+    assert process.wait(timeout=60) == 143
+    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+    job = next(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    stopped = read_metrics(job)
+    assert stopped["status"] == "interrupted" and 700 <= stopped["steps"] < 3000
+
+    done = cli([*args, f'hydra.sweep.dir="{sweep}"'], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    finished = read_metrics(job)
+    assert finished["status"] == "finished" and finished["steps"] == 3000
+    straight = train_in_process(["experiment=thermometer", "trainer.max_epochs=3000", "trainer.check_val_every_n_epoch=100", "optimizer.lr=0.01"], tmp_path / "straight")
+    assert finished["parameters"] == straight["parameters"]  # exactly where an unstopped job ends
+    assert finished["metrics"]["val/loss"]["best_epoch"] == 3000
+
+
+def test_gpu_per_job_gives_side_by_side_sweep_jobs_different_gpus(tmp_path: Path):
+    assert [gpu_for_job(num, gpu_count=4) for num in range(6)] == [[0], [1], [2], [3], [0], [1]]
+    assert gpu_for_job(3, gpu_count=0) == [0]  # no GPU: the accelerator check then says so
+    cfg = compose_train(["trainer=gpu_per_job"], tmp_path)
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == [0]  # a single run: job 0
