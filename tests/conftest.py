@@ -28,9 +28,12 @@ def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train
 
 
 def train_in_process(overrides: list[str], run_dir: Path) -> dict:
-    from experiments.train import train
+    """What `python -m experiments.train OVERRIDES` does, in this process, writing into run_dir."""
+    from experiments.run import train
+    from experiments.train import run_info
 
-    return train(compose_train(overrides, run_dir))
+    cfg = compose_train(overrides, run_dir)
+    return train(cfg, run_info(cfg))
 
 
 def cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None, module: str = "experiments.train") -> subprocess.CompletedProcess:

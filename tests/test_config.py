@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from conftest import compose_train
 from experiments.config import CONF_DIR, UserError, check_values
-from experiments.train import build
+from experiments.build import build
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 OPTIMIZERS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))

@@ -80,7 +80,6 @@ def test_the_loss_metric_weighs_uneven_batches_by_their_size():
 
 
 def test_a_callback_on_the_backward_hooks_still_sees_every_backward_pass():
-    # Without such a callback the models call loss.backward() directly (it is a fifth of a step).
     import lightning.pytorch as pl
 
     from experiments.data.thermometer import ThermometerDataModule
@@ -94,4 +93,4 @@ def test_a_callback_on_the_backward_hooks_still_sees_every_backward_pass():
     model = LinearRegression(optimizer=functools.partial(torch.optim.SGD, lr=1e-2))
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[CountBackward()])
     trainer.fit(model, datamodule=ThermometerDataModule())
-    assert CountBackward.calls == 3 and not model._plain_backward
+    assert CountBackward.calls == 3

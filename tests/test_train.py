@@ -48,7 +48,7 @@ def test_classifier_learns_the_small_idx_set_and_reports_accuracy(tmp_path: Path
         ["experiment=mnist", f"data.root={mnist_root}", "data.val_size=40", "data.batch_size=32", "trainer.max_epochs=5"], tmp_path
     )
     assert result["monitor"]["name"] == "val/acc"
-    assert set(result["test"]) == {"test/loss", "test/acc"}
+    assert set(result["test"]) == {"test/loss", "test/acc", "test/f1"}
     assert result["test"]["test/acc"] > 0.8  # each class is a bright bar at its own rows
 
 

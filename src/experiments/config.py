@@ -12,7 +12,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# An installed wheel carries the configs as experiments/conf; a checkout (pip install -e .) reads
+# the repository's conf/, so an edit there takes effect at once.
+CONF_DIR = PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parents[1] / "conf"
 
 
 class UserError(ValueError):
@@ -40,13 +43,17 @@ def check_values(cfg) -> None:
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or (epochs < 1 and epochs != -1)):
         raise UserError(f"trainer.max_epochs must be a positive integer (or -1 to train until stopped), got {epochs!r}.")
-    if (cfg.trainer.get("accumulate_grad_batches") or 1) != 1:
-        raise UserError("trainer.accumulate_grad_batches is not supported: the models step their optimizer every batch; raise data.batch_size instead.")
+    accumulate = cfg.trainer.get("accumulate_grad_batches")
+    if accumulate is not None and (isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1):
+        raise UserError(f"trainer.accumulate_grad_batches must be a positive integer, got {accumulate!r}.")
     clip = cfg.trainer.get("gradient_clip_val")
     if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0):
         raise UserError(f"trainer.gradient_clip_val must be a number of 0 or more, or null, got {clip!r}.")
-    if cfg.get("monitor_mode") not in ("min", "max"):
-        raise UserError(f"monitor_mode must be min or max, got {cfg.get('monitor_mode')!r}.")
+    if cfg.get("monitor_mode") not in ("min", "max", "auto"):
+        raise UserError(f"monitor_mode must be min, max or auto (the metric's own direction), got {cfg.get('monitor_mode')!r}.")
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UserError(f"seed must be an integer from 0 to {2**32 - 1}, got {seed!r}.")
 
 
 def job_dir_name(override_dirname: str, job_num: int) -> str:

@@ -51,7 +51,7 @@ def evaluate(run: str, which: str = "best", inputs: list[float] | None = None, d
     """Test the checkpoint's model on its data; return test metrics and, given inputs, predictions."""
     path = find_checkpoint(run, which)
     from experiments.callbacks.checkpoint import read_checkpoint
-    from experiments.train import quiet_lightning
+    from experiments.cli import quiet_lightning
 
     quiet_lightning()
     import lightning.pytorch as pl
@@ -104,11 +104,11 @@ def main(cfg: DictConfig) -> None:
         result = evaluate(str(cfg.run), cfg.checkpoint, None if inputs is None else list(inputs), OmegaConf.to_container(cfg.data), cfg.accelerator)
     except UserError as error:
         sys.stderr.write(f"error: {error}\n")
-        sys.exit(1)
+        sys.exit(1)  # Hydra would print more for an exception
     print_result(result)
 
 
 if __name__ == "__main__":
-    from experiments.train import run_cli
+    from experiments.cli import run_cli
 
     run_cli(main)

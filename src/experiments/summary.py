@@ -125,7 +125,7 @@ def write_hparams_experiment(sweep_dir: Path, rows: list[dict[str, Any]]) -> Non
     TensorBoard's table shows all of them (it takes the first experiment summary it finds)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from experiments.record import hparams_summaries
+    from experiments.hparams import summaries
 
     params: dict[str, Any] = {}
     for row in rows:
@@ -135,9 +135,9 @@ def write_hparams_experiment(sweep_dir: Path, rows: list[dict[str, Any]]) -> Non
         return
     domains = {k: sorted({str(r["hparams"][k]) for r in rows if k in r["hparams"]}) for k, v in params.items() if isinstance(v, str)}
     metrics = sorted({k for r in rows for k, v in r["best_metrics"].items() if v is not None} | {k for r in rows for k in r["test"]})
-    experiment, _, _ = hparams_summaries(params, metrics, domains)
+    experiment, _, _ = summaries(params, metrics, domains=domains)
     with SummaryWriter(log_dir=str(sweep_dir)) as writer:
-        writer._get_file_writer().add_summary(experiment)
+        writer.file_writer.add_summary(experiment)
 
 
 class SweepSummary(Callback):

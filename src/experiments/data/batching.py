@@ -140,9 +140,13 @@ class TensorDataModule(pl.LightningDataModule):
         """Map raw inputs (as a user would type them) to what the model sees."""
         return raw
 
-    def setup(self, stage: str | None = None) -> None:
+    def load(self) -> None:
+        """Read or make the data, once; its mistakes (a missing or damaged file) surface here."""
         if self.splits is None:
             self.splits = self.load_splits()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in self.splits.items()}
 

@@ -1,16 +1,19 @@
-"""What every model here shares: the optimizer Hydra hands in, per-stage torchmetrics logged
-cheaply, and a stop as soon as the training loss is no longer a number."""
+"""What every model here shares: the optimizer and learning-rate schedule Hydra hands in,
+per-stage torchmetrics logged cheaply, and a stop as soon as the training loss is no longer a number."""
 
 from __future__ import annotations
 
+import inspect
 import math
-import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
+
+from experiments import speedups
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 STAGES = ("train", "val", "test")
@@ -20,12 +23,12 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite; the message says when."""
 
 
-class ExperimentModule(pl.LightningModule):
+class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
     """Subclasses define the network, `task`, `loss(outputs, targets)` and `extra_metrics()`.
 
-    The training step is the seeds' loop body: loss, zero_grad, backward, step (Lightning's manual
-    optimization, which also costs a fifth less per step than its automatic one). Gradient
-    clipping, set as usual with trainer.gradient_clip_val, is applied there by train().
+    The training step is the seeds' loop body (loss of a batch); Lightning's automatic optimization
+    does zero_grad, backward and step, and with them gradient clipping, accumulation and the
+    learning-rate schedule as the Trainer's settings and `scheduler` ask.
 
     Metrics are torchmetrics objects per stage, so they aggregate over batches and, with several
     processes, over ranks. A training step only keeps its loss and outputs; they reach the metrics
@@ -35,66 +38,51 @@ class ExperimentModule(pl.LightningModule):
     """
 
     task: str
+    needs: str  # the data a model needs, as the error for a mismatch says it
 
-    def __init__(self, optimizer: OptimizerFactory | None):
+    def __init__(self, optimizer: OptimizerFactory | None, scheduler: dict[str, Any] | None = None):
         super().__init__()
-        # A partial, not plain data: kept off the saved hyperparameters so checkpoints load with weights_only=True.
+        # Partials, not plain data: kept off the saved hyperparameters so checkpoints load with weights_only=True.
         self.optimizer_factory = optimizer
+        self.scheduler_config = scheduler  # Lightning's lr_scheduler dict, its "scheduler" a partial
         for stage in STAGES:  # train_metrics, val_metrics, test_metrics
             metrics = nn.ModuleDict({"loss": MeanMetric(nan_strategy="disable"), **self.extra_metrics()})
             setattr(self, f"{stage}_metrics", metrics)
         self._last_logged_step = -1
         self._train_outputs: list[tuple[Tensor, Tensor, Tensor]] | None = []
-        self.run_config: dict | None = None  # the composed config, saved in checkpoints by train()
-        self.automatic_optimization = False
-        self.gradient_clip: tuple[float, str] | None = None  # (value, "norm" or "value"), set by train()
-        self.train_epoch_seconds: list[float] = []  # training only, validation excluded, for metrics.json
-        self._clock = [0.0, 0.0]  # epoch start, validation start
-        self._plain_backward = False  # set in on_fit_start
-
-    def __setattr__(self, name: str, value: object) -> None:
-        # Lightning sets _current_fx_name around every hook call, a dozen times a step; nn.Module's
-        # __setattr__ checks for parameters and submodules each time, which costs more than the step.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
-    def on_fit_start(self) -> None:
-        # manual_backward wraps loss.backward() in the strategy's and precision plugin's hooks:
-        # gradient scaling, DDP's reducer, on_before/after_backward. With one device, full
-        # precision and no callback on those hooks it adds nothing but a fifth of a step's time.
-        from lightning.pytorch.callbacks import Callback
-        from lightning.pytorch.plugins.precision import Precision
-        from lightning.pytorch.strategies import SingleDeviceStrategy
-        from lightning.pytorch.utilities.model_helpers import is_overridden
-
-        trainer = self.trainer
-        self._plain_backward = (
-            type(trainer.strategy) is SingleDeviceStrategy
-            and type(trainer.precision_plugin) is Precision
-            and not any(
-                is_overridden(hook, hooked, parent)
-                for hooked, parent in [(self, pl.LightningModule), *((c, Callback) for c in trainer.callbacks)]
-                for hook in ("on_before_backward", "on_after_backward")
-            )
-        )
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Plain data only, so the checkpoint alone can be re-tested and loads with weights_only=True.
-        if self.run_config is not None:
-            checkpoint["run_config"] = self.run_config
 
     def extra_metrics(self) -> dict[str, Metric]:
         return {}
 
+    def metric_directions(self) -> dict[str, bool]:
+        """Whether a higher value is better, per logged metric (`val/acc`: True), from torchmetrics'
+        own `higher_is_better`; the loss is a loss."""
+        return {
+            f"{stage}/{name}": name != "loss" and bool(metric.higher_is_better)
+            for stage in STAGES
+            for name, metric in getattr(self, f"{stage}_metrics").items()
+        }
+
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def replica(self, index: int) -> ExperimentModule:
+        """The model of the `index`-th run this module trains: itself (a population of several
+        runs trained together answers with a model holding one run's weights)."""
+        return self
+
+    def path_points(self) -> list[tuple[float, float]] | None:
+        """(w, b) of each run trained, for a model of two parameters; None otherwise."""
+        return None
+
+    def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise RuntimeError("This model was built without an optimizer; pass optimizer=partial(torch.optim.X, ...).")
-        return self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameters())
+        if not self.scheduler_config:
+            return optimizer
+        config = dict(self.scheduler_config)
+        return {"optimizer": optimizer, "lr_scheduler": {**config, "scheduler": build_scheduler(config.pop("scheduler"), optimizer, self.trainer)}}
 
     def update_metrics(self, stage: str, loss: Tensor, sizes: Tensor | int, outputs: Tensor, targets: Tensor) -> None:
         """Add batches to a stage's metrics: the loss weighted by batch size, the rest from outputs."""
@@ -111,15 +99,6 @@ class ExperimentModule(pl.LightningModule):
         outputs = self(inputs)
         loss = self.loss(outputs, targets)
         self.check_finite(loss)
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        if self._plain_backward:
-            loss.backward()
-        else:
-            self.manual_backward(loss)
-        if self.gradient_clip is not None:
-            self.clip_gradients(optimizer, *self.gradient_clip)
-        optimizer.step()
         if self._train_outputs is not None:
             self._train_outputs.append((loss.detach(), outputs.detach(), targets))
         return loss
@@ -151,21 +130,13 @@ class ExperimentModule(pl.LightningModule):
         for metric in metrics.values():
             metric.reset()
 
-    def on_validation_start(self) -> None:
-        self._clock[1] = time.perf_counter()
-
-    def on_validation_end(self) -> None:
-        self._clock[0] += time.perf_counter() - self._clock[1]  # the epoch's clock skips validation
-
     def on_train_epoch_start(self) -> None:
-        self._clock[0] = time.perf_counter()
         trainer = self.trainer
         due = self.global_step + trainer.num_training_batches - self._last_logged_step >= trainer.log_every_n_steps
         last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         self._train_outputs = [] if due or last_epoch or self._last_logged_step < 0 else None
 
     def on_train_epoch_end(self) -> None:
-        self.train_epoch_seconds.append(time.perf_counter() - self._clock[0])
         # A run resumed from a checkpoint taken at validation ends its first epoch without a step.
         if not self._train_outputs:
             return
@@ -181,3 +152,13 @@ class ExperimentModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_stage("test")
+
+
+def build_scheduler(make: Callable[..., Any], optimizer: torch.optim.Optimizer, trainer: pl.Trainer | None) -> Any:
+    """A torch.optim.lr_scheduler from its partial; `total_steps` left null (OneCycleLR) is the
+    fit's number of optimizer steps."""
+    keywords = getattr(make, "keywords", {})
+    extra = {}
+    if "total_steps" in inspect.signature(make).parameters and keywords.get("total_steps") is None and trainer is not None:
+        extra["total_steps"] = int(trainer.estimated_stepping_batches)
+    return make(optimizer, **extra)

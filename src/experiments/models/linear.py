@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -12,9 +13,6 @@ from experiments.models.base import ExperimentModule, OptimizerFactory
 
 
 class LinearRegression(ExperimentModule):
-    """A line with one input and one output also records its path (step, w, b) through training:
-    every step for the first 100, then about 500 points in all, for the sweep's paths.png."""
-
     task = "regression"
     needs = "regression data (data=synthetic or data=thermometer)"
 
@@ -23,44 +21,29 @@ class LinearRegression(ExperimentModule):
         input_shape: Sequence[int] = (1,),
         num_outputs: int = 1,
         optimizer: OptimizerFactory | None = None,
+        scheduler: dict[str, Any] | None = None,
         init_weight: float | None = None,
         init_bias: float | None = None,
     ):
-        super().__init__(optimizer)
-        self.save_hyperparameters(ignore=["optimizer"])
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.linear = nn.Linear(math.prod(input_shape), num_outputs)
         # The seeds start from w = 1, b = 0; null keeps PyTorch's random initialisation.
         if init_weight is not None:
             nn.init.constant_(self.linear.weight, init_weight)
         if init_bias is not None:
             nn.init.constant_(self.linear.bias, init_bias)
-        self.parameter_path: list[tuple[int, float, float]] = []
-        self._path_every = 0  # 0: not recording
-
-    def on_train_start(self) -> None:
-        total = self.trainer.estimated_stepping_batches
-        if self.linear.weight.numel() == 1:
-            self._path_every = max(1, math.ceil(total / 500)) if math.isfinite(total) else 1
-            if not self.parameter_path:
-                self.record_path()
-
-    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        step = self.global_step
-        if self._path_every and (step <= 100 or step % self._path_every == 0):
-            self.record_path()
-
-    def on_train_end(self) -> None:
-        if self._path_every and self.parameter_path[-1][0] != self.global_step:
-            self.record_path()
-
-    def record_path(self) -> None:
-        self.parameter_path.append((self.global_step, self.linear.weight.item(), self.linear.bias.item()))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(x.flatten(1))
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.mse_loss(outputs, targets)
+
+    def path_points(self) -> list[tuple[float, float]] | None:
+        if self.linear.weight.numel() != 1:
+            return None
+        return [(self.linear.weight.item(), self.linear.bias.item())]
 
     def fitted_parameters(self) -> dict[str, float | list]:
         """The line's weight and bias as plain numbers (lists when there are several inputs or outputs)."""

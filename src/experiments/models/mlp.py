@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from experiments.config import UserError
 from experiments.models.base import ExperimentModule, OptimizerFactory
@@ -27,12 +28,13 @@ class MLPClassifier(ExperimentModule):
         num_outputs: int = 10,
         hidden: Sequence[int] = (28,),
         optimizer: OptimizerFactory | None = None,
+        scheduler: dict[str, Any] | None = None,
     ):
         if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
             raise UserError(f"model.hidden must be a list of positive layer widths such as [28] or [128, 64], got {list(hidden)!r}.")
         self.num_outputs = num_outputs
-        super().__init__(optimizer)
-        self.save_hyperparameters(ignore=["optimizer"])
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         widths = [math.prod(input_shape), *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
         for n_in, n_out in zip(widths, widths[1:]):
@@ -41,7 +43,10 @@ class MLPClassifier(ExperimentModule):
         self.net = nn.Sequential(*layers)
 
     def extra_metrics(self) -> dict[str, Metric]:
-        return {"acc": MulticlassAccuracy(num_classes=self.num_outputs, average="micro")}
+        return {
+            "acc": MulticlassAccuracy(num_classes=self.num_outputs, average="micro"),
+            "f1": MulticlassF1Score(num_classes=self.num_outputs, average="macro"),
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -1,0 +1,145 @@
+"""What a composed config builds: the data module (its data loaded), the model sized from it with
+its optimizer and schedule, and the Trainer with its loggers and callbacks. Each piece is checked
+as it is built, so a user's mistake is one sentence naming its key, before anything is written.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.config import UserError
+
+# Keys of a `scheduler` option that are Lightning's (how to step it), not the torch scheduler's.
+LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor", "strict", "name")
+
+
+def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, with a user's mistake reported as one sentence naming `key`."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_method, instantiate
+
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            target = get_method(node._target_)
+            valid = [p for p in inspect.signature(target).parameters if p not in ("self", "kwargs", "optimizer", "scheduler")]
+            raise UserError(f"{key}: {cause}; {node._target_} takes {', '.join(valid)}.") from None
+        raise UserError(f"{key} could not be built: {cause or error}.") from None
+
+
+def instantiate_group(group: DictConfig | None, key: str) -> list[Any]:
+    return [instantiate(node, f"{key}.{name}") for name, node in (group or {}).items() if "_target_" in node]
+
+
+def check_accelerator(trainer: DictConfig) -> None:
+    """The accelerator and device count asked for exist on this machine."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator") or "auto")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.accelerator={accelerator} but this machine has no usable GPU; use trainer=cpu (or trainer.accelerator=cpu).")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise UserError("trainer.accelerator=mps but this machine has no Apple GPU; use trainer=cpu (or trainer.accelerator=cpu).")
+    gpu = accelerator in ("gpu", "cuda") or accelerator == "auto" and torch.cuda.is_available()
+    available = torch.cuda.device_count() if gpu else 1 if accelerator == "mps" else len(os.sched_getaffinity(0))
+    what = "GPUs" if gpu else "Apple GPU" if accelerator == "mps" else "CPU cores"
+    devices = trainer.get("devices", "auto")
+    if OmegaConf.is_list(devices) or isinstance(devices, list):
+        wrong = [d for d in devices if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < available]
+        if not gpu or wrong or not devices:
+            raise UserError(f"trainer.devices={list(devices)} names devices this machine lacks: it has {available} {what} (indices 0 to {available - 1}); pass a count instead, or indices of GPUs that exist.")
+    elif isinstance(devices, int) and not isinstance(devices, bool):
+        if devices == 0 or devices < -1 or devices > available:
+            raise UserError(f"trainer.devices={devices} but this machine has {available} {what}; pick 1 to {available}, or -1 for all of them.")
+    elif devices != "auto":
+        raise UserError(f"trainer.devices must be a number of devices, a list of GPU indices, -1 or auto, got {devices!r}.")
+
+
+def build_scheduler_config(cfg: DictConfig) -> dict[str, Any] | None:
+    """Lightning's lr_scheduler dict for `scheduler`: the torch scheduler as a partial, and how to step it."""
+    node = cfg.get("scheduler")
+    if not node:
+        return None
+    stepping = {k: node[k] for k in LIGHTNING_SCHEDULER_KEYS if k in node}
+    make = instantiate(OmegaConf.create({k: v for k, v in node.items() if k not in LIGHTNING_SCHEDULER_KEYS}), "scheduler")
+    interval = stepping.get("interval", "epoch")
+    if interval not in ("epoch", "step"):
+        raise UserError(f"scheduler.interval must be epoch or step, got {interval!r}.")
+    return {"scheduler": make, "name": "train/lr", **stepping}
+
+
+def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> tuple[Any, Any]:
+    """The data module, its data loaded, and the model sized from it with its optimizer and schedule.
+
+    `monitor_mode=auto` becomes the monitored metric's own direction."""
+    import torch
+    from hydra.utils import get_class
+
+    if choices is None:
+        from pathlib import Path
+
+        from experiments.state import RunInfo
+
+        choices = RunInfo.from_hydra(Path(".")).choices
+    datamodule = instantiate(cfg.data, "data")
+    model_class = get_class(cfg.model._target_)
+    if getattr(model_class, "task", None) != datamodule.task:
+        raise UserError(
+            f"model={choices.get('model', model_class.__name__)} needs {model_class.needs}, "
+            f"but data={choices.get('data', type(datamodule).__name__)} holds {datamodule.task} data."
+        )
+    optimizer = instantiate(cfg.optimizer, "optimizer")
+    model = instantiate(cfg.model, "model", input_shape=list(datamodule.input_shape), num_outputs=datamodule.num_outputs, optimizer=optimizer)
+    directions = model.metric_directions()
+    monitorable = [name for name in directions if not name.startswith("test/")]
+    if cfg.monitor not in monitorable:
+        raise UserError(f"monitor={cfg.monitor} is not a metric this model logs; pick one of {', '.join(monitorable)}.")
+    if cfg.monitor_mode == "auto":
+        cfg.monitor_mode = "max" if directions[cfg.monitor] else "min"
+    model.scheduler_config = build_scheduler_config(cfg)
+    check_optimizer(cfg, model, torch)
+    datamodule.load()  # a missing or damaged file stops the run here, before anything is written
+    return datamodule, model
+
+
+def check_optimizer(cfg: DictConfig, model: Any, torch: Any) -> None:
+    """torch checks most optimizer settings (betas, momentum, ...) only when it builds or steps the
+    optimizer, and a schedule's only when it builds it: both are tried on a copy of the weights."""
+    from experiments.models.base import build_scheduler
+
+    probe = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
+    key, target = "optimizer", cfg.optimizer._target_
+    try:
+        optimizer = model.optimizer_factory(probe)
+        for p in probe:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        if model.scheduler_config:
+            key, target = "scheduler", cfg.scheduler._target_
+            build_scheduler(model.scheduler_config["scheduler"], optimizer, None).step(*([0.0] if "ReduceLROnPlateau" in target else []))
+    except Exception as error:  # torch raises ValueError, TypeError, IndexError, KeyError ...
+        raise UserError(f"{key} settings rejected by {target}: {error}.") from None
+
+
+def make_trainer(cfg: DictConfig, run_callbacks: list[Any], loggers: list[Any], plugins: list[Any], run_dir: Any) -> Any:
+    """The Trainer with the configured callbacks before the run's own (`run_callbacks`)."""
+    from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
+
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    if cfg.get("scheduler"):
+        callbacks.append(LearningRateMonitor())
+    # With callbacks=none, Lightning would otherwise add its own checkpointing and progress bar.
+    defaults = {
+        "enable_checkpointing": any(isinstance(c, Checkpoint) for c in callbacks),
+        "enable_progress_bar": any(isinstance(c, ProgressBar) for c in callbacks),
+    }
+    defaults = {k: v for k, v in defaults.items() if k not in cfg.trainer}
+    return instantiate(cfg.trainer, "trainer", callbacks=[*callbacks, *run_callbacks], logger=loggers, plugins=plugins, default_root_dir=str(run_dir), **defaults)

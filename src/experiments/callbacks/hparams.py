@@ -1,0 +1,40 @@
+"""Each run's row in TensorBoard's HParams tab, written when the run ends, its session status
+saying how (finished, or aborted by an interruption, or failed by divergence or an error)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from experiments.hparams import hparams_metrics, write_session
+from experiments.state import RunState
+
+
+class HParamsEntry(pl.Callback):
+    def __init__(self, states: list[RunState], loggers: list[list[object]], with_experiment: bool) -> None:
+        self.states = states
+        self.loggers = loggers
+        self.with_experiment = with_experiment  # a sweep writes one experiment summary for all its runs
+        self.written: set[int] = set()
+
+    def write(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        for i, (state, loggers) in enumerate(zip(self.states, self.loggers)):
+            if i in self.written or state.status == "running":
+                continue
+            self.written.add(i)
+            result = state.result()
+            for logger in loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    write_session(logger, state.hparams, hparams_metrics(result), state.status, self.with_experiment)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: object, batch_idx: int) -> None:
+        if len(self.states) > 1 and len(self.written) < sum(s.status != "running" for s in self.states):
+            self.write(trainer)  # a run of a population that diverged
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.write(trainer)

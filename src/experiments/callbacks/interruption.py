@@ -1,0 +1,57 @@
+"""Ctrl-C (SIGINT) and SIGTERM, a cluster's usual notice, stop training at the next step boundary,
+where the weights are consistent, and checkpoints/last.ckpt is written there so that
+`resume=<run dir>` continues exactly where it stopped. A second Ctrl-C stops at once, without it.
+
+Lightning's own SIGTERM handler marks the trainer and its loop raises SIGTERMException between
+two steps; SIGINT is routed to the same handler.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class Interruption(pl.Callback):
+    def __init__(self, save_to: str | None = None) -> None:
+        self.save_to = save_to  # where the checkpoint at the interruption goes; None: none
+        self.interrupted_by: str | None = None
+        self._previous: dict[int, Any] = {}
+        self._lightning_sigterm: Any = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._lightning_sigterm = signal.getsignal(signal.SIGTERM)
+        for signum, handler in ((signal.SIGINT, self._on_sigint), (signal.SIGTERM, self._on_sigterm)):
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, handler)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.interrupted_by is not None:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
+        self.interrupted_by = "SIGINT"
+        self._stop_at_step_boundary(signum, frame)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.interrupted_by = self.interrupted_by or "SIGTERM"
+        self._stop_at_step_boundary(signum, frame)
+
+    def _stop_at_step_boundary(self, signum: int, frame: Any) -> None:
+        if callable(self._lightning_sigterm):
+            self._lightning_sigterm(signum, frame)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.stage == "train" and self.save_to:
+            trainer.save_checkpoint(self.save_to)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    @property
+    def saved(self) -> bool:
+        return bool(self.save_to) and Path(self.save_to).is_file()

@@ -1,0 +1,234 @@
+"""A run's state while it trains, and what it leaves in metrics.json.
+
+One `RunState` per run directory. Lightning's hooks fill it (experiments.callbacks.recorder);
+one fit may fill several, each for its own directory (hydra/launcher=vectorized). It imports
+neither torch nor Lightning, so reading and writing records stays cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("running", "finished", "interrupted", "diverged", "failed")
+
+
+@dataclass
+class Metric:
+    """Final and best value of one logged metric, with the epochs (completed) they came at."""
+
+    higher_is_better: bool = False
+    final: float | None = None
+    final_epoch: int | None = None
+    best: float | None = None
+    best_epoch: int | None = None
+
+    def update(self, value: float, epoch: int | None) -> None:
+        self.final, self.final_epoch = value, epoch
+        if math.isfinite(value) and (self.best is None or (value > self.best if self.higher_is_better else value < self.best)):
+            self.best, self.best_epoch = value, epoch
+
+    def to_json(self) -> dict[str, Any]:
+        return {"final": self.final, "final_epoch": self.final_epoch, "best": self.best, "best_epoch": self.best_epoch, "higher_is_better": self.higher_is_better}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Metric:
+        return cls(**{k: data.get(k) for k in ("final", "final_epoch", "best", "best_epoch")}, higher_is_better=bool(data.get("higher_is_better")))
+
+
+@dataclass
+class RunInfo:
+    """Where a run lives and how it was asked for."""
+
+    run_dir: Path
+    choices: dict[str, str] = field(default_factory=dict)  # the option chosen per config group
+    overrides: list[str] = field(default_factory=list)  # the command line's overrides
+    multirun: bool = False
+    resumed: bool = False
+
+    @classmethod
+    def from_hydra(cls, run_dir: Path, resumed: bool = False) -> RunInfo:
+        """What Hydra knows of the job it runs: the option chosen per group, the command line's
+        overrides, and whether it is one job of a sweep."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return cls(run_dir, resumed=resumed)
+        hydra_cfg = HydraConfig.get()
+        return cls(
+            run_dir=run_dir,
+            choices={k: v for k, v in hydra_cfg.runtime.choices.items() if v and not k.startswith("hydra")},
+            overrides=[o for o in hydra_cfg.overrides.task if not o.lstrip("+~").startswith(("hydra", "resume="))],
+            multirun=hydra_cfg.mode == RunMode.MULTIRUN,
+            resumed=resumed,
+        )
+
+
+@dataclass
+class RunState:
+    info: RunInfo
+    config: dict[str, Any]  # the composed config, resolved, as plain data
+    monitor: str
+    monitor_mode: str
+    status: str = "running"
+    reason: str | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    epochs: int = 0
+    steps: int = 0
+    parameters: dict[str, Any] | None = None  # a line's final weight and bias
+    best_parameters: dict[str, Any] | None = None  # those in best.ckpt, which test and evaluate use
+    path: list[tuple[int, float, float]] = field(default_factory=list)  # (step, w, b) of a one-input line
+    epoch_seconds: list[float] = field(default_factory=list)  # training only, validation excluded
+    fit_s: float = 0.0
+    test_s: float = 0.0
+    earlier_wall_s: float = 0.0  # the segments before a resume
+    started: float = field(default_factory=time.perf_counter)
+    population: dict[str, Any] | None = None  # set when one fit trained several runs
+
+    @property
+    def run_dir(self) -> Path:
+        return self.info.run_dir
+
+    def log_metric(self, name: str, value: float, epoch: int | None, higher_is_better: bool) -> None:
+        self.metrics.setdefault(name, Metric(higher_is_better)).update(value, epoch)
+
+    @property
+    def test(self) -> dict[str, float]:
+        return {k: v.final for k, v in self.metrics.items() if k.startswith("test/") and v.final is not None}
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """The run's outcome; the first one stands (an error while recording an interruption
+        does not turn it into a failure)."""
+        if self.status == "running":
+            self.status, self.reason = status, reason
+
+    def result(self) -> dict[str, Any]:
+        """What metrics.json holds."""
+        epochs = self.epoch_seconds
+        monitor = self.metrics.get(self.monitor)
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "experiment": self.info.choices.get("experiment"),
+            "overrides": self.info.overrides,
+            "wall_time_s": round(self.earlier_wall_s + time.perf_counter() - self.started, 3),
+            "timing": {
+                "fit_s": round(self.fit_s, 3),
+                "test_s": round(self.test_s, 3),
+                "train_epoch_s_median": round(statistics.median(epochs), 6) if epochs else None,
+                "train_epoch_s_first": round(epochs[0], 6) if epochs else None,
+            },
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "monitor": {
+                "name": self.monitor,
+                "mode": self.monitor_mode,
+                "best": monitor.best if monitor else None,
+                "epoch": monitor.best_epoch if monitor else None,
+            },
+            "metrics": {k: v.to_json() for k, v in self.metrics.items() if not k.startswith("test/")},
+            "test": self.test,
+            "parameters": self.parameters,
+            "best_parameters": self.best_parameters,
+            "hparams": self.hparams,
+            "checkpoints": checkpoint_paths(self.run_dir),
+            "run_dir": str(self.run_dir),
+            "population": self.population,
+            "versions": versions(),
+        }
+
+    def write(self) -> dict[str, Any]:
+        result = self.result()
+        write_json(self.run_dir / "metrics.json", result)
+        return result
+
+    def resume_history(self) -> None:
+        """Carry on the record of the run being resumed: its metric history and earlier wall time."""
+        earlier = read_json(self.run_dir / "metrics.json") or {}
+        self.metrics = {k: Metric.from_json(v) for k, v in (earlier.get("metrics") or {}).items()}
+        self.earlier_wall_s = float(earlier.get("wall_time_s") or 0.0)
+        trajectory = read_json(self.run_dir / "trajectory.json") or {}
+        self.path = list(zip(trajectory.get("steps", []), trajectory.get("w", []), trajectory.get("b", [])))
+
+
+def checkpoint_paths(run_dir: Path) -> dict[str, str]:
+    folder = run_dir / "checkpoints"
+    return {name: str(folder / f"{name}.ckpt") for name in ("best", "last") if (folder / f"{name}.ckpt").is_file()}
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically: a reader never sees half a file, a crash never leaves one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def failure_record(run_dir: Path, reason: str, choices: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+    """metrics.json for a sweep job that failed before training started, so the sweep accounts for it."""
+    return {
+        "status": "failed",
+        "reason": reason,
+        "experiment": choices.get("experiment"),
+        "overrides": overrides,
+        "wall_time_s": 0.0,
+        "epochs": 0,
+        "steps": 0,
+        "monitor": {},
+        "metrics": {},
+        "test": {},
+        "parameters": None,
+        "hparams": {"optimizer": choices.get("optimizer", "")},
+        "run_dir": str(run_dir),
+    }
+
+
+@functools.cache
+def versions() -> dict[str, str | None]:
+    """What produced a run: this package's version and git commit, torch, Lightning and Hydra."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    source = Path(__file__).resolve().parents[2]
+    commit, dirty = None, False
+    if (source / ".git").exists():  # a checkout, not an installed wheel
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5).stdout.strip() or None
+            dirty = commit is not None and bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source, capture_output=True, text=True, timeout=5).stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return {
+        "experiments": installed("experiments"),
+        "git_commit": None if commit is None else commit + ("-dirty" if dirty else ""),
+        "torch": installed("torch"),
+        "lightning": installed("lightning"),
+        "hydra": installed("hydra-core"),
+        "torchmetrics": installed("torchmetrics"),
+        "python": ".".join(map(str, sys.version_info[:3])),
+    }

@@ -1,0 +1,72 @@
+"""The tricks of experiments.speedups still find the internals they rely on, and no other module
+of the package reaches into a library's private names."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from experiments import speedups
+from experiments.data.thermometer import ThermometerDataModule
+from experiments.models.linear import LinearRegression
+
+SOURCE = Path(__file__).resolve().parents[1] / "src"
+HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+
+
+def private_names(path: Path) -> list[str]:
+    """`obj._name` on anything but self/cls, and `from x import _name`, in one source file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") and node.attr not in HYDRA_KEYS:
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{path.name}:{node.lineno} .{node.attr}")
+        if isinstance(node, ast.ImportFrom):
+            found += [f"{path.name}:{node.lineno} import {a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_private_names_of_libraries_live_only_in_the_speedups_module():
+    offenders = {str(p.relative_to(SOURCE)): private_names(p) for p in SOURCE.rglob("*.py") if p.name != "speedups.py"}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_lightning_still_names_the_running_hook_on_the_module():
+    """FastHookNames only pays while Lightning keeps setting this attribute around each hook."""
+    seen = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append(getattr(pl_module, speedups.HOOK_NAME_ATTRIBUTE))
+
+    model = LinearRegression(optimizer=functools.partial(torch.optim.SGD, lr=1e-2))
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[Watch()])
+    trainer.fit(model, datamodule=ThermometerDataModule())
+    assert seen == ["on_train_batch_end"] * 2
+    assert speedups.HOOK_NAME_ATTRIBUTE not in model._modules and speedups.HOOK_NAME_ATTRIBUTE in vars(model)
+
+
+def test_exit_now_still_waits_for_threads_and_runs_exit_hooks(tmp_path: Path):
+    script = textwrap.dedent(
+        f"""
+        import atexit, threading, time
+        from experiments.speedups import exit_now
+        def worker():
+            time.sleep(0.3)
+            open({str(tmp_path / "thread")!r}, "w").write("done")
+        threading.Thread(target=worker).start()
+        atexit.register(lambda: open({str(tmp_path / "atexit")!r}, "w").write("done"))
+        print("flushed", end="")
+        exit_now(3)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and done.stdout == "flushed"
+    assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "done"
