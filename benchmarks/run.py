@@ -35,6 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 TRAIN = [PY, "-m", "experiments.train"]
+ALL_CASES = "1,2,3,4"
 
 
 @dataclass
@@ -219,13 +220,22 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def output_dir(args: argparse.Namespace) -> Path:
+    """The published tables (benchmarks/RESULTS.md) are replaced only by a full run of every case;
+    --quick, a subset of cases or a device of choice write to benchmarks/out/ (ignored by git)."""
+    if args.out is not None:
+        return args.out
+    full = not args.quick and args.cases == ALL_CASES and args.devices == "auto" and args.reps >= 3
+    return HERE if full else HERE / "out"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each command (at least 3 for the published table)")
     parser.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"), help="a folder with the four MNIST-style IDX files")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: checks the benchmark runs")
-    parser.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md and results.json go")
-    parser.add_argument("--cases", default="1,2,3,4", help="which cases to run, e.g. 2,3")
+    parser.add_argument("--out", type=Path, default=None, help="where RESULTS.md and results.json go (default: benchmarks/ for a full run, benchmarks/out/ otherwise)")
+    parser.add_argument("--cases", default=ALL_CASES, help="which cases to run, e.g. 2,3")
     parser.add_argument("--devices", default="auto", help="cpu, cuda, or cpu,cuda; auto: cpu, and cuda when there is a GPU")
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
@@ -249,9 +259,10 @@ def main() -> None:
                     measure(variant, work / f"{name}-{variant.name}-{rep}".replace(" ", "_").replace(",", "").replace("'", ""))
     results = {name: [summary(v) for v in variants] for name, variants in plan.items()}
     report = {"machine": machine(), "reps": reps, "quick": args.quick, "targets": targets(results), "results": results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "RESULTS.md").write_text(markdown(report))
+    out = output_dir(args)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "RESULTS.md").write_text(markdown(report))
     print(markdown(report))
 
 

@@ -4,8 +4,11 @@ Lightning's console chatter kept out, and a quick exit."""
 
 from __future__ import annotations
 
+import errno
+import itertools
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -62,10 +65,15 @@ def prepare_arguments(argv: list[str]) -> list[str]:
 
         original = [str(o) for o in OmegaConf.load(saved)]
     rest = [a for a in argv if a is not resume]
-    return [*original, *rest, f"resume={quote_value(run_dir)}"]
+    given = {key_of(a) for a in rest}
+    return [*(o for o in original if key_of(o) not in given), *rest, f"resume={quote_value(run_dir)}"]
 
 
-def run_cli(entry: Callable[[], Any]) -> None:
+def key_of(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def run_cli(entry: Callable[[], Any], config_name: str) -> None:
     """Run a Hydra entry point as this process's whole life: its mistakes as one sentence and exit 1."""
     # Hydra's own error printing spans several lines; with this set its exceptions reach us.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
@@ -81,22 +89,81 @@ def run_cli(entry: Callable[[], Any]) -> None:
         code = 130
         sys.stderr.write("interrupted before training started; nothing was kept\n")
     except Exception as error:
-        message = config_error(error)
+        message = config_error(error, sys.argv[1:], config_name) or disk_full(error)
         if message is None:
             raise
         code = f"error: {message}"
     speedups.exit_now(code)
 
 
-def config_error(error: Exception) -> str | None:
+def disk_full(error: BaseException) -> str | None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device of {error.filename or 'the output directory'}; free some space and run again."
+    return None
+
+
+def overrides_of(argv: list[str]) -> list[str]:
+    """The key=value and group=option arguments of a command line, without Hydra's own flags."""
+    flags_with_value = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun"}
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags_with_value:
+            skip = arg not in ("--info", "-i")
+        elif not arg.startswith("-"):
+            kept.append(arg)
+    return kept
+
+
+def config_error(error: Exception, argv: list[str], config_name: str) -> str | None:
     """One sentence for a mistake Hydra or OmegaConf found in the command line; None for anything else."""
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     if not isinstance(error, (HydraException, OmegaConfBaseException)):
         return None
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     head, rest = (lines[0], lines[1:]) if lines else (type(error).__name__, [])
+    overrides = overrides_of(argv)
+    if isinstance(error, OverrideParseException):
+        unusual = next((o for o in overrides if not o.isascii() or " " in o), None)
+        if unusual is not None:
+            key, _, value = unusual.partition("=")
+            return f"{unusual}: Hydra reads a value with spaces or non-ASCII characters only in quotes; pass it as '{key}=\"{value}\"'."
+        return f"{error}".splitlines()[0].rstrip(".") + "; see `--help` for the form of key=value and group=option."
+    missing = re.match(r"Could not override '([^']+)'", head)
+    if missing and "+" + missing[1] in " ".join(rest):
+        return unknown_key(missing[1], [o for o in overrides if key_of(o) != missing[1]], config_name)
     if rest and rest[0].startswith("Available options"):
-        return f"{head}; {rest[0][0].lower()}{rest[0][1:].rstrip(':')}: {', '.join(rest[1:])}."
+        options = list(itertools.takewhile(lambda line: ":" not in line, rest[1:]))
+        return f"{head}; {rest[0][0].lower()}{rest[0][1:].rstrip(':')}: {', '.join(options)}."
+    if "Missing mandatory value" in head and (key := re.search(r"full_key: (\S+)", str(error))):
+        return f"{key[1]}= is required; see `--help`."
     return head.rstrip(".") + "."
+
+
+def unknown_key(key: str, others: list[str], config_name: str) -> str:
+    """The sentence for a key that is not in the config: the closest one that is, and its siblings."""
+    import difflib
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import DictConfig, OmegaConf
+
+    from experiments.config import CONF_DIR
+
+    parent, _, leaf = key.rpartition(".")
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=[o for o in others if not o.startswith(("hydra.", "hydra/"))])
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+    except Exception:  # the rest of the command line has its own mistake: name this one plainly
+        node = None
+    where = parent or "the config"
+    if not isinstance(node, DictConfig):
+        return f"{key} is not a key of {where}; `--cfg job` shows the keys there are."
+    names = [str(k) for k in node.keys() if not str(k).startswith("_")]
+    initials = {name: "".join(word[0] for word in name.split("_") if word) for name in names + [leaf]}
+    close = [n for n in names if initials[n] == leaf or initials[leaf] == n] or difflib.get_close_matches(leaf, names, n=1, cutoff=0.5)
+    guess = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
+    return f"{key} is not a key of {where}: {guess}{where} has {', '.join(names)}."

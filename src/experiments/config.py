@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-# An installed wheel carries the configs as experiments/conf; a checkout (pip install -e .) reads
-# the repository's conf/, so an edit there takes effect at once.
-CONF_DIR = PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parents[1] / "conf"
+# The repository's conf/, linked from the package's folder (src/experiments/conf) and copied into
+# the built wheel, so a checkout and an installed wheel both find it here.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 class UserError(ValueError):
@@ -37,8 +33,13 @@ def check_positive(key: str, value: float) -> None:
         raise UserError(f"{key} must be a positive number, got {value!r}.")
 
 
-def check_values(cfg) -> None:
+def check_values(cfg: DictConfig, overrides: list[str] = ()) -> None:
     """Checks that need no data and no torch, so a mistyped value fails before the slow imports."""
+    for override in overrides:
+        key = override[1:].partition("=")[0]
+        if override.startswith("+") and not override.startswith("++") and "." not in key and "/" not in key and not (CONF_DIR / key).is_dir():
+            top = ", ".join(str(k) for k in cfg.keys() if k != "run_dir")
+            raise UserError(f"{override} adds a key nothing here reads; the config's keys are {top} (a Trainer argument goes in as +trainer.NAME=VALUE).")
     check_positive("optimizer.lr", cfg.optimizer.get("lr"))
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or (epochs < 1 and epochs != -1)):
@@ -86,37 +87,3 @@ OmegaConf.register_new_resolver("gpu_for_job", gpu_for_job, replace=True)
 # resume=<run dir> runs in that directory and leaves its .hydra/ (the run's own config) untouched.
 OmegaConf.register_new_resolver("run_dir_or_resume", lambda resume, new: resume or new, replace=True)
 OmegaConf.register_new_resolver("unless_resume", lambda resume, subdir: None if resume else subdir, replace=True)
-
-
-def check_resume_dir(resume: str) -> None:
-    run_dir = Path(resume)
-    if not (run_dir / ".hydra" / "overrides.yaml").is_file() or not (run_dir / ".hydra" / "hydra.yaml").is_file():
-        raise UserError(f"resume={resume} is not a run directory written by experiments.train (no .hydra/overrides.yaml); pass one under outputs/runs/.")
-    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        raise UserError(f"resume={resume} has no checkpoints/last.ckpt to continue from; start a new run instead.")
-
-
-class RunDirectoryCheck(Callback):
-    """Before Hydra creates or uses a run's or a sweep's directory: one sentence and exit 1 if it
-    cannot be created and written, or if resume= names something that is not a run."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("resume"):
-            try:
-                check_resume_dir(str(config.resume))
-            except UserError as error:
-                sys.stderr.write(f"error: {error}\n")
-                sys.exit(1)
-        self.check("hydra.run.dir", config.hydra.run.dir)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.check("hydra.sweep.dir", config.hydra.sweep.dir)
-
-    @staticmethod
-    def check(key: str, folder: str) -> None:
-        try:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()
-        except OSError as error:
-            sys.stderr.write(f"error: {key}={folder} cannot be created or written ({error.strerror}); pick a writable folder.\n")
-            sys.exit(1)

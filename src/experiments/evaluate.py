@@ -49,6 +49,9 @@ def checkpoint_class(target: str, key: str, path: Path) -> type:
 
 def evaluate(run: str, which: str = "best", inputs: list[float] | None = None, data_overrides: dict | None = None, accelerator: str = "cpu") -> dict[str, Any]:
     """Test the checkpoint's model on its data; return test metrics and, given inputs, predictions."""
+    from experiments.build import check_accelerator
+
+    check_accelerator(OmegaConf.create({"accelerator": accelerator, "devices": 1}))
     path = find_checkpoint(run, which)
     from experiments.callbacks.checkpoint import read_checkpoint
     from experiments.cli import quiet_lightning
@@ -59,14 +62,19 @@ def evaluate(run: str, which: str = "best", inputs: list[float] | None = None, d
 
     checkpoint = read_checkpoint(path, "run")
     config = OmegaConf.create(checkpoint["run_config"])
-    if data_overrides:
-        config.data = OmegaConf.merge(config.data, data_overrides)
+    moved = {k: v for k, v in (data_overrides or {}).items() if v is not None}
+    if wrong := sorted(set(moved) - set(config.data)):
+        raise UserError(f"data.{wrong[0]} does not apply to {path}: its data ({config.data._target_}) takes {', '.join(k for k in config.data if k != '_target_')}.")
+    config.data = OmegaConf.merge(config.data, moved)
     data_class, model_class = (checkpoint_class(config[key]._target_, key, path) for key in ("data", "model"))
     # Built from plain values, never through instantiate: a checkpoint's config is not the user's
     # own, so nothing in it may name code to run.
     datamodule = data_class(**{k: v for k, v in OmegaConf.to_container(config.data).items() if k != "_target_"})
     model = model_class(**checkpoint["hyper_parameters"])
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError:  # the weights are another model's than the one its config names
+        raise UserError(f"{path} holds weights that do not fit the {model_class.__name__} its config names; pass a checkpoint written by experiments.train.") from None
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(model, datamodule=datamodule, verbose=False)
     result: dict[str, Any] = {
@@ -77,9 +85,9 @@ def evaluate(run: str, which: str = "best", inputs: list[float] | None = None, d
     if inputs is not None:
         if model.task != "regression":
             raise UserError(f"inputs= answers regression runs only; {path} holds a {model.task} model.")
-        raw = torch.tensor([float(v) for v in inputs]).reshape(-1, *datamodule.input_shape)
+        raw = torch.tensor(inputs).reshape(-1, *datamodule.input_shape)
         with torch.no_grad():
-            predictions = model(datamodule.transform_inputs(raw)).reshape(len(raw), -1)
+            predictions = model(datamodule.transform_inputs(raw).to(next(model.parameters()).dtype)).reshape(len(raw), -1)
         result["predictions"] = [
             {"input": float(x), "prediction": p.item() if p.numel() == 1 else p.tolist()} for x, p in zip(raw.flatten(), predictions)
         ]
@@ -97,11 +105,20 @@ def print_result(result: dict[str, Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "run"):
+        sys.stderr.write("error: run= is required: pass a run directory (run=outputs/runs/<run>) or a .ckpt file.\n")
+        sys.exit(1)
     inputs = cfg.inputs
     if inputs is not None and not OmegaConf.is_list(inputs):
         inputs = [inputs]
+    if inputs is not None:
+        try:
+            inputs = [float(v) for v in inputs]
+        except (TypeError, ValueError):
+            sys.stderr.write(f"error: inputs must be numbers, such as inputs=[35.7,81.9], got {list(inputs)}.\n")
+            sys.exit(1)
     try:
-        result = evaluate(str(cfg.run), cfg.checkpoint, None if inputs is None else list(inputs), OmegaConf.to_container(cfg.data), cfg.accelerator)
+        result = evaluate(str(cfg.run), cfg.checkpoint, inputs, OmegaConf.to_container(cfg.data), cfg.accelerator)
     except UserError as error:
         sys.stderr.write(f"error: {error}\n")
         sys.exit(1)  # Hydra would print more for an exception
@@ -111,4 +128,4 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     from experiments.cli import run_cli
 
-    run_cli(main)
+    run_cli(main, "evaluate")

@@ -81,7 +81,7 @@ def sweep_figure(rows: list[dict[str, Any]], metric: str) -> Figure:
         value = row.get("final")
         if row["status"] == "finished" and value is not None and math.isfinite(value) and value > 0:
             lines[row["optimizer"]].append((lr, value))
-        else:
+        elif row["status"] in ("diverged", "failed"):
             diverged[row["optimizer"]].append(lr)
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot()
@@ -153,18 +153,19 @@ def run_figures(model: Any, datamodule: Any, stage: str, max_misclassified: int 
     import torch
 
     figures: dict[str, Figure] = {}
+    dtype = next(model.parameters()).dtype  # float64 with trainer.precision=64-true
     with torch.no_grad():
         if stage == "fit" and model.task == "regression":
             x, y = datamodule.splits["train"]
             if x.shape[1:] == (1,) and y.shape[1:] == (1,):
                 line = torch.linspace(x.min().item(), x.max().item(), 50, device=x.device).unsqueeze(1)
-                fitted = model(line)
+                fitted = model(line.to(dtype)).float()
                 figures["fit/line"] = fit_line_figure(x.cpu().numpy(), y.cpu().numpy(), line.cpu().numpy(), fitted.cpu().numpy(), "training data and fitted line")
         if stage == "test" and model.task == "classification":
             from torchmetrics.functional.classification import multiclass_confusion_matrix
 
             x, y = datamodule.splits["test"]
-            predictions = torch.cat([model(chunk).argmax(1) for chunk in x.split(4096)])
+            predictions = torch.cat([model(chunk.to(dtype)).argmax(1) for chunk in x.split(4096)])
             names = datamodule.class_names
             matrix = multiclass_confusion_matrix(predictions, y, num_classes=len(names)).cpu().numpy()
             figures["test/confusion_matrix"] = confusion_matrix_figure(matrix, names)

@@ -46,20 +46,23 @@ def new_state(cfg: DictConfig, info: RunInfo, datamodule: Any) -> RunState:
 
 def train(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
     """Fit and test the configured experiment in `info.run_dir`; return what its metrics.json holds."""
-    check_values(cfg)
+    check_values(cfg, info.overrides)
     quiet_lightning()
     import lightning.pytorch as pl
 
     from experiments.build import build, check_accelerator, instantiate_group, make_trainer
-    from experiments.callbacks.checkpoint import AtomicCheckpointIO, read_checkpoint
+    from experiments.callbacks.checkpoint import AtomicCheckpointIO, check_fits, read_checkpoint
     from experiments.callbacks.recorder import MetricHistory
     from experiments.models.base import Diverged
 
-    if cfg.ckpt_path:
-        read_checkpoint(cfg.ckpt_path, "ckpt_path")
+    key = "resume" if info.resumed else "ckpt_path"
+    checkpoint = read_checkpoint(cfg.ckpt_path, key) if cfg.ckpt_path else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     check_accelerator(cfg.trainer)
     datamodule, model = build(cfg, info.choices)
+    if checkpoint is not None:
+        check_fits(checkpoint, model, cfg.optimizer._target_, key, cfg.resume if info.resumed else cfg.ckpt_path)
+        del checkpoint
     state = new_state(cfg, info, datamodule)
     loggers = [*instantiate_group(cfg.get("logger"), "logger"), MetricHistory(state, model.metric_directions())]
     trainer = make_trainer(cfg, run_callbacks([state], [loggers], info.multirun), loggers, [AtomicCheckpointIO()], info.run_dir)
@@ -68,6 +71,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
         if state.status == "running":
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else None
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
-    except (Diverged, KeyboardInterrupt, SystemExit):
-        pass  # recorded by the callbacks (Lightning's SIGTERMException is a SystemExit)
+    except (Diverged, KeyboardInterrupt, SystemExit):  # Lightning's SIGTERMException is a SystemExit
+        if state.status == "running":  # stopped before the fit started: nothing was recorded
+            raise KeyboardInterrupt from None
     return state.result()

@@ -8,10 +8,10 @@ training starts, so `--help` and `--cfg job` answer without loading them.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from experiments.cli import run_cli
 from experiments.config import CONF_DIR, UserError
+from experiments.rundir import check_continuation, discard, own
 from experiments.state import RunInfo, failure_record, write_json
 
 log = logging.getLogger("experiments")
@@ -62,8 +63,25 @@ def rank_zero() -> bool:
     return rank_zero_only.rank == 0
 
 
-def only_hydra_files(run_dir: Path) -> bool:
-    return run_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir())
+def disk_full(error: BaseException, run_dir: Path) -> str | None:
+    """One sentence for a write that failed because the disk is full, wherever it surfaced."""
+    seen: BaseException | None = error
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:  # an exception's context can loop back
+        visited.add(id(seen))
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" ({seen.filename})" if seen.filename else ""
+            return f"no space left on the device of {run_dir}{where}; free some space, then resume={run_dir} continues from its last checkpoint."
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def record_failure(info: RunInfo, reason: str) -> None:
+    """metrics.json for a sweep job that failed before its run could record itself."""
+    try:
+        write_json(info.run_dir / "metrics.json", failure_record(info.run_dir, reason, info.choices, info.overrides))
+    except OSError as error:
+        log.error("could not record the failure in %s: %s", info.run_dir, error)
 
 
 def starts_script_processes(cfg: DictConfig) -> bool:
@@ -109,7 +127,8 @@ def run_job(cfg: DictConfig, info: RunInfo) -> tuple[dict[str, Any] | None, bool
     if cfg.get("resume"):
         if info.multirun:
             raise UserError("resume= continues one run; run it without -m (a sweep run again into its directory resumes its unfinished jobs).")
-        cfg.ckpt_path = str(Path(cfg.resume) / "checkpoints" / "last.ckpt")
+        check_continuation(cfg, Path(cfg.resume))
+        cfg.ckpt_path = str(info.run_dir / "checkpoints" / "last.ckpt")
         return train(cfg, info), False
     if info.multirun and starts_script_processes(cfg):
         return run_job_in_own_process(cfg, info.run_dir), True
@@ -125,23 +144,39 @@ def main(cfg: DictConfig) -> float | None:
     on; with fail_fast=true the sweep stops there. A single run that does not finish exits non-zero."""
     info = run_info(cfg)
     printed = False
+    if info.multirun:
+        try:
+            own(info.run_dir, "job")
+        except UserError as error:  # another process trains this job: leave its directory alone
+            sys.stderr.write(f"error: {error}\n")
+            return None
     try:
-        result, printed = run_job(cfg, info)
+        try:
+            result, printed = run_job(cfg, info)
+        except Exception as error:
+            if (sentence := disk_full(error, info.run_dir)) is None:
+                raise
+            raise UserError(sentence) from error
+    except KeyboardInterrupt:  # Ctrl-C before training started (once it has, a run stops at a step boundary)
+        if not cfg.get("resume"):
+            discard(info.run_dir)
+        sys.stderr.write("interrupted before training started; nothing was kept\n")
+        sys.exit(130)
     except UserError as error:
         sys.stderr.write(f"error: {error}\n")
         log.debug("error: %s", error)
         if not info.multirun:
-            if only_hydra_files(info.run_dir) and not cfg.get("resume"):
-                shutil.rmtree(info.run_dir, ignore_errors=True)  # a mistyped value leaves no empty run behind
+            if not cfg.get("resume"):
+                discard(info.run_dir)  # a mistyped value leaves no empty run behind
             sys.exit(1)  # Hydra would print more for an exception
-        write_json(info.run_dir / "metrics.json", failure_record(info.run_dir, str(error), info.choices, info.overrides))
+        record_failure(info, str(error))
         result = None
     except Exception as error:
         if not info.multirun:
             raise
         log.exception("job failed: %s", error)  # the traceback goes to the job's train.log
         if not (info.run_dir / "metrics.json").is_file():
-            write_json(info.run_dir / "metrics.json", failure_record(info.run_dir, f"{type(error).__name__}: {error}", info.choices, info.overrides))
+            record_failure(info, f"{type(error).__name__}: {error}")
         result = None
     if result is not None and not printed and rank_zero():
         print_summary(result)
@@ -156,4 +191,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, "train")

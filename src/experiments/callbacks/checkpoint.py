@@ -33,6 +33,20 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     return checkpoint
 
 
+def check_fits(checkpoint: dict[str, Any], model: Any, optimizer_target: str, key: str, path: str | Path) -> None:
+    """A checkpoint to start from holds weights of this very model and state of this optimizer."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    saved = checkpoint["run_config"]
+    if found != expected:
+        name = str((saved.get("model") or {}).get("_target_", "another model")).rsplit(".", 1)[-1]
+        shapes = ", ".join("x".join(map(str, s)) for s in list(found.values())[:4])
+        raise UserError(f"{key}={path} holds the weights of a {name} ({shapes}), which do not fit this run's {type(model).__name__}; pass a checkpoint of the same model.")
+    trained_with = (saved.get("optimizer") or {}).get("_target_")
+    if trained_with and trained_with != optimizer_target:
+        raise UserError(f"{key}={path} was trained with {trained_with}, whose state does not fit this run's {optimizer_target}; use the same optimizer.")
+
+
 def remove_stale_temporaries(folder: Path) -> None:
     """Temporary checkpoint files of processes that no longer run (killed during a write)."""
     for tmp in folder.glob(".*.tmp"):

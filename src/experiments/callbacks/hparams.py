@@ -16,6 +16,7 @@ class HParamsEntry(pl.Callback):
         self.loggers = loggers
         self.with_experiment = with_experiment  # a sweep writes one experiment summary for all its runs
         self.written: set[int] = set()
+        self.started = False
 
     def write(self, trainer: pl.Trainer) -> None:
         if not trainer.is_global_zero:
@@ -36,5 +37,12 @@ class HParamsEntry(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.write(trainer)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = True
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self.write(trainer)
+        if self.started:
+            try:
+                self.write(trainer)
+            except OSError:  # a full disk: the exception on its way says so
+                pass

@@ -63,6 +63,14 @@ class MetricHistory(Logger):
                 self.state.log_metric(name, float(value), epoch, self.directions.get(name, False))
 
 
+def shell_path(path: Path) -> str:
+    """A path as a shell command line takes it, relative to the working directory when inside it."""
+    import shlex
+
+    shown = path.relative_to(Path.cwd()) if path.is_absolute() and path.is_relative_to(Path.cwd()) else path
+    return shlex.quote(str(shown))
+
+
 def outcome(exception: BaseException, trainer: pl.Trainer) -> tuple[str, str]:
     """The status and reason a run ends with when `exception` stops it."""
     if isinstance(exception, Diverged):
@@ -81,18 +89,26 @@ class RunRecorder(pl.Callback):
         self.states = states
         self._clock = [0.0, 0.0, 0.0, 0.0]  # epoch start, validation start, test start, fit start
         self._last_write = 0.0
+        self.started = False  # nothing is written before the fit starts: a refused start leaves no trace
 
     def running(self) -> list[tuple[int, RunState]]:
         return [(i, s) for i, s in enumerate(self.states) if s.status == "running"]
 
-    def write(self, trainer: pl.Trainer) -> None:
+    def write(self, trainer: pl.Trainer, tolerant: bool = False) -> None:
+        """metrics.json of every run; `tolerant` while an exception is already on its way (a full
+        disk must not hide the error that stopped the run)."""
         if trainer.is_global_zero:
             for state in self.states:
-                state.write()
+                try:
+                    state.write()
+                except OSError:
+                    if not tolerant:
+                        raise
             self._last_write = time.monotonic()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._clock[0] = self._clock[3] = time.perf_counter()
+        self.started = True
         if trainer.is_global_zero:
             for state in self.states:
                 write_resolved_config(state.run_dir / "config.resolved.yaml", state.config)
@@ -144,11 +160,12 @@ class RunRecorder(pl.Callback):
         self.write(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not self.started:
+            return
         if trainer.state.fn == "fit":
             self.count(trainer)
         status, reason = outcome(exception, trainer)
-        if status == "interrupted" and any((Path(s.run_dir) / "checkpoints" / "last.ckpt").is_file() for _, s in self.running()):
-            reason += "; run the same command with resume=<run dir> to continue from checkpoints/last.ckpt"
         for _, state in self.running():
-            state.end(status, reason)
-        self.write(trainer)
+            saved = (state.run_dir / "checkpoints" / "last.ckpt").is_file()
+            state.end(status, f"{reason}; resume={shell_path(state.run_dir)} continues from checkpoints/last.ckpt" if status == "interrupted" and saved else reason)
+        self.write(trainer, tolerant=True)

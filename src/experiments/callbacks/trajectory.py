@@ -42,7 +42,10 @@ class ParameterPath(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.every and trainer.state.fn == "fit":
-            self.write(trainer)
+            try:
+                self.write(trainer)
+            except OSError:  # a full disk: the exception on its way says so
+                pass
 
     def write(self, trainer: pl.Trainer) -> None:
         splits = getattr(trainer.datamodule, "splits", None)

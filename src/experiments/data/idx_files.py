@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import struct
+import tempfile
 from pathlib import Path
 
 from experiments.config import UserError
@@ -33,14 +34,13 @@ def candidates(root: Path, folder_name: str, name: str) -> list[Path]:
     return [raw / name, raw / f"{name}.gz", root / name, root / f"{name}.gz"]
 
 
-def find_files(root: Path, folder_name: str) -> dict[str, Path] | None:
-    """The first existing candidate for each file, or None if any of the four is missing."""
+def find_files(root: Path, folder_name: str) -> dict[str, Path]:
+    """The first existing candidate for each of the four files that is there."""
     found = {}
     for key, name in FILES.items():
         path = next((p for p in candidates(root, folder_name, name) if p.is_file()), None)
-        if path is None:
-            return None
-        found[key] = path
+        if path is not None:
+            found[key] = path
     return found
 
 
@@ -89,7 +89,7 @@ def check_idx(path: Path, data: bytes | None, kind: str) -> int:
 def prepare(root: Path, folder_name: str, cache_dir: Path) -> Path:
     """Return a root under which torchvision finds checked, uncompressed files in <folder_name>/raw/."""
     found = find_files(root, folder_name)
-    if found is None:
+    if len(found) < len(FILES):
         raise FileNotFoundError(root)
     if all(path.parent == root / folder_name / "raw" and path.suffix != ".gz" for path in found.values()):
         check_pairs({key: (path, None) for key, path in found.items()})
@@ -104,11 +104,14 @@ def prepare(root: Path, folder_name: str, cache_dir: Path) -> Path:
         return cached_root
     contents = {k: read_bytes(path) for k, path in found.items()}
     check_pairs({k: (found[k], contents[k]) for k in FILES})
-    raw.mkdir(parents=True, exist_ok=True)
-    for k, data in contents.items():
-        tmp = raw / f".{FILES[k]}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, raw / FILES[k])  # a concurrent run never sees half a file
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        for k, data in contents.items():
+            tmp = raw / f".{FILES[k]}.{os.getpid()}.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, raw / FILES[k])  # a concurrent run never sees half a file
+    except OSError as error:
+        raise UserError(f"data.cache_dir={cache_dir} cannot be written ({error.strerror}); the gzipped files are unpacked there once: pass data.cache_dir=<a writable folder>.") from None
     return cached_root
 
 
@@ -150,9 +153,23 @@ def write_fake_set(folder: Path, n_train: int, n_test: int, gz: bool = True, see
     return folder
 
 
-def download(dataset_class: type, root: Path) -> None:
-    """Let torchvision download into root/<Name>/raw/, keeping its progress chatter out of the run."""
-    chatter = io.StringIO()
-    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-        dataset_class(str(root), train=True, download=True)
-        dataset_class(str(root), train=False, download=True)
+def download(dataset_class: type, root: Path, scratch: Path) -> None:
+    """Let torchvision download into a scratch folder, keeping its progress chatter out of the run,
+    and move the files into root/<Name>/raw/ only once all four arrived: a failed download leaves
+    nothing in root."""
+    import shutil
+
+    folder = dataset_class.__name__
+    scratch.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"download-{folder}-", dir=scratch))
+    try:
+        chatter = io.StringIO()
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            dataset_class(str(work), train=True, download=True)
+            dataset_class(str(work), train=False, download=True)
+        target = root / folder / "raw"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in FILES.values():
+            shutil.move(str(work / folder / "raw" / name), target / name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

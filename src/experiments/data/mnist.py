@@ -61,18 +61,19 @@ class MNISTDataModule(TensorDataModule):
             return idx_files.prepare(self.root, self.dataset_name, self.cache_dir)
         except FileNotFoundError:
             pass
+        found = idx_files.find_files(self.root, self.dataset_name)
+        missing = [name for key, name in idx_files.FILES.items() if key not in found]
         looked = f"{self.root}/ and {self.root}/{self.dataset_name}/raw/"
+        what = f"No {self.dataset_name} files in {looked}" if not found else f"{looked} lack {', '.join(missing)} (gzipped or not)"
         how = f"copy the four IDX files ({', '.join(idx_files.FILES.values())}, gzipped or not) into {self.root}/ or pass data.root=PATH"
         if not self.hparams.download:
-            raise UserError(f"No {self.dataset_name} files in {looked} and data.download=false; {how}.")
+            raise UserError(f"{what} and data.download=false; {how}.")
         try:
-            idx_files.download(self.torchvision_class(), self.root)
+            idx_files.download(self.torchvision_class(), self.root, self.cache_dir)
         except Exception as error:  # torchvision raises RuntimeError, URLError or OSError when offline
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             reason = lines[-1] if lines else type(error).__name__  # torchvision puts the network error last
-            raise UserError(
-                f"No {self.dataset_name} files in {looked} and downloading them failed ({reason}); {how}."
-            ) from None
+            raise UserError(f"{what} and downloading them failed ({reason}); {how}.") from None
         return idx_files.prepare(self.root, self.dataset_name, self.cache_dir)
 
     def load_splits(self) -> dict[str, Split]:

@@ -1,0 +1,194 @@
+"""A run directory belongs to one live run at a time, and a finished one is never written into again
+except to continue it (resume=).
+
+Ownership is an exclusive lock on the directory itself, held for the life of the process: the
+kernel drops it however the process ends, SIGKILL included, so there is no stale lock to clean.
+The processes a run starts for itself (Lightning's DDP ranks, a sweep job's own process) inherit
+the ownership through an environment variable instead of taking the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from experiments.config import UserError
+
+OWNER_VARIABLE = "EXPERIMENTS_OWNED_DIRS"  # directories this process's parent already owns
+_held: dict[str, int] = {}  # directory -> descriptor holding its lock, open until the process ends
+
+
+def run_traces(folder: Path) -> list[str]:
+    """What in `folder` shows that a run already lives there."""
+    traces = ["metrics.json", ".hydra/overrides.yaml", "checkpoints"]
+    return [t for t in traces if (folder / t).exists()] + [p.name for p in folder.glob("events.out.tfevents.*")][:1]
+
+
+def inherited(folder: Path) -> bool:
+    return str(folder.resolve()) in os.environ.get(OWNER_VARIABLE, "").split(os.pathsep)
+
+
+def own(folder: Path, key: str) -> None:
+    """Take `folder` for this process (it must exist), or refuse in one sentence if a live run holds it."""
+    resolved = str(folder.resolve())
+    if resolved in _held or inherited(folder):
+        return
+    fd = os.open(resolved, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"{key}={folder} is in use by another run that is still training; wait for it to end or pick another directory.") from None
+    _held[resolved] = fd
+    owned = [p for p in os.environ.get(OWNER_VARIABLE, "").split(os.pathsep) if p]
+    os.environ[OWNER_VARIABLE] = os.pathsep.join([*owned, resolved])
+
+
+def check_writable(key: str, folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise UserError(f"{key}={folder} cannot be created or written ({error.strerror}); pick a writable folder.") from None
+
+
+def check_resume_dir(resume: str) -> Path:
+    run_dir = Path(resume)
+    if not (run_dir / ".hydra" / "overrides.yaml").is_file() or not (run_dir / ".hydra" / "hydra.yaml").is_file():
+        raise UserError(f"resume={resume} is not a run directory written by experiments.train (no .hydra/overrides.yaml); pass one under outputs/runs/.")
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise UserError(f"resume={resume} has no checkpoints/last.ckpt to continue from; start a new run instead.")
+    return run_dir
+
+
+# What resume= may change of a run: how long to train, where its data now lives, what runs it.
+RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.accelerator", "trainer.devices", "data.root", "data.cache_dir", "data.download", "callbacks.progress.")
+RESUME_IGNORED = ("resume", "ckpt_path", "run_dir", "fail_fast")
+
+
+def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def check_continuation(cfg: DictConfig, run_dir: Path) -> None:
+    """resume= continues a run as it was configured: refuse, before anything is written, a change
+    that would make it another run, and a continuation with nothing left to train."""
+    from omegaconf import OmegaConf
+
+    from experiments.state import read_json
+
+    saved = flat(OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False))
+    now = flat(OmegaConf.to_container(cfg, resolve=False))
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and not k.startswith(RESUME_IGNORED) and not k.startswith(RESUME_MAY_CHANGE))
+    if changed:
+        shown = ", ".join(f"{k}={now.get(k)}" for k in changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise UserError(
+            f"resume={run_dir} continues that run with its own config, but {shown} would change it; only "
+            f"{', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)} may change (to train from its weights with other "
+            f"settings, start a new run with ckpt_path={run_dir}/checkpoints/last.ckpt)."
+        )
+    record = read_json(run_dir / "metrics.json") or {}
+    if record.get("status") == "diverged":
+        raise UserError(f"resume={run_dir} diverged ({record.get('reason')}); continuing it would diverge again: start a new run with other settings.")
+    import torch
+
+    epoch = int(torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True).get("epoch", 0))
+    done = int(record.get("epochs") or 0) if record.get("status") == "finished" else epoch
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and max_epochs != -1 and max_epochs <= done:
+        what = f"finished its {done} epochs" if record.get("status") == "finished" else f"reached epoch {done + 1}"
+        raise UserError(f"resume={run_dir} {what}; pass trainer.max_epochs above {done} to train longer.")
+
+
+def first_missing(folder: Path) -> Path | None:
+    """The outermost folder of `folder`'s path that does not exist yet."""
+    missing = None
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+_created: dict[str, Path] = {}  # run directory -> the outermost folder this process made for it
+
+
+def discard(run_dir: Path) -> None:
+    """Remove a run directory that a refused start left with nothing but Hydra's files, and the
+    empty folders made for it."""
+    if not run_dir.is_dir() or any(p.name not in (".hydra", "train.log") for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    top = _created.get(str(run_dir.resolve()))
+    folder = run_dir.parent
+    while top is not None and folder.is_relative_to(top) and folder.exists() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+
+
+def claim_run_dir(config: DictConfig) -> None:
+    """Before Hydra writes anything into a single run's directory: the directory is writable, free
+    of any other run (unless resume= continues that run), and owned by this process."""
+    if config.get("resume"):
+        run_dir = check_resume_dir(str(config.resume))
+        own(run_dir, "resume")
+        return
+    run_dir = Path(str(config.hydra.run.dir))
+    if inherited(run_dir):
+        return
+    created = not run_dir.exists()
+    if (top := first_missing(run_dir)) is not None:
+        _created[str(run_dir.resolve())] = top.resolve()
+    if not created and (traces := run_traces(run_dir)):
+        raise UserError(f"hydra.run.dir={run_dir} already holds a run ({', '.join(traces)}); pick another directory, or resume={run_dir} to continue it.")
+    check_writable("hydra.run.dir", run_dir)
+    try:
+        own(run_dir, "hydra.run.dir")
+    except UserError:
+        if created:
+            run_dir.rmdir()
+        raise
+    # A run started at the same moment may have written there between the check and the lock.
+    if run_traces(run_dir):
+        raise UserError(f"hydra.run.dir={run_dir} already holds a run; pick another directory.")
+
+
+def check_launcher(config: DictConfig) -> None:
+    """A launcher that needs a cluster finds it, before the sweep writes anything."""
+    import shutil
+
+    target = str(config.hydra.launcher.get("_target_", ""))
+    if target.endswith("SlurmLauncher") and not (shutil.which("sbatch") and shutil.which("srun")):
+        raise UserError("hydra/launcher=slurm needs SLURM, but sbatch and srun are not on this machine's PATH; run the sweep on the cluster, or use hydra/launcher=basic, parallel or submitit_local here.")
+
+
+class RunDirectoryCheck(Callback):
+    """Hydra's callback around composition: one sentence and exit 1 before a run or sweep writes a
+    file where it must not."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            claim_run_dir(config)
+        except UserError as error:
+            sys.stderr.write(f"error: {error}\n")
+            sys.exit(1)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            check_launcher(config)
+            check_writable("hydra.sweep.dir", sweep_dir)
+            own(sweep_dir, "hydra.sweep.dir")  # run again later into the same directory, a sweep resumes
+        except UserError as error:
+            sys.stderr.write(f"error: {error}\n")
+            sys.exit(1)

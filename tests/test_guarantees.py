@@ -1,0 +1,319 @@
+"""Run directories you can trust: no later command damages a run, nothing mixes silently, every
+mistake is one sentence, exit code 1 and nothing left behind. Real processes throughout: what is
+pinned here is what a user at a shell sees."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli, fake_mnist, only_run_dir, read_metrics, train_in_process
+
+SHORT = ["experiment=thermometer", "trainer.max_epochs=300", "trainer.check_val_every_n_epoch=100"]
+CORES = len(os.sched_getaffinity(0))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def changed(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
+    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+
+
+def one_sentence(done: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The process stopped with exit code 1 and exactly one line on stderr, holding each fragment."""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("finished")
+    done = cli([*SHORT, "logger=csv"], cwd)
+    assert done.returncode == 0, done.stderr
+    return only_run_dir(cwd)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("digits_run")
+    root = fake_mnist(cwd / "digits")
+    done = cli(["experiment=mnist", f"data.root={root}", "data.val_size=40", "trainer.max_epochs=1"], cwd)
+    assert done.returncode == 0, done.stderr
+    return only_run_dir(cwd)
+
+
+# 1. A refused resume leaves the run as it was.
+@pytest.mark.parametrize(
+    "extra, fragments",
+    [
+        (["trainer.max_epochs=100"], ["finished its 300 epochs", "trainer.max_epochs above 300"]),
+        (["trainer.max_epochs=300"], ["finished its 300 epochs"]),
+        (["experiment=mnist"], ["would change it", "ckpt_path="]),
+        (["optimizer.lr=0.5", "trainer.max_epochs=600"], ["optimizer.lr=0.5 would change it"]),
+    ],
+)
+def test_a_refused_resume_leaves_the_finished_run_byte_for_byte(extra: list[str], fragments: list[str], finished_run: Path, tmp_path: Path):
+    before = snapshot(finished_run)
+    one_sentence(cli([f"resume={finished_run}", *extra], tmp_path), *fragments)
+    assert snapshot(finished_run) == before
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_run_whose_data_moved_is_refused_untouched_and_resumes_once_pointed_at_it(digits_run: Path, tmp_path: Path):
+    record = read_metrics(digits_run)
+    moved = tmp_path / "moved"
+    shutil.copytree(digits_run.parent.parent.parent / "digits", moved)
+    shutil.rmtree(digits_run.parent.parent.parent / "digits")
+    before = snapshot(digits_run)
+    try:
+        one_sentence(cli([f"resume={digits_run}", "trainer.max_epochs=2", "data.download=false"], tmp_path), "No MNIST files")
+        assert changed(before, snapshot(digits_run)) == []
+        done = cli([f"resume={digits_run}", "trainer.max_epochs=2", f"data.root={moved}"], tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert read_metrics(digits_run)["epochs"] == 2 and record["epochs"] == 1
+        # a saved run re-tests on data that moved, too
+        done = cli([f"run={digits_run}", f"data.root={moved}"], tmp_path, module="experiments.evaluate")
+        assert done.returncode == 0 and "test/acc" in done.stdout
+    finally:
+        shutil.copytree(moved, digits_run.parent.parent.parent / "digits", dirs_exist_ok=True)
+
+
+# 2. One live run per directory; a directory holding a run is not reused.
+def test_a_second_run_into_a_directory_is_refused_while_the_first_trains_and_after(tmp_path: Path):
+    same = tmp_path / "runs" / "same"
+    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / ".cache")}
+    first = subprocess.Popen([sys.executable, "-m", "experiments.train", "experiment=thermometer", "trainer.max_epochs=200000", f"hydra.run.dir={same}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (same / "metrics.json").is_file():
+            assert time.monotonic() < deadline and first.poll() is None, "the first run never started training"
+            time.sleep(0.1)
+        second = cli(["experiment=thermometer_adam", f"hydra.run.dir={same}"], tmp_path)
+        one_sentence(second, f"hydra.run.dir={same}")
+        assert "in use by another run" in second.stderr or "already holds a run" in second.stderr
+        resume = cli([f"resume={same}"], tmp_path)
+        one_sentence(resume, "is in use by another run that is still training")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    assert read_metrics(same)["status"] == "running"  # killed: what it recorded at start stays
+    assert len({p.name.split(".")[-2] for p in same.glob("events.out.tfevents.*")}) == 1  # one process wrote there
+    before = snapshot(same)
+    one_sentence(cli(["experiment=thermometer_adam", f"hydra.run.dir={same}"], tmp_path), "already holds a run", f"resume={same}")
+    assert snapshot(same) == before
+
+
+# 3. No more devices than the machine has.
+def test_more_devices_than_cores_is_refused_before_any_process_starts(tmp_path: Path):
+    done = cli(["trainer=ddp_cpu", f"trainer.devices={CORES + 1}"], tmp_path, timeout=120)
+    one_sentence(done, f"trainer.devices={CORES + 1}", f"this machine has {CORES} CPU cores")
+    assert not (tmp_path / "outputs").exists()
+
+
+# 4. A sweep run again into its directory runs only what is left.
+def test_a_sweep_run_again_leaves_finished_and_diverged_jobs_alone(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *SHORT, "data.input_scale=null", f"hydra.sweep.dir={sweep}"]
+    assert cli([*args, "optimizer.lr=1e-5,1e-2"], tmp_path).returncode == 0
+    jobs = {p.name: snapshot(p) for p in sweep.iterdir() if p.is_dir()}
+    statuses = sorted(read_metrics(sweep / name)["status"] for name in jobs)
+    assert statuses == ["diverged", "finished"]
+    done = cli([*args, "optimizer.lr=1e-5,1e-2,1e-6"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "2 of 3 jobs already have a final result" in done.stdout + done.stderr
+    assert {name: snapshot(sweep / name) for name in jobs} == jobs  # not a byte changed, no event file added
+    assert len([p for p in sweep.iterdir() if p.is_dir()]) == 3
+    assert len(list(sweep.glob("events.out.tfevents.*"))) == 1  # one HParams experiment at the root
+    assert "3 jobs: 2 finished, 1 diverged" in done.stdout
+
+
+# 5. Validation happens at the end of training.
+def test_a_run_shorter_than_its_validation_interval_still_validates_at_the_end(tmp_path: Path):
+    result = train_in_process(["experiment=thermometer", "trainer.max_epochs=300"], tmp_path)  # validates every 500
+    assert result["metrics"]["val/loss"]["final_epoch"] == 300
+    assert result["monitor"]["best"] is not None and (tmp_path / "checkpoints" / "best.ckpt").is_file()
+
+
+# 6. Data errors leave nothing behind.
+def test_missing_data_leaves_no_run_and_creates_nothing_in_data_root(tmp_path: Path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_sentence(cli(["experiment=mnist", f"data.root={empty}"], tmp_path), f"No MNIST files in {empty}/")
+    assert list(empty.iterdir()) == [] and not (tmp_path / "outputs").exists()
+
+
+def test_half_the_files_are_named_as_missing(tmp_path: Path):
+    from experiments.config import UserError
+    from experiments.data.mnist import MNISTDataModule
+
+    root = fake_mnist(tmp_path / "half")
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (root / name).unlink()
+    with pytest.raises(UserError, match="lack t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte") as error:
+        MNISTDataModule(root=str(root), download=False).load()
+    assert "\n" not in str(error.value)
+
+
+# 7. Mistakes are one sentence, exit 1, nothing written.
+MISTAKES = [
+    (["seed=abc"], ["seed must be an integer from 0 to 4294967295, got 'abc'"]),
+    (["seed=-1"], ["seed must be an integer"]),
+    (["optimizer=adam", "optimizer.betas=[0.9]"], ["optimizer settings rejected by torch.optim.Adam"]),
+    (["monitor=val/accuracy"], ["monitor=val/accuracy is not a metric this model logs", "val/loss"]),
+    (["optimizer.learning_rate=0.1"], ["optimizer.learning_rate is not a key of optimizer", "did you mean optimizer.lr?"]),
+    (["seeed=3"], ["seeed is not a key of the config", "did you mean seed?"]),
+    (["+newkey=1"], ["+newkey=1 adds a key nothing here reads"]),
+    (["experiment=mnist", "data.root=/tmp/données"], ["only in quotes", "'data.root=\"/tmp/données\"'"]),
+    (["optimizer=adamm"], ["Could not find 'optimizer/adamm'", "rmsprop"]),
+    (["trainer.max_epochs=0"], ["trainer.max_epochs must be a positive integer"]),
+    (["-m", "hydra/launcher=slurm", "trainer.max_epochs=1"], ["hydra/launcher=slurm needs SLURM"]),
+    (["scheduler=onecycle", "optimizer=adagrad"], ["scheduler settings rejected by torch.optim.lr_scheduler.OneCycleLR"]),
+]
+
+
+@pytest.mark.parametrize("args, fragments", MISTAKES, ids=[" ".join(a) for a, _ in MISTAKES])
+def test_a_mistake_is_one_sentence_and_leaves_nothing(args: list[str], fragments: list[str], finished_run: Path, tmp_path: Path):
+    before = snapshot(finished_run)
+    one_sentence(cli(args, tmp_path), *fragments)
+    assert not (tmp_path / "outputs").exists()
+    assert snapshot(finished_run) == before
+
+
+def test_a_checkpoint_of_another_model_is_refused(digits_run: Path, tmp_path: Path):
+    done = cli([*SHORT, f"ckpt_path={digits_run}/checkpoints/last.ckpt"], tmp_path)
+    one_sentence(done, "holds the weights of a MLPClassifier", "do not fit this run's LinearRegression")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_unwritable_cache_dir_is_one_sentence(tmp_path: Path):
+    (tmp_path / "a_file").write_text("")
+    root = fake_mnist(tmp_path / "digits")
+    done = cli(["experiment=mnist", f"data.root={root}", f"data.cache_dir={tmp_path / 'a_file' / 'cache'}"], tmp_path)
+    one_sentence(done, f"data.cache_dir={tmp_path / 'a_file' / 'cache'} cannot be written")
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        ([], ["run= is required"]),
+        (["run=nowhere", "inputs=[abc]"], ["inputs must be numbers"]),
+        (["run=nowhere", "accelerator=gpu"] if not torch.cuda.is_available() else ["run=nowhere"], ["run=nowhere"] if torch.cuda.is_available() else ["no usable GPU"]),
+    ],
+)
+def test_evaluate_mistakes_are_one_sentence(args: list[str], fragments: list[str], tmp_path: Path):
+    one_sentence(cli(args, tmp_path, module="experiments.evaluate"), *fragments)
+
+
+def test_ctrl_c_while_starting_leaves_no_directory(tmp_path: Path):
+    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / ".cache")}
+    process = subprocess.Popen([sys.executable, "-m", "experiments.train", "trainer.max_epochs=1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("outputs/runs/*/.hydra/overrides.yaml")):  # Hydra made the run directory; torch is still loading
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip() == "interrupted before training started; nothing was kept"
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_full_disk_is_one_sentence(tmp_path: Path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        done = cli(["experiment=thermometer", f"hydra.run.dir={disk / 'run'}"], tmp_path)
+        one_sentence(done, "no space left on the device", f"resume={disk / 'run'}")
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+# 9 and 10. resume= takes a sweep job's directory; a CSV log keeps its history.
+def test_a_sweep_job_directory_resumes_by_its_name_and_keeps_its_csv_history(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    assert cli(["-m", *SHORT, "logger=csv", "optimizer.lr=0.01,0.02", f"hydra.sweep.dir={sweep}"], tmp_path).returncode == 0
+    job = next(p for p in sweep.iterdir() if p.is_dir() and "lr=0.01," in p.name)
+    earlier = read_metrics(job)
+    done = cli([f"resume={job}", "trainer.max_epochs=600"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "exists and is not empty" not in done.stdout + done.stderr and "sync_dist" not in done.stdout + done.stderr
+    record = read_metrics(job)
+    assert record["status"] == "finished" and record["epochs"] == 600
+    assert record["wall_time_s"] > earlier["wall_time_s"]  # both segments count
+    steps = [int(row["step"]) for row in csv.DictReader((job / "metrics.csv").open())]
+    assert min(steps) < 300 < max(steps)  # the rows from before the resume are still there
+    assert record["metrics"]["val/loss"]["best_epoch"] in (300, 600) and record["metrics"]["val/loss"]["final_epoch"] == 600
+
+
+# 11. The smaller ones.
+def test_a_stale_temporary_checkpoint_is_removed_at_the_next_write(finished_run: Path, tmp_path: Path):
+    from experiments.callbacks.checkpoint import save_atomically
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    stale = folder / ".last.ckpt.4194300.tmp"  # a pid no process has
+    stale.write_bytes(b"x" * 1000)
+    save_atomically({"state_dict": {}}, folder / "last.ckpt")
+    assert not stale.exists() and (folder / "last.ckpt").is_file()
+
+
+def test_the_summary_and_record_say_which_weights_are_final_and_which_were_tested(tmp_path: Path):
+    result = train_in_process(["experiment=thermometer_split"], tmp_path)
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    assert result["best_parameters"] == {"weight": best["linear.weight"].item(), "bias": best["linear.bias"].item()}
+    assert result["parameters"] != result["best_parameters"]  # held-out readings: the best is not the last
+
+
+def test_hparams_sessions_say_how_a_run_ended_and_keep_override_types(tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    def session(run_dir: Path) -> tuple[int, dict]:
+        accumulator = EventAccumulator(str(run_dir))
+        accumulator.Reload()
+        data = [plugin_data_pb2.HParamsPluginData.FromString(d) for d in accumulator.PluginTagToContent("hparams").values()]
+        end = next(d.session_end_info for d in data if d.HasField("session_end_info"))
+        start = next(d.session_start_info for d in data if d.HasField("session_start_info"))
+        return end.status, dict(start.hparams)
+
+    status, _ = session(Path(train_in_process(["experiment=thermometer", "data.input_scale=null"], tmp_path / "diverged")["run_dir"]))
+    assert status == api_pb2.Status.Value("STATUS_FAILURE")
+    status, hparams = session(Path(train_in_process(["trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2"], tmp_path / "finished")["run_dir"]))
+    assert status == api_pb2.Status.Value("STATUS_SUCCESS")
+    assert hparams["trainer.check_val_every_n_epoch"].number_value == 2  # a number, not the text '2'
+
+
+def test_a_typo_is_refused_before_torch_is_imported(tmp_path: Path):
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "experiments.train", "optimizer.lr=-1"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "optimizer.lr must be a positive number" in done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra" in imported and "torch" not in imported and "lightning" not in imported
+
+
+def test_the_quick_benchmark_never_replaces_the_published_tables():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import run as benchmark
+
+    def parsed(*argv: str):
+        return type("Args", (), {"out": None, "quick": "--quick" in argv, "cases": "2,3" if "--cases" in argv else benchmark.ALL_CASES, "devices": "auto", "reps": 1 if "--quick" in argv else 3})()
+
+    assert benchmark.output_dir(parsed("--quick")) == benchmark.HERE / "out"
+    assert benchmark.output_dir(parsed("--cases")) == benchmark.HERE / "out"
+    assert benchmark.output_dir(parsed()) == benchmark.HERE
