@@ -115,16 +115,25 @@ def check_optimizer(cfg: DictConfig, model: Any, torch: Any) -> None:
     optimizer, and a schedule's only when it builds it: both are tried on a copy of the weights."""
     from experiments.models.base import build_scheduler
 
+    import warnings
+
     probe = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
     key, target = "optimizer", cfg.optimizer._target_
     try:
-        optimizer = model.optimizer_factory(probe)
-        for p in probe:
-            p.grad = torch.zeros_like(p)
-        optimizer.step()
-        if model.scheduler_config:
-            key, target = "scheduler", cfg.scheduler._target_
-            build_scheduler(model.scheduler_config["scheduler"], optimizer, None).step(*([0.0] if "ReduceLROnPlateau" in target else []))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimizer = model.optimizer_factory(probe)
+            schedule = None
+            if model.scheduler_config:
+                key, target = "scheduler", cfg.scheduler._target_
+                schedule = build_scheduler(model.scheduler_config["scheduler"], optimizer, None)
+            key, target = "optimizer", cfg.optimizer._target_
+            for p in probe:
+                p.grad = torch.zeros_like(p)
+            optimizer.step()
+            if schedule is not None:
+                key, target = "scheduler", cfg.scheduler._target_
+                schedule.step(*([0.0] if "ReduceLROnPlateau" in target else []))
     except Exception as error:  # torch raises ValueError, TypeError, IndexError, KeyError ...
         raise UserError(f"{key} settings rejected by {target}: {error}.") from None
 
@@ -135,7 +144,7 @@ def make_trainer(cfg: DictConfig, run_callbacks: list[Any], loggers: list[Any], 
 
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     if cfg.get("scheduler"):
-        callbacks.append(LearningRateMonitor())
+        callbacks.append(LearningRateMonitor(logging_interval="step"))  # at most every log_every_n_steps
     # With callbacks=none, Lightning would otherwise add its own checkpointing and progress bar.
     defaults = {
         "enable_checkpointing": any(isinstance(c, Checkpoint) for c in callbacks),

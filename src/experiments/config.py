@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,11 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 class UserError(ValueError):
-    """Something the user can fix: the message is one sentence naming the key or file and what would be valid."""
+    """Something the user can fix: the message is one sentence naming the key or file and what would
+    be valid. Whatever a library's message it quotes, it stays on one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
 
 
 def check_batch_size(key: str, value: int | None) -> None:
@@ -47,6 +52,18 @@ def check_values(cfg: DictConfig, overrides: list[str] = ()) -> None:
     accumulate = cfg.trainer.get("accumulate_grad_batches")
     if accumulate is not None and (isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1):
         raise UserError(f"trainer.accumulate_grad_batches must be a positive integer, got {accumulate!r}.")
+    for key in ("check_val_every_n_epoch", "log_every_n_steps"):
+        value = cfg.trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"trainer.{key} must be a positive integer, got {value!r}.")
+    nodes = cfg.trainer.get("num_nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise UserError(f"trainer.num_nodes must be a positive integer, got {nodes!r}.")
+    if nodes > 1 and not any(v in os.environ for v in ("MASTER_ADDR", "SLURM_NTASKS", "WORLD_SIZE")):
+        raise UserError(
+            f"trainer.num_nodes={nodes} trains across {nodes} machines, so the same command must be started on each of them "
+            "(by srun or torchrun, which set MASTER_ADDR and the ranks); on this machine alone use trainer.num_nodes=1."
+        )
     clip = cfg.trainer.get("gradient_clip_val")
     if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0):
         raise UserError(f"trainer.gradient_clip_val must be a number of 0 or more, or null, got {clip!r}.")

@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from experiments.config import check_batch_size
+from experiments.config import UserError, check_batch_size
 
 Split = tuple[Tensor, Tensor]
 
@@ -127,6 +127,8 @@ class TensorDataModule(pl.LightningDataModule):
         super().__init__()
         check_batch_size("data.batch_size", batch_size)
         check_batch_size("data.eval_batch_size", eval_batch_size)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise UserError(f"data.seed must be an integer from 0 to {2**32 - 1}, got {seed!r}.")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed

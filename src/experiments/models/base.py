@@ -156,9 +156,9 @@ class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
 
 def build_scheduler(make: Callable[..., Any], optimizer: torch.optim.Optimizer, trainer: pl.Trainer | None) -> Any:
     """A torch.optim.lr_scheduler from its partial; `total_steps` left null (OneCycleLR) is the
-    fit's number of optimizer steps."""
+    fit's number of optimizer steps (without a Trainer, a stand-in count to try the settings)."""
     keywords = getattr(make, "keywords", {})
     extra = {}
-    if "total_steps" in inspect.signature(make).parameters and keywords.get("total_steps") is None and trainer is not None:
-        extra["total_steps"] = int(trainer.estimated_stepping_batches)
+    if "total_steps" in inspect.signature(make).parameters and keywords.get("total_steps") is None and keywords.get("epochs") is None:
+        extra["total_steps"] = int(trainer.estimated_stepping_batches) if trainer is not None else 100
     return make(optimizer, **extra)
