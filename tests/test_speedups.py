@@ -70,3 +70,20 @@ def test_exit_now_still_waits_for_threads_and_runs_exit_hooks(tmp_path: Path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and done.stdout == "flushed"
     assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "done"
+
+
+def test_lightning_still_wraps_each_hook_in_the_profilers_profile():
+    """QuietProfiler only pays while Lightning enters `profiler.profile(...)` around its hooks."""
+    profiler = speedups.quiet_profiler()
+    entered = []
+    quiet = type(profiler).profile
+
+    def counting(self, action_name):
+        entered.append(action_name)
+        return quiet(self, action_name)
+
+    type(profiler).profile = counting
+    model = LinearRegression(optimizer=functools.partial(torch.optim.SGD, lr=1e-2))
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, profiler=profiler)
+    trainer.fit(model, datamodule=ThermometerDataModule())
+    assert any("training_step" in name for name in entered) and len(entered) > 50

@@ -77,12 +77,7 @@ def build_scheduler_config(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> tuple[Any, Any]:
-    """The data module, its data loaded, and the model sized from it with its optimizer and schedule.
-
-    `monitor_mode=auto` becomes the monitored metric's own direction."""
-    import torch
-    from hydra.utils import get_class
-
+    """The data module, its data loaded, and the model sized from it with its optimizer and schedule."""
     if choices is None:
         from pathlib import Path
 
@@ -90,6 +85,17 @@ def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> tuple[Any, 
 
         choices = RunInfo.from_hydra(Path(".")).choices
     datamodule = instantiate(cfg.data, "data")
+    model = build_model(cfg, datamodule, choices)
+    datamodule.load()  # a missing or damaged file stops the run here, before anything is written
+    return datamodule, model
+
+
+def build_model(cfg: DictConfig, datamodule: Any, choices: dict[str, str]) -> Any:
+    """The model sized from the data, with its optimizer and schedule, each tried on a copy of its
+    weights. `monitor_mode=auto` becomes the monitored metric's own direction."""
+    import torch
+    from hydra.utils import get_class
+
     model_class = get_class(cfg.model._target_)
     if getattr(model_class, "task", None) != datamodule.task:
         raise UserError(
@@ -106,8 +112,7 @@ def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> tuple[Any, 
         cfg.monitor_mode = "max" if directions[cfg.monitor] else "min"
     model.scheduler_config = build_scheduler_config(cfg)
     check_optimizer(cfg, model, torch)
-    datamodule.load()  # a missing or damaged file stops the run here, before anything is written
-    return datamodule, model
+    return model
 
 
 def check_optimizer(cfg: DictConfig, model: Any, torch: Any) -> None:
@@ -151,4 +156,8 @@ def make_trainer(cfg: DictConfig, run_callbacks: list[Any], loggers: list[Any], 
         "enable_progress_bar": any(isinstance(c, ProgressBar) for c in callbacks),
     }
     defaults = {k: v for k, v in defaults.items() if k not in cfg.trainer}
+    if "profiler" not in cfg.trainer:
+        from experiments import speedups
+
+        defaults["profiler"] = speedups.quiet_profiler()
     return instantiate(cfg.trainer, "trainer", callbacks=[*callbacks, *run_callbacks], logger=loggers, plugins=plugins, default_root_dir=str(run_dir), **defaults)

@@ -13,20 +13,13 @@ from experiments.state import RunInfo, RunState
 
 
 def run_callbacks(states: list[RunState], loggers: list[list[Any]], multirun: bool) -> list[Any]:
-    """The callbacks that record runs, in the order their hooks must run."""
+    """The callback that records runs, its parts in the order their hooks must run."""
     from experiments.callbacks.figures import RunFigures
     from experiments.callbacks.hparams import HParamsEntry
-    from experiments.callbacks.recorder import RunRecorder
+    from experiments.callbacks.recorder import RunRecorder, StatusRecord
     from experiments.callbacks.trajectory import ParameterPath
-    from experiments.callbacks.validation import ValidateLastEpoch
 
-    return [
-        ValidateLastEpoch(),
-        ParameterPath(states),
-        RunFigures(states, loggers),
-        RunRecorder(states),
-        HParamsEntry(states, loggers, with_experiment=not multirun),
-    ]
+    return [RunRecorder([ParameterPath(states), RunFigures(states, loggers), StatusRecord(states), HParamsEntry(states, loggers, with_experiment=not multirun)])]
 
 
 def new_state(cfg: DictConfig, info: RunInfo, datamodule: Any) -> RunState:

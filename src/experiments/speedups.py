@@ -14,6 +14,11 @@ that stops paying for itself is removed rather than kept "just in case".
    the exit hooks have run (CPython's `threading._shutdown` and `atexit._run_exitfuncs`, in the
    interpreter's order), `os._exit` skips it.
 
+3. `QuietProfiler`: when no profiler is asked for, Lightning wraps every hook call in its
+   PassThroughProfiler's `profile()`, a generator-based context manager built anew each time,
+   fifty times a step. This one hands back one shared `contextlib.nullcontext` instead (public
+   API: a Profiler subclass). A thermometer fit, three callbacks: 1.79 s -> 1.56 s.
+
 Measured and dropped: popping PYTORCH_NVML_BASED_CUDA_CHECK (torch's per-step CUDA probe through
 NVML) made no difference on torch 2.14 (1.62-1.70 s per fit either way).
 """
@@ -21,10 +26,12 @@ NVML) made no difference on torch 2.14 (1.62-1.70 s per fit either way).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import sys
 import threading
+from typing import Any
 
 # Names this module relies on, checked by tests/test_speedups.py.
 HOOK_NAME_ATTRIBUTE = "_current_fx_name"
@@ -39,6 +46,19 @@ class FastHookNames:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+
+def quiet_profiler() -> Any:
+    """Trick 3: the Trainer's profiler when the config names none."""
+    from lightning.pytorch.profilers import PassThroughProfiler
+
+    class QuietProfiler(PassThroughProfiler):
+        _nothing = contextlib.nullcontext()
+
+        def profile(self, action_name: str) -> contextlib.AbstractContextManager:
+            return self._nothing
+
+    return QuietProfiler()
 
 
 def exit_now(code: int | str | None) -> None:

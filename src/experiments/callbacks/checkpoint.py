@@ -3,19 +3,54 @@
 Every checkpoint is written to a temporary file beside its target and renamed over it, so a kill
 during the write leaves the previous good checkpoint in place; a temporary file left by a killed
 process is removed at the next write. Checkpoints are read with `weights_only=True` only.
-Which checkpoints a run keeps is Lightning's ModelCheckpoint, configured in conf/callbacks/.
+Which checkpoints a run keeps is Lightning's ModelCheckpoint, configured in conf/callbacks/:
+best.ckpt by the monitored metric, and last.ckpt (LastCheckpoint), the latest state at every
+validation, at the end and at an interruption.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from experiments.callbacks.interruption import Interruption
 from experiments.config import UserError
+
+
+class ModelCheckpoint(Interruption, LightningModelCheckpoint):
+    """Lightning's ModelCheckpoint for checkpoints/best.ckpt (the best by `monitor`), which also
+    keeps checkpoints/last.ckpt as the latest state: rewritten at every validation (the last epoch
+    is always validated) and where Ctrl-C or SIGTERM stopped training at a step boundary.
+
+    One callback for both: Lightning calls every hook of every callback at every step. Its
+    `state_key`, a repr of its settings that Lightning formats at each of those calls, is
+    computed once: the settings it shows never change."""
+
+    def __init__(self, *args: Any, last: bool = True, **kwargs: Any) -> None:
+        LightningModelCheckpoint.__init__(self, *args, save_last=False, **kwargs)
+        Interruption.__init__(self)
+        self.last = last
+
+    @functools.cached_property
+    def state_key(self) -> str:
+        return super().state_key
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.last and self.dirpath:
+            self.save_to = os.path.join(self.dirpath, f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.save_to and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.save_to)
 
 
 def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from experiments.state import RunState
 
 
-class RunFigures(pl.Callback):
+class RunFigures:
     def __init__(self, states: list[RunState], loggers: list[list[object]]) -> None:
         self.states = states
         self.loggers = loggers  # each run's own loggers

@@ -10,7 +10,7 @@ from experiments.hparams import hparams_metrics, write_session
 from experiments.state import RunState
 
 
-class HParamsEntry(pl.Callback):
+class HParamsEntry:
     def __init__(self, states: list[RunState], loggers: list[list[object]], with_experiment: bool) -> None:
         self.states = states
         self.loggers = loggers

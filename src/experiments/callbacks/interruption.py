@@ -17,13 +17,17 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class Interruption(pl.Callback):
+    """Its hooks call on to the next class's (experiments.callbacks.checkpoint.LastCheckpoint
+    combines it with Lightning's ModelCheckpoint)."""
+
     def __init__(self, save_to: str | None = None) -> None:
-        self.save_to = save_to  # where the checkpoint at the interruption goes; None: none
+        self.save_to = save_to  # where the checkpoint at the interruption goes; None: the caller saves
         self.interrupted_by: str | None = None
         self._previous: dict[int, Any] = {}
         self._lightning_sigterm: Any = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         self._lightning_sigterm = signal.getsignal(signal.SIGTERM)
         for signum, handler in ((signal.SIGINT, self._on_sigint), (signal.SIGTERM, self._on_sigterm)):
             self._previous[signum] = signal.getsignal(signum)
@@ -46,11 +50,13 @@ class Interruption(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.stage == "train" and self.save_to:
             trainer.save_checkpoint(self.save_to)
+        super().on_exception(trainer, pl_module, exception)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        super().teardown(trainer, pl_module, stage)
 
     @property
     def saved(self) -> bool:

@@ -1,11 +1,14 @@
-"""What a run leaves besides checkpoints and event files, kept up to date from Lightning's hooks:
-metrics.json from the first step (status `running`) to its end (finished, interrupted, diverged
-or failed), with timing, the history of every metric and, for a line, its weights.
+"""What a run leaves besides checkpoints, kept up to date from Lightning's hooks by one callback,
+RunRecorder, whose parts each have one job: StatusRecord (metrics.json from the first step, status
+`running`, to its end: finished, interrupted, diverged or failed, with timing and, for a line, its
+weights), ParameterPath (trajectory.json), RunFigures (TensorBoard images) and HParamsEntry (the
+HParams row). One callback rather than four: Lightning calls every hook of every callback at every
+step, which costs more than a step of these models.
 
 `MetricHistory` is the logger every run has, whatever `logger=` says: it turns each logged value
 into the run's final and best, the direction taken from the metric itself (torchmetrics'
-`higher_is_better`). One fit may serve several runs (hydra/launcher=vectorized): the callbacks
-take the list of their states, and the module answers `replica(i)` with run i's model.
+`higher_is_better`). One fit may serve several runs (hydra/launcher=vectorized): the parts take
+the list of their states, and the module answers `replica(i)` with run i's model.
 """
 
 from __future__ import annotations
@@ -75,13 +78,15 @@ def outcome(exception: BaseException, trainer: pl.Trainer) -> tuple[str, str]:
     """The status and reason a run ends with when `exception` stops it."""
     if isinstance(exception, Diverged):
         return "diverged", str(exception)
+    if getattr(exception, "run_status", None):  # an exception that says how the runs it stops end
+        return exception.run_status, str(exception)
     if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or isinstance(exception, SystemExit):
         by = next((c.interrupted_by for c in trainer.callbacks if getattr(c, "interrupted_by", None)), None)
         return "interrupted", f"interrupted by {by or ('SIGINT' if isinstance(exception, KeyboardInterrupt) else 'SIGTERM')}"
     return "failed", f"{type(exception).__name__}: {exception}"
 
 
-class RunRecorder(pl.Callback):
+class StatusRecord:
     """metrics.json of each run this fit serves, written at the start, at every validation, on an
     exception and at the end; and each run's config inside its checkpoints."""
 
@@ -169,3 +174,36 @@ class RunRecorder(pl.Callback):
             saved = (state.run_dir / "checkpoints" / "last.ckpt").is_file()
             state.end(status, f"{reason}; resume={shell_path(state.run_dir)} continues from checkpoints/last.ckpt" if status == "interrupted" and saved else reason)
         self.write(trainer, tolerant=True)
+
+
+HOOKS = (
+    "on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_train_epoch_end",
+    "on_validation_start", "on_validation_end", "on_save_checkpoint", "on_train_end", "on_fit_end",
+    "on_test_start", "on_test_end", "on_exception",
+)
+
+
+class RunRecorder(pl.Callback):
+    """The callback that records the runs a fit serves: it hands each of Lightning's hooks to the
+    parts that have it, in their order."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+        self.handlers = {hook: [getattr(part, hook) for part in parts if hasattr(part, hook)] for hook in HOOKS}
+
+    @property
+    def status(self) -> StatusRecord:
+        return next(p for p in self.parts if isinstance(p, StatusRecord))
+
+
+def _handing_on(hook: str) -> Any:
+    def handler(self: RunRecorder, *args: Any) -> None:
+        for part in self.handlers[hook]:
+            part(*args)
+
+    handler.__name__ = hook
+    return handler
+
+
+for _hook in HOOKS:
+    setattr(RunRecorder, _hook, _handing_on(_hook))

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 from experiments.state import RunState, write_json
 
 
-class ParameterPath(pl.Callback):
+class ParameterPath:
     def __init__(self, states: list[RunState]) -> None:
         self.states = states
         self.every = 0  # 0: this model has no two-parameter path

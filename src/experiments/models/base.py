@@ -132,6 +132,7 @@ class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         trainer = self.trainer
+        validate_last_epoch(trainer)
         due = self.global_step + trainer.num_training_batches - self._last_logged_step >= trainer.log_every_n_steps
         last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         self._train_outputs = [] if due or last_epoch or self._last_logged_step < 0 else None
@@ -152,6 +153,15 @@ class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_stage("test")
+
+
+def validate_last_epoch(trainer: pl.Trainer) -> None:
+    """Validation always happens at the end of training, whatever check_val_every_n_epoch says: a
+    300-epoch run validating every 500 epochs would otherwise end without a validation loss, a
+    best checkpoint or a place in a sweep's ranking."""
+    last = trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.current_epoch + 1 == trainer.max_epochs
+    if last and trainer.check_val_every_n_epoch not in (None, 1):
+        trainer.check_val_every_n_epoch = 1  # read by the loop when the epoch ends
 
 
 def build_scheduler(make: Callable[..., Any], optimizer: torch.optim.Optimizer, trainer: pl.Trainer | None) -> Any:

@@ -1,0 +1,144 @@
+"""Which jobs of a sweep can train as one population, and training them.
+
+Jobs share a population when they can share every batch: the same data settings (so the same
+batch order), the same model architecture, epochs, trainer settings, loggers and callbacks. They
+may differ in the optimizer (class and settings), the learning-rate schedule, the metric that
+picks the best checkpoint, the model's initial values (`model.init_*`), and `seed`, which sets
+each replica's random initial weights; a job's data order comes from `data.seed`, which is
+`seed` unless set apart (`data.seed=0 seed=1,2,3` trains three initialisations on one batch
+order). A job that starts from `ckpt_path`, uses mixed precision, or has a callback a population
+cannot give each run (EarlyStopping, say) trains on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.config import UserError
+from experiments.state import RunInfo
+
+PER_RUN_KEYS = ("optimizer", "scheduler", "seed", "monitor", "monitor_mode", "fail_fast", "run_dir", "resume", "ckpt_path")
+POPULATION_CALLBACKS = ("ModelCheckpoint", "ProgressLine")  # what a population gives each run
+FULL_PRECISION = ("32-true", "32", "64-true", "64")
+PLACEHOLDER = "@run_dir@"
+
+
+@dataclass
+class Job:
+    cfg: DictConfig  # the job's config with `run_dir` set to its directory (no ${hydra:} left)
+    info: RunInfo
+    resume_step: int | None = None  # the step of its last.ckpt when it continues
+
+    @property
+    def run_dir(self) -> Path:
+        return self.info.run_dir
+
+
+def check_launchable(cfg: DictConfig) -> None:
+    strategy = str(cfg.trainer.get("strategy") or "auto")
+    if strategy.startswith(("ddp", "fsdp", "deepspeed")) or (cfg.trainer.get("devices") not in (1, "1", "auto", None) and cfg.trainer.get("devices") != [0]):
+        raise UserError(
+            f"hydra/launcher=vectorized trains a group of jobs in one process on one device, so it takes no trainer.strategy={strategy} "
+            f"or trainer.devices={cfg.trainer.get('devices')}; use hydra/launcher=basic for a sweep of multi-device jobs."
+        )
+
+
+def group_key(cfg: DictConfig, resume_step: int | None) -> tuple[str | None, str]:
+    """Jobs with the same key can train as one population; a key of None, with the reason, for a
+    job that trains alone."""
+    trainer = cfg.trainer
+    if str(trainer.get("precision")) not in FULL_PRECISION:
+        return None, f"trainer.precision={trainer.get('precision')} (a population trains in full precision)"
+    if cfg.get("ckpt_path"):
+        return None, "it starts from ckpt_path"
+    config = OmegaConf.to_container(cfg, resolve=False)
+    config["run_dir"] = PLACEHOLDER  # every ${run_dir} below resolves alike
+    config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+    callbacks = config.get("callbacks") or {}
+    for name, node in callbacks.items():
+        if isinstance(node, dict) and str(node.get("_target_", "")).rsplit(".", 1)[-1] not in POPULATION_CALLBACKS:
+            return None, f"callbacks.{name} is not one a population gives each run"
+    shared = {k: v for k, v in config.items() if k not in PER_RUN_KEYS}
+    shared["model"] = {k: v for k, v in config["model"].items() if not k.startswith("init_")}
+    shared["callbacks"] = {name: {k: v for k, v in node.items() if k not in ("monitor", "mode")} for name, node in callbacks.items()}
+    shared["resume_step"] = resume_step
+    return json.dumps(shared, sort_keys=True, default=str), ""
+
+
+def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
+    """Train the jobs as one population: one fit over shared batches, then each run's test on
+    its own best weights. Returns what each job's metrics.json holds."""
+    from experiments.cli import quiet_lightning
+    from experiments.config import check_values
+
+    for job in jobs:
+        check_values(job.cfg, job.info.overrides)
+    quiet_lightning()
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from experiments import speedups
+    from experiments.build import build_model, check_accelerator, instantiate, instantiate_group
+    from experiments.callbacks.interruption import Interruption
+    from experiments.callbacks.progress import ProgressLine
+    from experiments.callbacks.recorder import MetricHistory
+    from experiments.population.checkpoints import PopulationCheckpointIO, PopulationCheckpoints
+    from experiments.population.module import PopulationModule, StoppedByFailFast
+    from experiments.run import new_state, run_callbacks
+
+    first = jobs[0].cfg
+    check_launchable(first)
+    check_accelerator(first.trainer)
+    pl.seed_everything(first.seed, workers=True, verbose=False)
+    datamodule = instantiate(first.data, "data")
+    datamodule.load()
+    models, states, loggers, checkpoints = [], [], [], []
+    for job in jobs:
+        pl.seed_everything(job.cfg.seed, workers=True, verbose=False)  # each replica starts where its single run would
+        model = build_model(job.cfg, datamodule, job.info.choices)
+        state = new_state(job.cfg, job.info, datamodule)
+        state.population = {"size": len(jobs), "jobs": [j.run_dir.name for j in jobs]}
+        models.append(model)
+        states.append(state)
+        loggers.append([*instantiate_group(job.cfg.get("logger"), "logger"), MetricHistory(state, model.metric_directions())])
+        checkpoints.append([c for c in instantiate_group(job.cfg.get("callbacks"), "callbacks") if isinstance(c, ModelCheckpoint)])
+    population = PopulationModule(models, [m.optimizer_factory for m in models], [m.scheduler_config for m in models], states, loggers, fail_fast)
+    progress = [c for c in instantiate_group(first.get("callbacks"), "callbacks") if isinstance(c, ProgressLine)]
+    saving = PopulationCheckpoints(checkpoints)
+    resume = [job.run_dir / "checkpoints" / "last.ckpt" for job in jobs] if jobs[0].resume_step is not None else None
+    trainer = instantiate(
+        first.trainer,
+        "trainer",
+        callbacks=[*progress, Interruption(), saving, *run_callbacks(states, loggers, multirun=True)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=bool(progress),
+        plugins=[PopulationCheckpointIO(resume)],
+        **({} if "profiler" in first.trainer else {"profiler": speedups.quiet_profiler()}),
+        default_root_dir=str(jobs[0].run_dir.parent),
+    )
+    try:
+        trainer.fit(population, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
+        tested = population.running()
+        if tested:
+            with_best = [i for i in tested if i in saving.best_rows]
+            with_best_rows = {i: saving.best_rows[i] for i in with_best}
+            import torch
+
+            with torch.no_grad():
+                for i, row in with_best_rows.items():
+                    population.flat[i] = row.to(population.flat)
+            population.tested = set(tested)
+            trainer.test(population, datamodule=datamodule, verbose=False, weights_only=True)
+    except (KeyboardInterrupt, SystemExit, StoppedByFailFast):
+        pass  # recorded by the callbacks: each unfinished run is interrupted, with its last.ckpt
+    finally:
+        for run_loggers, state in zip(loggers, states):
+            for logger in run_loggers:
+                logger.finalize("success" if state.status == "finished" else "failed")
+    return [state.result() for state in states]

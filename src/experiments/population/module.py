@@ -1,0 +1,331 @@
+"""K runs of one model class trained as one LightningModule, over the same batches.
+
+Their weights are the K rows of one flat parameter. Each step computes all K forward passes as
+one batched computation (the model's `stacked_forward`, or torch.func's vmap over its own forward
+when it has none), the K losses, and one backward of their sum, which gives each row its own
+gradient; PopulationOptimizer then applies each replica's own optimizer. A replica whose loss is
+no longer finite is marked diverged at that step, with the reason a single run would give, and
+keeps its weights from then on; no other replica's numbers depend on it.
+
+Each replica keeps a model of its own (`replica(i)`), built from its job's config with its seed as
+a single run builds it: it gives the starting weights, holds the replica's torchmetrics objects
+and answers for the replica's figures and fitted parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from experiments.models.base import ExperimentModule, build_scheduler, validate_last_epoch
+from experiments.population.optim import PopulationOptimizer
+from experiments.state import RunState
+
+log = logging.getLogger("experiments")
+
+
+class StoppedByFailFast(RuntimeError):
+    """A replica diverged and the sweep asked to stop at its first diverged or failed job: the
+    other runs stop where they are, as if interrupted, with their last.ckpt."""
+
+    run_status = "interrupted"
+
+
+class PopulationModule(pl.LightningModule):
+    def __init__(
+        self,
+        models: list[ExperimentModule],
+        optimizers: list[Callable[..., torch.optim.Optimizer]],
+        schedulers: list[dict[str, Any] | None],
+        states: list[RunState],
+        loggers: list[list[Any]],
+        fail_fast: bool = False,
+    ) -> None:
+        super().__init__()
+        self.models = models  # a plain list: their weights live in `flat`, not in this module's state
+        self.optimizer_factories = optimizers
+        self.scheduler_configs = schedulers
+        self.states = states
+        self.run_loggers = loggers
+        self.fail_fast = fail_fast
+        named = list(models[0].named_parameters())
+        self.names = [name for name, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.flat = nn.Parameter(torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in models]))
+        self.directions = models[0].metric_directions()
+        self.schedules: list[Any] = []
+        self.tested: set[int] = set()  # replicas whose weights the test uses (not diverged)
+        self._train_outputs: list[tuple[Tensor, Tensor, Tensor]] | None = []
+        self._last_logged_step = -1
+        self._sums: dict[str, list[Tensor]] = {}
+        self.diverged_step = torch.full((len(models),), -1, dtype=torch.long)
+        self.diverged_epoch = torch.full((len(models),), -1, dtype=torch.long)
+        self.diverged_loss = torch.zeros(len(models))
+
+    @property
+    def size(self) -> int:
+        return len(self.models)
+
+    # -- the K models as one computation ---------------------------------------------------------
+
+    def stacked_params(self) -> dict[str, Tensor]:
+        params, offset = {}, 0
+        for name, shape in zip(self.names, self.shapes):
+            n = shape.numel()
+            params[name] = self.flat[:, offset : offset + n].view(self.size, *shape)
+            offset += n
+        return params
+
+    def stacked_forward(self, x: Tensor) -> Tensor:
+        model, params = self.models[0], self.stacked_params()
+        if hasattr(model, "stacked_forward"):
+            return model.stacked_forward(params, x)
+        from torch.func import functional_call, vmap
+
+        return vmap(lambda p: functional_call(model, p, (x,)))(params)
+
+    def stacked_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        model = self.models[0]
+        if hasattr(model, "stacked_loss"):
+            return model.stacked_loss(outputs, targets)
+        from torch.func import vmap
+
+        return vmap(model.loss, in_dims=(0, None))(outputs, targets)
+
+    def replica(self, index: int) -> ExperimentModule:
+        """Run `index`'s own model, holding its current weights."""
+        model = self.models[index]
+        with torch.no_grad():
+            offset = 0
+            for p in model.parameters():
+                n = p.numel()
+                p.copy_(self.flat[index, offset : offset + n].view(p.shape))
+                offset += n
+        return model
+
+    def path_points(self) -> list[tuple[float, float]] | None:
+        if self.models[0].path_points() is None or self.flat.shape[1] != 2:
+            return None
+        return [tuple(row) for row in self.flat.detach()[:, :2].tolist()]
+
+    def running(self) -> list[int]:
+        return [i for i, s in enumerate(self.states) if s.status == "running"]
+
+    # -- optimizers and schedules ------------------------------------------------------------------
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optimizer = PopulationOptimizer(self.flat, list(self.shapes), self.optimizer_factories)
+        self.schedules = [
+            None if not config else {**config, "scheduler": build_scheduler(config["scheduler"], replica, self.trainer)}
+            for config, replica in zip(self.scheduler_configs, optimizer.replicas)
+        ]
+        return optimizer
+
+    @property
+    def population_optimizer(self) -> PopulationOptimizer:
+        return self.trainer.optimizers[0]
+
+    def step_schedules(self, interval: str, plateau: bool, index: int) -> None:
+        """Each replica's own schedule, stepped where Lightning steps a single run's."""
+        for i, config in enumerate(self.schedules):
+            if not config or self.states[i].status != "running" or config.get("interval", "epoch") != interval:
+                continue
+            scheduler = config["scheduler"]
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) != plateau or (index + 1) % int(config.get("frequency", 1)) != 0:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch cannot see the vectorised step and would warn
+                if plateau:
+                    value = self.states[i].metrics.get(config.get("monitor") or self.states[i].monitor)
+                    if value is not None and value.final is not None:
+                        scheduler.step(value.final)
+                else:
+                    scheduler.step()
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None) -> None:
+        """Each replica's gradient clipped on its own, as torch.nn.utils.clip_grad_norm_ does for one run."""
+        grad = self.flat.grad
+        if not gradient_clip_val or grad is None:
+            return
+        if gradient_clip_algorithm == "value":
+            grad.clamp_(-gradient_clip_val, gradient_clip_val)
+            return
+        norms = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
+        grad.mul_(torch.clamp(gradient_clip_val / (norms + 1e-6), max=1.0))
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        inputs, targets = batch
+        outputs = self.stacked_forward(inputs)
+        losses = self.stacked_loss(outputs, targets)
+        self.watch(losses)
+        if self._train_outputs is not None:
+            self._train_outputs.append((losses.detach(), outputs.detach(), targets))
+        return losses.sum()
+
+    def watch(self, losses: Tensor) -> None:
+        """Note each replica whose loss just stopped being finite; on the CPU at once, on an
+        accelerator (where reading a value waits for it) every few steps."""
+        optimizer = self.population_optimizer
+        fresh = ~torch.isfinite(losses.detach()) & ~optimizer.frozen
+        step = torch.full_like(self.diverged_step, self.global_step)
+        self.diverged_step = torch.where(fresh, step, self.diverged_step)
+        self.diverged_epoch = torch.where(fresh, torch.full_like(step, self.current_epoch), self.diverged_epoch)
+        self.diverged_loss = torch.where(fresh, losses.detach(), self.diverged_loss)
+        optimizer.frozen |= fresh
+        if losses.device.type != "cpu":
+            optimizer.any_frozen = True  # the weights of a frozen row are kept without reading the mask
+            if self.global_step % self.trainer.log_every_n_steps:
+                return
+        if fresh.any() or losses.device.type != "cpu":
+            self.report_divergence()
+
+    def report_divergence(self) -> None:
+        steps = self.diverged_step.tolist()
+        rows = [i for i in self.running() if steps[i] >= 0]
+        if not rows:
+            return
+        self.population_optimizer.any_frozen = True
+        epochs, values = self.diverged_epoch.tolist(), self.diverged_loss.tolist()
+        for i in rows:
+            state = self.states[i]
+            state.epochs, state.steps = epochs[i], steps[i]
+            state.end("diverged", f"train loss became {values[i]} at epoch {epochs[i] + 1}, step {steps[i] + 1}")
+            if self.trainer.is_global_zero:
+                state.write()
+            log.info("%s diverged: %s", state.run_dir.name, state.reason)
+        if self.fail_fast:
+            raise StoppedByFailFast(f"{self.states[rows[0]].run_dir.name} diverged and fail_fast=true stops the sweep")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._schedule_states = checkpoint.get("population.schedules")
+
+    def on_train_start(self) -> None:
+        for config, state in zip(self.schedules, getattr(self, "_schedule_states", None) or []):
+            if config and state:
+                config["scheduler"].load_state_dict(state)
+
+    def on_fit_start(self) -> None:
+        self.diverged_step = self.diverged_step.to(self.device)
+        self.diverged_epoch = self.diverged_epoch.to(self.device)
+        self.diverged_loss = self.diverged_loss.to(self.device, self.flat.dtype)
+        for model in self.models:
+            model.to(self.device)
+        for model, loggers in zip(self.models, self.run_loggers):
+            for logger in loggers:
+                logger.log_hyperparams(model.hparams)
+                logger.save()
+
+    def on_train_epoch_start(self) -> None:
+        trainer = self.trainer
+        validate_last_epoch(trainer)
+        due = self.global_step + trainer.num_training_batches - self._last_logged_step >= trainer.log_every_n_steps
+        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        self._train_outputs = [] if due or last_epoch or self._last_logged_step < 0 else None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.step_schedules("step", plateau=False, index=batch_idx)
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            self.step_schedules("epoch", plateau=False, index=self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        if self.population_optimizer.frozen.device.type != "cpu":
+            self.report_divergence()
+        if self._train_outputs:
+            losses, outputs, targets = zip(*self._train_outputs)
+            sizes = torch.tensor([len(t) for t in targets], device=losses[0].device, dtype=losses[0].dtype)
+            loss = (torch.stack(losses, 1) * sizes).sum(1) / sizes.sum()
+            self._train_outputs = None
+            self._last_logged_step = self.global_step
+            rows = self.running()
+            values = {"train/loss": loss, **self.extra_metrics("train", rows, torch.cat(outputs, 1), torch.cat(targets))}
+            if any(self.schedules):
+                values["train/lr"] = torch.tensor([o.param_groups[0]["lr"] for o in self.population_optimizer.replicas])
+            self.log_runs(values, rows)
+        self.step_schedules("epoch", plateau=True, index=self.current_epoch)
+
+    def extra_metrics(self, stage: str, rows: list[int], outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        """The model's torchmetrics beyond the loss, each replica's from its own metric objects."""
+        names = [name for name in getattr(self.models[0], f"{stage}_metrics") if name != "loss"]
+        values = {f"{stage}/{name}": torch.full((self.size,), math.nan) for name in names}
+        for i in rows:
+            metrics = getattr(self.models[i], f"{stage}_metrics")
+            for name in names:
+                metrics[name].update(outputs[i], targets)
+                values[f"{stage}/{name}"][i] = metrics[name].compute()
+                metrics[name].reset()
+        return values
+
+    def log_runs(self, values: dict[str, Tensor], rows: list[int]) -> None:
+        """Each run's metrics to its own loggers, as Lightning logs a single run's epoch-end values."""
+        if not rows:
+            return
+        columns = {name: tensor.tolist() for name, tensor in values.items()}
+        step = max(self.global_step - 1, 0)
+        shown: dict[str, float] = {}
+        for i in rows:
+            metrics = {name: column[i] for name, column in columns.items()}
+            for logger in self.run_loggers[i]:
+                logger.log_metrics({**metrics, "epoch": self.current_epoch}, step)
+            for name, value in metrics.items():
+                if not name.startswith("test/") and name != "train/lr" and math.isfinite(value):
+                    better = self.directions.get(name, False)
+                    shown[name] = value if name not in shown else (max if better else min)(shown[name], value)
+        stage = "test" if any(n.startswith("test/") for n in values) else None
+        if stage is None:
+            for name, value in shown.items():
+                self.log(f"best {name}", value, prog_bar=True, logger=False)
+            self.log("running", float(len(self.running())), prog_bar=True, logger=False)
+
+    # -- validation and test ----------------------------------------------------------------------
+
+    def evaluation_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        inputs, targets = batch
+        outputs = self.stacked_forward(inputs)
+        losses = self.stacked_loss(outputs, targets)
+        sums = self._sums.setdefault(stage, [torch.zeros_like(losses), torch.zeros((), device=losses.device)])
+        sums[0] += losses * len(targets)
+        sums[1] += len(targets)
+        rows = self.rows_for(stage)
+        for i in rows:
+            metrics = getattr(self.models[i], f"{stage}_metrics")
+            for name, metric in metrics.items():
+                if name != "loss":
+                    metric.update(outputs[i], targets)
+
+    def rows_for(self, stage: str) -> list[int]:
+        return sorted(self.tested) if stage == "test" else self.running()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.evaluation_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.evaluation_step(batch, "test")
+
+    def end_evaluation(self, stage: str) -> None:
+        total, count = self._sums.pop(stage)
+        rows = self.rows_for(stage)
+        values = {f"{stage}/loss": total / count}
+        names = [name for name in getattr(self.models[0], f"{stage}_metrics") if name != "loss"]
+        for name in names:
+            column = torch.full((self.size,), math.nan)
+            for i in rows:
+                metric = getattr(self.models[i], f"{stage}_metrics")[name]
+                column[i] = metric.compute()
+                metric.reset()
+            values[f"{stage}/{name}"] = column
+        self.log_runs(values, rows)
+
+    def on_validation_epoch_end(self) -> None:
+        self.end_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.end_evaluation("test")

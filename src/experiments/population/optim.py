@@ -1,0 +1,364 @@
+"""One optimizer for a population: K replicas whose weights are the K rows of one flat tensor,
+each with its own torch.optim settings, updated together.
+
+Every replica keeps a real torch.optim optimizer over views of its row. Its param_groups hold the
+replica's settings (a learning-rate schedule changes them there, as in a single run) and its
+state_dict() is the replica's optimizer state in torch's own format, which is what goes into the
+replica's checkpoint. Replicas whose optimizer has a rule here (SGD, Adam, AdamW, Adagrad, RMSprop,
+every setting the package offers) are updated by a few tensor operations over all their rows at
+once, following torch's single-tensor implementation step by step; any other optimizer, or an
+implementation flag the rules do not cover, steps each replica through its own torch.optim object
+on the same views. A replica marked frozen (it diverged) keeps its weights from then on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+UNSUPPORTED_FLAGS = ("capturable", "differentiable", "fused")
+
+
+def row_views(flat: Tensor, k: int, shapes: list[torch.Size]) -> list[Tensor]:
+    """Replica k's parameters as views of its row of `flat` (leaves, sharing its storage)."""
+    views, offset = [], 0
+    data = flat.detach()
+    for shape in shapes:
+        n = shape.numel()
+        views.append(data[k, offset : offset + n].view(shape))
+        offset += n
+    return views
+
+
+class Rule:
+    """The update of one optimizer class, over the rows [start, stop) of the population."""
+
+    state_names: tuple[str, ...] = ()
+
+    def __init__(self, start: int, stop: int, optimizers: list[torch.optim.Optimizer], flat: Tensor, shapes: list[torch.Size]) -> None:
+        self.start, self.stop = start, stop
+        self.optimizers = optimizers  # one per row, each over that row's views
+        self.shapes = shapes
+        self.steps = 0
+        self.state: dict[str, Tensor] = {}
+        self._cache: dict[str, tuple[tuple, Tensor]] = {}
+        self.like = flat.detach()[start:stop]
+
+    def setting(self, name: str, index: int | None = None) -> Tensor:
+        """A setting of every row as a (rows, 1) tensor, rebuilt only when a schedule changed it."""
+        values = tuple(o.param_groups[0][name] if index is None else o.param_groups[0][name][index] for o in self.optimizers)
+        cached = self._cache.get(f"{name}{index}")
+        if cached is None or cached[0] != values:
+            cached = (values, torch.tensor(values, dtype=self.like.dtype, device=self.like.device).unsqueeze(1))
+            self._cache[f"{name}{index}"] = cached
+        return cached[1]
+
+    def values(self, name: str, index: int | None = None) -> list[float]:
+        return [o.param_groups[0][name] if index is None else o.param_groups[0][name][index] for o in self.optimizers]
+
+    def flag(self, name: str) -> Tensor:
+        return self.setting(name) != 0
+
+    def step(self, param: Tensor, grad: Tensor) -> None:
+        raise NotImplementedError
+
+    def zeros(self) -> Tensor:
+        return torch.zeros_like(self.like)
+
+    def export(self, row: int) -> list[dict[str, Any]]:
+        """The torch.optim state of this row's replica, one dict per parameter."""
+        states: list[dict[str, Any]] = []
+        offset = 0
+        for shape in self.shapes:
+            n = shape.numel()
+            state: dict[str, Any] = {name: tensor[row, offset : offset + n].reshape(shape).clone() for name, tensor in self.state.items()}
+            if self.steps and self.has_step:
+                state["step"] = torch.tensor(float(self.steps))
+            states.append(state if self.steps else {})
+            offset += n
+        return states
+
+    has_step = True
+
+    def load(self, row: int, states: list[dict[str, Any]]) -> None:
+        """Take this row's replica's torch.optim state (after a resume)."""
+        if not states or not states[0]:
+            return
+        if "step" in states[0]:
+            self.steps = int(float(states[0]["step"]))
+        for name in self.state_names:
+            if name not in states[0]:
+                continue
+            if name not in self.state:
+                self.state[name] = self.zeros()
+            self.state[name][row] = torch.cat([s[name].reshape(-1).to(self.like) for s in states])
+
+
+class SGDRule(Rule):
+    state_names = ("momentum_buffer",)
+    has_step = False
+
+    def step(self, param: Tensor, grad: Tensor) -> None:
+        grad = torch.where(self.flag("maximize"), -grad, grad)
+        weight_decay = self.setting("weight_decay")
+        if any(self.values("weight_decay")):
+            grad = grad + param * weight_decay
+        momentum = self.setting("momentum")
+        if any(self.values("momentum")):
+            if "momentum_buffer" not in self.state:
+                self.state["momentum_buffer"] = grad.clone()  # torch starts the buffer at the first gradient
+            else:
+                buf = self.state["momentum_buffer"]
+                buf.mul_(momentum).add_(grad * (1 - self.setting("dampening")))
+            buf = self.state["momentum_buffer"]
+            moved = torch.where(self.flag("nesterov"), grad + buf * momentum, buf)
+            grad = torch.where(momentum != 0, moved, grad)
+        param.sub_(grad * self.setting("lr"))
+        self.steps += 1
+
+    def export(self, row: int) -> list[dict[str, Any]]:
+        if "momentum_buffer" not in self.state or self.optimizers[row].param_groups[0]["momentum"] == 0:
+            return [{} for _ in self.shapes]
+        offset, states = 0, []
+        for shape in self.shapes:
+            n = shape.numel()
+            states.append({"momentum_buffer": self.state["momentum_buffer"][row, offset : offset + n].reshape(shape).clone()})
+            offset += n
+        return states
+
+
+class AdamRule(Rule):
+    """Adam and AdamW (AdamW is Adam with decoupled_weight_decay=True)."""
+
+    state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def step(self, param: Tensor, grad: Tensor) -> None:
+        if not self.state:
+            self.state = {"exp_avg": self.zeros(), "exp_avg_sq": self.zeros()}
+            if any(self.values("amsgrad")):
+                self.state["max_exp_avg_sq"] = self.zeros()
+        self.steps += 1
+        step = self.steps
+        grad = torch.where(self.flag("maximize"), -grad, grad)
+        lr = self.setting("lr")
+        if any(self.values("weight_decay")):
+            weight_decay = self.setting("weight_decay")
+            decoupled = torch.tensor([bool(o.param_groups[0].get("decoupled_weight_decay", False)) for o in self.optimizers], device=param.device).unsqueeze(1)
+            param.copy_(torch.where(decoupled, param * (1 - lr * weight_decay), param))
+            grad = torch.where(decoupled, grad, grad + param * weight_decay)
+        beta1, beta2 = self.setting("betas", 0), self.setting("betas", 1)
+        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad * (1 - beta2), grad)
+        # torch computes the bias corrections in double precision from Python floats
+        rows = range(len(self.optimizers))
+        lrs, b1, b2 = self.values("lr"), self.values("betas", 0), self.values("betas", 1)
+        step_size = torch.tensor([lrs[i] / (1 - b1[i] ** step) for i in rows], dtype=param.dtype, device=param.device).unsqueeze(1)
+        correction2 = torch.tensor([(1 - b2[i] ** step) ** 0.5 for i in rows], dtype=param.dtype, device=param.device).unsqueeze(1)
+        second = exp_avg_sq
+        if "max_exp_avg_sq" in self.state:
+            amsgrad = self.flag("amsgrad")
+            torch.maximum(self.state["max_exp_avg_sq"], exp_avg_sq, out=self.state["max_exp_avg_sq"])
+            second = torch.where(amsgrad, self.state["max_exp_avg_sq"], exp_avg_sq)
+        denom = (second.sqrt() / correction2).add_(self.setting("eps"))
+        param.sub_(exp_avg / denom * step_size)
+
+    def export(self, row: int) -> list[dict[str, Any]]:
+        states = super().export(row)
+        if not self.optimizers[row].param_groups[0]["amsgrad"]:
+            for state in states:
+                state.pop("max_exp_avg_sq", None)
+        return states
+
+
+class AdagradRule(Rule):
+    state_names = ("sum",)
+
+    def step(self, param: Tensor, grad: Tensor) -> None:
+        if not self.state:
+            self.state = {"sum": self.zeros() + self.setting("initial_accumulator_value")}
+        self.steps += 1
+        grad = torch.where(self.flag("maximize"), -grad, grad)
+        if any(self.values("weight_decay")):
+            grad = grad + param * self.setting("weight_decay")
+        lrs, decays = self.values("lr"), self.values("lr_decay")
+        clr = torch.tensor([lr / (1 + (self.steps - 1) * decay) for lr, decay in zip(lrs, decays)], dtype=param.dtype, device=param.device).unsqueeze(1)
+        state_sum = self.state["sum"]
+        state_sum.addcmul_(grad, grad)
+        std = state_sum.sqrt().add_(self.setting("eps"))
+        param.sub_(grad / std * clr)
+
+    def export(self, row: int) -> list[dict[str, Any]]:
+        if not self.state:  # before the first step torch already holds the accumulator
+            offset, states = 0, []
+            for shape, value in zip(self.shapes, [self.optimizers[row].param_groups[0]["initial_accumulator_value"]] * len(self.shapes)):
+                states.append({"step": torch.tensor(0.0), "sum": torch.full(shape, float(value))})
+            return states
+        return super().export(row)
+
+
+class RMSpropRule(Rule):
+    state_names = ("square_avg", "momentum_buffer", "grad_avg")
+
+    def step(self, param: Tensor, grad: Tensor) -> None:
+        if not self.state:
+            self.state = {"square_avg": self.zeros()}
+            if any(self.values("momentum")):
+                self.state["momentum_buffer"] = self.zeros()
+            if any(self.values("centered")):
+                self.state["grad_avg"] = self.zeros()
+        self.steps += 1
+        grad = torch.where(self.flag("maximize"), -grad, grad)
+        if any(self.values("weight_decay")):
+            grad = grad + param * self.setting("weight_decay")
+        alpha = self.setting("alpha")
+        square_avg = self.state["square_avg"]
+        square_avg.mul_(alpha).addcmul_(grad * (1 - alpha), grad)
+        if "grad_avg" in self.state:
+            grad_avg = self.state["grad_avg"]
+            grad_avg.lerp_(grad, 1 - alpha)
+            avg = torch.where(self.flag("centered"), square_avg.addcmul(grad_avg, grad_avg, value=-1), square_avg).sqrt()
+        else:
+            avg = square_avg.sqrt()
+        avg = avg.add_(self.setting("eps"))
+        lr = self.setting("lr")
+        if "momentum_buffer" in self.state:
+            buf = self.state["momentum_buffer"]
+            momentum = self.setting("momentum")
+            buf.mul_(momentum).add_(grad / avg)
+            param.sub_(torch.where(momentum > 0, buf, grad / avg) * lr)
+        else:
+            param.sub_(grad / avg * lr)
+
+    def export(self, row: int) -> list[dict[str, Any]]:
+        group = self.optimizers[row].param_groups[0]
+        states = super().export(row)
+        for state in states:
+            if group["momentum"] <= 0:
+                state.pop("momentum_buffer", None)
+            if not group["centered"]:
+                state.pop("grad_avg", None)
+        return states
+
+
+class TorchRule(Rule):
+    """Any other optimizer: each replica's own torch.optim object steps its views."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.views = [opt.param_groups[0]["params"] for opt in self.optimizers]
+        self.frozen: set[int] = set()
+
+    def step(self, param: Tensor, grad: Tensor) -> None:
+        for row, (optimizer, views) in enumerate(zip(self.optimizers, self.views)):
+            if row in self.frozen:
+                continue
+            offset = 0
+            for view in views:
+                n = view.numel()
+                view.grad = grad[row, offset : offset + n].view(view.shape)
+                offset += n
+            optimizer.step()
+            for view in views:
+                view.grad = None
+        self.steps += 1
+
+    def export(self, row: int) -> list[dict[str, Any]]:
+        optimizer = self.optimizers[row]
+        return [dict(optimizer.state.get(view, {})) for view in self.views[row]]
+
+    def load(self, row: int, states: list[dict[str, Any]]) -> None:
+        pass  # its optimizer's own load_state_dict already put the state on the views
+
+
+RULES: dict[type, type[Rule]] = {
+    torch.optim.SGD: SGDRule,
+    torch.optim.Adam: AdamRule,
+    torch.optim.AdamW: AdamRule,
+    torch.optim.Adagrad: AdagradRule,
+    torch.optim.RMSprop: RMSpropRule,
+}
+
+
+def rule_for(optimizer: torch.optim.Optimizer) -> type[Rule]:
+    group = optimizer.param_groups[0]
+    vectorised = RULES.get(type(optimizer))
+    if vectorised is None or len(optimizer.param_groups) != 1 or any(group.get(flag) for flag in UNSUPPORTED_FLAGS):
+        return TorchRule
+    return vectorised
+
+
+class PopulationOptimizer(torch.optim.Optimizer):
+    """The optimizer Lightning steps for a population. `factories[k]` builds replica k's torch
+    optimizer; replicas are laid out so that those sharing a rule are contiguous rows."""
+
+    def __init__(self, flat: nn.Parameter, shapes: list[torch.Size], factories: list[Callable[[Iterable[Tensor]], torch.optim.Optimizer]]) -> None:
+        super().__init__([flat], {})
+        self.flat = flat
+        self.shapes = shapes
+        self.replicas = [factory(row_views(flat, k, shapes)) for k, factory in enumerate(factories)]
+        self.frozen = torch.zeros(len(factories), dtype=torch.bool, device=flat.device)
+        self.any_frozen = False
+        self.rules: list[Rule] = []
+        start = 0
+        while start < len(self.replicas):
+            kind = rule_for(self.replicas[start])
+            stop = start + 1
+            while stop < len(self.replicas) and rule_for(self.replicas[stop]) is kind and type(self.replicas[stop]) is type(self.replicas[start]):
+                stop += 1
+            self.rules.append(kind(start, stop, self.replicas[start:stop], flat, shapes))
+            start = stop
+
+    def freeze(self, rows: list[int]) -> None:
+        """These replicas keep their weights from now on (they diverged)."""
+        self.frozen[rows] = True
+        self.any_frozen = True
+        for rule in self.rules:
+            if isinstance(rule, TorchRule):
+                rule.frozen.update(r - rule.start for r in rows if rule.start <= r < rule.stop)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad = self.flat.grad
+        if grad is None:
+            return loss
+        data = self.flat.data
+        kept = data.clone() if self.any_frozen else None
+        for rule in self.rules:
+            rule.step(data[rule.start : rule.stop], grad[rule.start : rule.stop])
+        if kept is not None:  # a frozen row keeps its weights (without reading the mask on the host)
+            data.copy_(torch.where(self.frozen.unsqueeze(1), kept, data))
+        return loss
+
+    def replica_state_dict(self, k: int) -> dict[str, Any]:
+        """Replica k's optimizer state exactly as its own torch.optim optimizer would save it."""
+        rule = next(r for r in self.rules if r.start <= k < r.stop)
+        optimizer = self.replicas[k]
+        if not isinstance(rule, TorchRule):
+            optimizer.state.clear()
+            for view, state in zip(optimizer.param_groups[0]["params"], rule.export(k - rule.start)):
+                if state:
+                    optimizer.state[view] = state
+        return optimizer.state_dict()
+
+    def load_replica_state_dict(self, k: int, state_dict: dict[str, Any]) -> None:
+        rule = next(r for r in self.rules if r.start <= k < r.stop)
+        optimizer = self.replicas[k]
+        optimizer.load_state_dict(state_dict)
+        rule.load(k - rule.start, [optimizer.state.get(view, {}) for view in optimizer.param_groups[0]["params"]])
+        if not isinstance(rule, TorchRule):
+            optimizer.state.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"replicas": [self.replica_state_dict(k) for k in range(len(self.replicas))]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for k, replica in enumerate(state_dict["replicas"]):
+            self.load_replica_state_dict(k, replica)

@@ -1,0 +1,188 @@
+"""hydra/launcher=vectorized: the jobs of a sweep that can share every batch train together, as
+one population in one Lightning fit (experiments.population); the others run one after another
+as with Hydra's basic launcher. Every job still leaves its own complete run directory.
+
+The grouping is printed before training. Torch and Lightning are imported only when a group
+trains: Hydra imports every plugin module whenever it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+class VectorizedLauncher(Launcher):
+    def __init__(self) -> None:
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def job_config(self, overrides: Sequence[str], idx: int) -> DictConfig:
+        """The job's full config, its output directory set, as Hydra's own launchers make it."""
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = idx
+            config.hydra.job.num = idx
+        HydraConfig.instance().set_config(config)
+        output = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+        with read_write(config.hydra.runtime):
+            config.hydra.runtime.output_dir = str(output.resolve())
+        return config
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from experiments.population.group import check_launchable, group_key
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configs = [self.job_config(overrides, initial_job_idx + i) for i, overrides in enumerate(job_overrides)]
+        if configs:
+            check_launchable(task_config(configs[0]))
+        groups: dict[str, list[int]] = {}
+        alone: list[tuple[int, str]] = []
+        for i, config in enumerate(configs):
+            key, reason = group_key(task_config(config), resume_step(config))
+            if key is None:
+                alone.append((i, reason))
+            else:
+                groups.setdefault(key, []).append(i)
+        alone += [(members[0], "no other job shares its data, model and trainer settings") for members in groups.values() if len(members) == 1]
+        together = [members for members in groups.values() if len(members) > 1]
+        log.info(f"hydra/launcher=vectorized: {len(configs)} jobs, {sum(map(len, together))} of them in {len(together)} group(s) trained together")
+        for n, members in enumerate(together, 1):
+            log.info(f"\tgroup {n}, {len(members)} jobs, differing in {', '.join(differing(configs, members)) or 'nothing'}")
+        for i, reason in sorted(alone):
+            log.info(f"\talone: #{initial_job_idx + i} {' '.join(filter_overrides(job_overrides[i]))} ({reason})")
+        results: dict[int, JobReturn] = {}
+        for members in together:
+            results.update(self.train_together(configs, job_overrides, members))
+        for i, _ in sorted(alone):
+            results[i] = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=configs[i], job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return [results[i] for i in range(len(configs))]
+
+    def train_together(self, configs: list[DictConfig], job_overrides: Sequence[Sequence[str]], members: list[int]) -> dict[int, JobReturn]:
+        from experiments.config import UserError
+        from experiments.population.group import Job, train_group
+        from experiments.rundir import own
+        from experiments.state import RunInfo, failure_record, write_json
+
+        members = sorted(members, key=lambda i: str(configs[i].optimizer._target_))  # one update rule per class
+        jobs: list[Job] = []
+        handlers: list[logging.Handler] = []
+        for n, i in enumerate(members):
+            config = configs[i]
+            run_dir = Path(config.hydra.runtime.output_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            own(run_dir, "job")
+            save_hydra_files(config, job_overrides[i])
+            if n == 0:
+                configure_log(config.hydra.job_logging, config.hydra.verbose)
+            else:
+                handlers.append(job_log(run_dir / f"{config.hydra.job.name}.log"))
+            HydraConfig.instance().set_config(config)
+            cfg = OmegaConf.create(OmegaConf.to_container(task_config(config), resolve=False))
+            cfg.run_dir = str(run_dir)  # the only ${hydra:} interpolation; the others stay live
+            info = RunInfo.from_hydra(run_dir)
+            step = resume_step(config)
+            info.resumed = step is not None
+            jobs.append(Job(cfg, info, step))
+            self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
+        fail_fast = bool(jobs[0].cfg.get("fail_fast"))
+        try:
+            outcomes = train_group(jobs, fail_fast)
+        except Exception as error:  # every job of the group failed the same way
+            reason = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+            if not isinstance(error, UserError):
+                log.exception("group failed: %s", error)
+            sys.stderr.write(f"error: {reason}\n")
+            outcomes = []
+            for job in jobs:
+                write_json(job.run_dir / "metrics.json", failure_record(job.run_dir, reason, job.info.choices, job.info.overrides))
+                outcomes.append({"status": "failed", "monitor": {}})
+        finally:
+            for handler in handlers:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+        results = {}
+        for i, job, outcome in zip(members, jobs, outcomes):
+            ret = JobReturn(overrides=list(job_overrides[i]), cfg=task_config(configs[i]), hydra_cfg=configs[i], working_dir=os.getcwd(), task_name=str(configs[i].hydra.job.name))
+            ret.return_value = outcome["monitor"].get("best")
+            ret.status = JobStatus.COMPLETED
+            self.hydra_context.callbacks.on_job_end(config=configs[i], job_return=ret)
+            results[i] = ret
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        if outcomes and any(o["status"] == "interrupted" for o in outcomes):
+            reason = next(o.get("reason") or "" for o in outcomes if o["status"] == "interrupted")
+            sys.exit(130 if "SIGINT" in reason else 1 if "fail_fast" in reason else 143)
+        if fail_fast and any(o["status"] != "finished" for o in outcomes):
+            sys.exit(1)
+        return results
+
+
+def task_config(config: DictConfig) -> DictConfig:
+    """The job's config without Hydra's own node, as the task function receives it."""
+    task = OmegaConf.masked_copy(config, [k for k in config.keys() if k != "hydra"])
+    return task
+
+
+def resume_step(config: DictConfig) -> int | None:
+    """The step a job continues from: it stopped before finishing and left its last.ckpt."""
+    import json
+
+    run_dir = Path(str(config.hydra.runtime.output_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        status = json.loads((run_dir / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    if not last.is_file() or status in ("finished", "diverged"):
+        return None
+    import torch
+
+    return int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
+
+
+def differing(configs: list[DictConfig], members: list[int]) -> list[str]:
+    """The overrides whose values differ between the members of a group."""
+    values: dict[str, set[str]] = {}
+    for i in members:
+        for override in configs[i].hydra.overrides.task:
+            key, _, value = str(override).partition("=")
+            values.setdefault(key, set()).add(value)
+    return sorted(k for k, v in values.items() if len(v) > 1 or any(k not in {str(o).partition("=")[0] for o in configs[i].hydra.overrides.task} for i in members))
+
+
+def save_hydra_files(config: DictConfig, overrides: Sequence[str]) -> None:
+    """.hydra/config.yaml, hydra.yaml and overrides.yaml, as Hydra writes them for every job."""
+    folder = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(task_config(config), folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": config.hydra}), folder / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(config.hydra.overrides.task)), folder / "overrides.yaml")
+
+
+def job_log(path: Path) -> logging.Handler:
+    """A job's own log file, receiving what the group logs."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
