@@ -64,7 +64,6 @@ class PopulationModule(pl.LightningModule):
         self.tested: set[int] = set()  # replicas whose weights the test uses (not diverged)
         self._train_outputs: list[tuple[Tensor, Tensor, Tensor]] | None = []
         self._last_logged_step = -1
-        self._sums: dict[str, list[Tensor]] = {}
         self.diverged_step = torch.full((len(models),), -1, dtype=torch.long)
         self.diverged_epoch = torch.full((len(models),), -1, dtype=torch.long)
         self.diverged_loss = torch.zeros(len(models))
@@ -241,27 +240,28 @@ class PopulationModule(pl.LightningModule):
             self.report_divergence()
         if self._train_outputs:
             losses, outputs, targets = zip(*self._train_outputs)
-            sizes = torch.tensor([len(t) for t in targets], device=losses[0].device, dtype=losses[0].dtype)
-            loss = (torch.stack(losses, 1) * sizes).sum(1) / sizes.sum()
+            sizes = torch.tensor([len(t) for t in targets], device=losses[0].device)
+            losses, outputs, targets = torch.stack(losses, 1), torch.cat(outputs, 1), torch.cat(targets)
             self._train_outputs = None
             self._last_logged_step = self.global_step
             rows = self.running()
-            values = {"train/loss": loss, **self.extra_metrics("train", rows, torch.cat(outputs, 1), torch.cat(targets))}
+            for i in rows:
+                self.models[i].update_metrics("train", losses[i], sizes, outputs[i], targets)
+            values = self.compute_metrics("train", rows)
             if any(self.schedules):
                 values["train/lr"] = torch.tensor([o.param_groups[0]["lr"] for o in self.population_optimizer.replicas])
             self.log_runs(values, rows)
         self.step_schedules("epoch", plateau=True, index=self.current_epoch)
 
-    def extra_metrics(self, stage: str, rows: list[int], outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        """The model's torchmetrics beyond the loss, each replica's from its own metric objects."""
-        names = [name for name in getattr(self.models[0], f"{stage}_metrics") if name != "loss"]
-        values = {f"{stage}/{name}": torch.full((self.size,), math.nan) for name in names}
+    def compute_metrics(self, stage: str, rows: list[int]) -> dict[str, Tensor]:
+        """Each replica's metrics of a stage, from its own torchmetrics objects (so each is what a
+        single run computes), as columns over the population; then reset."""
+        names = list(getattr(self.models[0], f"{stage}_metrics"))
+        values = {f"{stage}/{name}": torch.full((self.size,), math.nan, dtype=torch.float64) for name in names}
         for i in rows:
-            metrics = getattr(self.models[i], f"{stage}_metrics")
-            for name in names:
-                metrics[name].update(outputs[i], targets)
-                values[f"{stage}/{name}"][i] = metrics[name].compute()
-                metrics[name].reset()
+            for name, metric in getattr(self.models[i], f"{stage}_metrics").items():
+                values[f"{stage}/{name}"][i] = metric.compute().item()
+                metric.reset()
         return values
 
     def log_runs(self, values: dict[str, Tensor], rows: list[int]) -> None:
@@ -291,15 +291,8 @@ class PopulationModule(pl.LightningModule):
         inputs, targets = batch
         outputs = self.stacked_forward(inputs)
         losses = self.stacked_loss(outputs, targets)
-        sums = self._sums.setdefault(stage, [torch.zeros_like(losses), torch.zeros((), device=losses.device)])
-        sums[0] += losses * len(targets)
-        sums[1] += len(targets)
-        rows = self.rows_for(stage)
-        for i in rows:
-            metrics = getattr(self.models[i], f"{stage}_metrics")
-            for name, metric in metrics.items():
-                if name != "loss":
-                    metric.update(outputs[i], targets)
+        for i in self.rows_for(stage):
+            self.models[i].update_metrics(stage, losses[i], len(targets), outputs[i], targets)
 
     def rows_for(self, stage: str) -> list[int]:
         return sorted(self.tested) if stage == "test" else self.running()
@@ -311,18 +304,8 @@ class PopulationModule(pl.LightningModule):
         self.evaluation_step(batch, "test")
 
     def end_evaluation(self, stage: str) -> None:
-        total, count = self._sums.pop(stage)
         rows = self.rows_for(stage)
-        values = {f"{stage}/loss": total / count}
-        names = [name for name in getattr(self.models[0], f"{stage}_metrics") if name != "loss"]
-        for name in names:
-            column = torch.full((self.size,), math.nan)
-            for i in rows:
-                metric = getattr(self.models[i], f"{stage}_metrics")[name]
-                column[i] = metric.compute()
-                metric.reset()
-            values[f"{stage}/{name}"] = column
-        self.log_runs(values, rows)
+        self.log_runs(self.compute_metrics(stage, rows), rows)
 
     def on_validation_epoch_end(self) -> None:
         self.end_evaluation("val")

@@ -34,9 +34,16 @@ def row_views(flat: Tensor, k: int, shapes: list[torch.Size]) -> list[Tensor]:
 
 
 class Rule:
-    """The update of one optimizer class, over the rows [start, stop) of the population."""
+    """The update of one optimizer class, over the rows [start, stop) of the population.
+
+    Each rule follows torch's single-tensor implementation operation by operation, with each
+    replica's settings as a column where torch has a Python number: a number torch computes in
+    double precision (1 - beta1, a bias correction, -lr) is computed so here too, row by row, and
+    `x.add_(y, alpha=a)` becomes `x.addcmul_(y, a)`, which rounds as it does. A row's result is
+    then the same, bit for bit, as its own torch.optim optimizer's on CPU."""
 
     state_names: tuple[str, ...] = ()
+    has_step = True
 
     def __init__(self, start: int, stop: int, optimizers: list[torch.optim.Optimizer], flat: Tensor, shapes: list[torch.Size]) -> None:
         self.start, self.stop = start, stop
@@ -47,41 +54,51 @@ class Rule:
         self._cache: dict[str, tuple[tuple, Tensor]] = {}
         self.like = flat.detach()[start:stop]
 
-    def setting(self, name: str, index: int | None = None) -> Tensor:
-        """A setting of every row as a (rows, 1) tensor, rebuilt only when a schedule changed it."""
-        values = tuple(o.param_groups[0][name] if index is None else o.param_groups[0][name][index] for o in self.optimizers)
-        cached = self._cache.get(f"{name}{index}")
-        if cached is None or cached[0] != values:
-            cached = (values, torch.tensor(values, dtype=self.like.dtype, device=self.like.device).unsqueeze(1))
-            self._cache[f"{name}{index}"] = cached
-        return cached[1]
-
-    def values(self, name: str, index: int | None = None) -> list[float]:
+    def values(self, name: str, index: int | None = None) -> list[Any]:
         return [o.param_groups[0][name] if index is None else o.param_groups[0][name][index] for o in self.optimizers]
 
-    def flag(self, name: str) -> Tensor:
-        return self.setting(name) != 0
+    def column(self, key: str, values: list[float]) -> Tensor:
+        """Numbers per row as a (rows, 1) tensor of the weights' dtype, rebuilt only when they change
+        (a schedule changes the learning rate)."""
+        cached = self._cache.get(key)
+        if cached is None or cached[0] != tuple(values):
+            cached = (tuple(values), torch.tensor(values, dtype=self.like.dtype, device=self.like.device).unsqueeze(1))
+            self._cache[key] = cached
+        return cached[1]
 
-    def step(self, param: Tensor, grad: Tensor) -> None:
-        raise NotImplementedError
+    def setting(self, name: str, index: int | None = None) -> Tensor:
+        return self.column(f"{name}{index}", self.values(name, index))
+
+    def derived(self, key: str, compute: Callable[[dict[str, Any]], float]) -> Tensor:
+        """A number torch derives from a row's settings in Python (double precision), per row."""
+        return self.column(key, [compute(o.param_groups[0]) for o in self.optimizers])
+
+    def flag(self, name: str) -> Tensor:
+        return self.column(f"flag:{name}", [float(bool(v)) for v in self.values(name)]) != 0
+
+    def maximized(self, grad: Tensor) -> Tensor:
+        return torch.where(self.flag("maximize"), -grad, grad) if any(self.values("maximize")) else grad
 
     def zeros(self) -> Tensor:
         return torch.zeros_like(self.like)
 
+    def step(self, param: Tensor, grad: Tensor) -> None:
+        raise NotImplementedError
+
     def export(self, row: int) -> list[dict[str, Any]]:
         """The torch.optim state of this row's replica, one dict per parameter."""
+        if not self.steps:
+            return [{} for _ in self.shapes]
         states: list[dict[str, Any]] = []
         offset = 0
         for shape in self.shapes:
             n = shape.numel()
             state: dict[str, Any] = {name: tensor[row, offset : offset + n].reshape(shape).clone() for name, tensor in self.state.items()}
-            if self.steps and self.has_step:
+            if self.has_step:
                 state["step"] = torch.tensor(float(self.steps))
-            states.append(state if self.steps else {})
+            states.append(state)
             offset += n
         return states
-
-    has_step = True
 
     def load(self, row: int, states: list[dict[str, Any]]) -> None:
         """Take this row's replica's torch.optim state (after a resume)."""
@@ -102,32 +119,25 @@ class SGDRule(Rule):
     has_step = False
 
     def step(self, param: Tensor, grad: Tensor) -> None:
-        grad = torch.where(self.flag("maximize"), -grad, grad)
-        weight_decay = self.setting("weight_decay")
+        grad = self.maximized(grad)
         if any(self.values("weight_decay")):
-            grad = grad + param * weight_decay
-        momentum = self.setting("momentum")
+            grad = torch.addcmul(grad, param, self.setting("weight_decay"))
         if any(self.values("momentum")):
+            momentum = self.setting("momentum")
             if "momentum_buffer" not in self.state:
-                self.state["momentum_buffer"] = grad.clone()  # torch starts the buffer at the first gradient
+                self.state["momentum_buffer"] = grad.detach().clone()  # torch starts the buffer at the first gradient
             else:
-                buf = self.state["momentum_buffer"]
-                buf.mul_(momentum).add_(grad * (1 - self.setting("dampening")))
+                self.state["momentum_buffer"].mul_(momentum).addcmul_(grad, self.derived("1-dampening", lambda g: 1 - g["dampening"]))
             buf = self.state["momentum_buffer"]
-            moved = torch.where(self.flag("nesterov"), grad + buf * momentum, buf)
+            moved = torch.where(self.flag("nesterov"), torch.addcmul(grad, buf, momentum), buf) if any(self.values("nesterov")) else buf
             grad = torch.where(momentum != 0, moved, grad)
-        param.sub_(grad * self.setting("lr"))
+        param.addcmul_(grad, self.derived("-lr", lambda g: -g["lr"]))
         self.steps += 1
 
     def export(self, row: int) -> list[dict[str, Any]]:
-        if "momentum_buffer" not in self.state or self.optimizers[row].param_groups[0]["momentum"] == 0:
+        if self.optimizers[row].param_groups[0]["momentum"] == 0 or "momentum_buffer" not in self.state:
             return [{} for _ in self.shapes]
-        offset, states = 0, []
-        for shape in self.shapes:
-            n = shape.numel()
-            states.append({"momentum_buffer": self.state["momentum_buffer"][row, offset : offset + n].reshape(shape).clone()})
-            offset += n
-        return states
+        return super().export(row)
 
 
 class AdamRule(Rule):
@@ -142,29 +152,26 @@ class AdamRule(Rule):
                 self.state["max_exp_avg_sq"] = self.zeros()
         self.steps += 1
         step = self.steps
-        grad = torch.where(self.flag("maximize"), -grad, grad)
-        lr = self.setting("lr")
+        grad = self.maximized(grad)
         if any(self.values("weight_decay")):
-            weight_decay = self.setting("weight_decay")
-            decoupled = torch.tensor([bool(o.param_groups[0].get("decoupled_weight_decay", False)) for o in self.optimizers], device=param.device).unsqueeze(1)
-            param.copy_(torch.where(decoupled, param * (1 - lr * weight_decay), param))
-            grad = torch.where(decoupled, grad, grad + param * weight_decay)
-        beta1, beta2 = self.setting("betas", 0), self.setting("betas", 1)
+            decoupled = self.flag("decoupled_weight_decay")
+            param.copy_(torch.where(decoupled, param * self.derived("1-lr*wd", lambda g: 1 - g["lr"] * g["weight_decay"]), param))
+            grad = torch.where(decoupled, grad, torch.addcmul(grad, param, self.setting("weight_decay")))
         exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad * (1 - beta2), grad)
-        # torch computes the bias corrections in double precision from Python floats
-        rows = range(len(self.optimizers))
-        lrs, b1, b2 = self.values("lr"), self.values("betas", 0), self.values("betas", 1)
-        step_size = torch.tensor([lrs[i] / (1 - b1[i] ** step) for i in rows], dtype=param.dtype, device=param.device).unsqueeze(1)
-        correction2 = torch.tensor([(1 - b2[i] ** step) ** 0.5 for i in rows], dtype=param.dtype, device=param.device).unsqueeze(1)
+        exp_avg.lerp_(grad, self.derived("1-beta1", lambda g: 1 - g["betas"][0]))
+        exp_avg_sq.mul_(self.setting("betas", 1)).addcmul_(grad * self.derived("1-beta2", lambda g: 1 - g["betas"][1]), grad)
         second = exp_avg_sq
         if "max_exp_avg_sq" in self.state:
-            amsgrad = self.flag("amsgrad")
             torch.maximum(self.state["max_exp_avg_sq"], exp_avg_sq, out=self.state["max_exp_avg_sq"])
-            second = torch.where(amsgrad, self.state["max_exp_avg_sq"], exp_avg_sq)
+            second = torch.where(self.flag("amsgrad"), self.state["max_exp_avg_sq"], exp_avg_sq)
+        correction2 = self.derived(f"bc2:{step}", lambda g: (1 - g["betas"][1] ** step) ** 0.5)
         denom = (second.sqrt() / correction2).add_(self.setting("eps"))
-        param.sub_(exp_avg / denom * step_size)
+        param.addcdiv_(exp_avg * self.derived(f"-step_size:{step}", lambda g: -(g["lr"] / (1 - g["betas"][0] ** step))), denom)
+
+    def column(self, key: str, values: list[float]) -> Tensor:
+        if ":" in key and not key.startswith("flag:"):  # per-step numbers: keep only the latest
+            self._cache = {k: v for k, v in self._cache.items() if ":" not in k or k.startswith("flag:")}
+        return super().column(key, values)
 
     def export(self, row: int) -> list[dict[str, Any]]:
         states = super().export(row)
@@ -179,24 +186,22 @@ class AdagradRule(Rule):
 
     def step(self, param: Tensor, grad: Tensor) -> None:
         if not self.state:
-            self.state = {"sum": self.zeros() + self.setting("initial_accumulator_value")}
+            self.state = {"sum": self.zeros().add_(self.setting("initial_accumulator_value"))}
         self.steps += 1
-        grad = torch.where(self.flag("maximize"), -grad, grad)
+        step = self.steps
+        grad = self.maximized(grad)
         if any(self.values("weight_decay")):
-            grad = grad + param * self.setting("weight_decay")
-        lrs, decays = self.values("lr"), self.values("lr_decay")
-        clr = torch.tensor([lr / (1 + (self.steps - 1) * decay) for lr, decay in zip(lrs, decays)], dtype=param.dtype, device=param.device).unsqueeze(1)
+            grad = torch.addcmul(grad, param, self.setting("weight_decay"))
         state_sum = self.state["sum"]
-        state_sum.addcmul_(grad, grad)
+        state_sum.addcmul_(grad, grad, value=1)
         std = state_sum.sqrt().add_(self.setting("eps"))
-        param.sub_(grad / std * clr)
+        clr = [-(g["lr"] / (1 + (step - 1) * g["lr_decay"])) for g in (o.param_groups[0] for o in self.optimizers)]
+        param.addcdiv_(grad * self.column("-clr", clr), std)
 
     def export(self, row: int) -> list[dict[str, Any]]:
-        if not self.state:  # before the first step torch already holds the accumulator
-            offset, states = 0, []
-            for shape, value in zip(self.shapes, [self.optimizers[row].param_groups[0]["initial_accumulator_value"]] * len(self.shapes)):
-                states.append({"step": torch.tensor(0.0), "sum": torch.full(shape, float(value))})
-            return states
+        if not self.steps:  # torch holds the accumulator from the start
+            value = float(self.optimizers[row].param_groups[0]["initial_accumulator_value"])
+            return [{"step": torch.tensor(0.0), "sum": torch.full(shape, value, dtype=self.like.dtype)} for shape in self.shapes]
         return super().export(row)
 
 
@@ -211,27 +216,26 @@ class RMSpropRule(Rule):
             if any(self.values("centered")):
                 self.state["grad_avg"] = self.zeros()
         self.steps += 1
-        grad = torch.where(self.flag("maximize"), -grad, grad)
+        grad = self.maximized(grad)
         if any(self.values("weight_decay")):
-            grad = grad + param * self.setting("weight_decay")
-        alpha = self.setting("alpha")
+            grad = torch.addcmul(grad, param, self.setting("weight_decay"))
         square_avg = self.state["square_avg"]
-        square_avg.mul_(alpha).addcmul_(grad * (1 - alpha), grad)
+        square_avg.mul_(self.setting("alpha")).addcmul_(grad * self.derived("1-alpha", lambda g: 1 - g["alpha"]), grad)
         if "grad_avg" in self.state:
             grad_avg = self.state["grad_avg"]
-            grad_avg.lerp_(grad, 1 - alpha)
+            grad_avg.lerp_(grad, self.derived("1-alpha", lambda g: 1 - g["alpha"]))
             avg = torch.where(self.flag("centered"), square_avg.addcmul(grad_avg, grad_avg, value=-1), square_avg).sqrt()
         else:
             avg = square_avg.sqrt()
         avg = avg.add_(self.setting("eps"))
-        lr = self.setting("lr")
+        neg_lr = self.derived("-lr", lambda g: -g["lr"])
+        plain = param.addcdiv(grad * neg_lr, avg)
         if "momentum_buffer" in self.state:
             buf = self.state["momentum_buffer"]
-            momentum = self.setting("momentum")
-            buf.mul_(momentum).add_(grad / avg)
-            param.sub_(torch.where(momentum > 0, buf, grad / avg) * lr)
+            buf.mul_(self.setting("momentum")).addcdiv_(grad, avg)
+            param.copy_(torch.where(self.setting("momentum") > 0, torch.addcmul(param, buf, neg_lr), plain))
         else:
-            param.sub_(grad / avg * lr)
+            param.copy_(plain)
 
     def export(self, row: int) -> list[dict[str, Any]]:
         group = self.optimizers[row].param_groups[0]
