@@ -48,10 +48,24 @@ def quote_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+PATH_KEYS = ("resume=", "run=", "ckpt_path=")  # values that are one path, never a sweep
+
+
+def quote_paths(argv: list[str]) -> list[str]:
+    """A path named by a sweep's overrides (`=`, `,`) quoted, so Hydra reads it as one path."""
+    quoted = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if arg.startswith(PATH_KEYS) and value and value[0] not in "'\"" and any(c in value for c in "=,[]{}() "):
+            arg = f"{key}={quote_value(value)}"
+        quoted.append(arg)
+    return quoted
+
+
 def prepare_arguments(argv: list[str]) -> list[str]:
     """`resume=<run dir>` continues a run with its own config: the run's own command-line overrides
-    come first, then the new ones. A run directory named by a sweep's overrides (`=`, `,`) is
-    quoted so Hydra reads it as one path."""
+    come first, then the new ones. Paths are quoted where Hydra would split them."""
+    argv = quote_paths(argv)
     resume = next((a for a in argv if a.startswith("resume=")), None)
     if resume is None:
         return argv
@@ -63,7 +77,7 @@ def prepare_arguments(argv: list[str]) -> list[str]:
     if saved.is_file():
         from omegaconf import OmegaConf
 
-        original = [str(o) for o in OmegaConf.load(saved)]
+        original = [str(o) for o in OmegaConf.load(saved) if not str(o).startswith(("sweep=", "fail_fast="))]  # how it was swept
     rest = [a for a in argv if a is not resume]
     given = {key_of(a) for a in rest}
     return [*(o for o in original if key_of(o) not in given), *rest, f"resume={quote_value(run_dir)}"]

@@ -170,6 +170,10 @@ def check_launcher(config: DictConfig) -> None:
     target = str(config.hydra.launcher.get("_target_", ""))
     if target.endswith("SlurmLauncher") and not (shutil.which("sbatch") and shutil.which("srun")):
         raise UserError("hydra/launcher=slurm needs SLURM, but sbatch and srun are not on this machine's PATH; run the sweep on the cluster, or use hydra/launcher=basic, parallel or submitit_local here.")
+    if target.endswith("VectorizedLauncher"):
+        from experiments.population.group import check_launchable
+
+        check_launchable(config)
 
 
 class RunDirectoryCheck(Callback):

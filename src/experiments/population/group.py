@@ -56,7 +56,7 @@ def group_key(cfg: DictConfig, resume_step: int | None) -> tuple[str | None, str
         return None, f"trainer.precision={trainer.get('precision')} (a population trains in full precision)"
     if cfg.get("ckpt_path"):
         return None, "it starts from ckpt_path"
-    config = OmegaConf.to_container(cfg, resolve=False)
+    config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
     config["run_dir"] = PLACEHOLDER  # every ${run_dir} below resolves alike
     config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
     callbacks = config.get("callbacks") or {}

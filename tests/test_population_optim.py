@@ -1,0 +1,125 @@
+"""The population's optimizer steps every replica exactly as that replica's own torch.optim
+optimizer would: bit for bit on the CPU, step after step, for every optimizer and setting the
+package offers, with its state saved and loaded in torch's own format."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from experiments.population.optim import AdamRule, PopulationOptimizer, TorchRule, rule_for
+
+SHAPES = [torch.Size([3, 2]), torch.Size([3])]
+SETTINGS = {
+    "sgd": [dict(lr=0.1), dict(lr=0.01, weight_decay=0.1), dict(lr=0.03, maximize=True)],
+    "momentum": [dict(lr=0.01, momentum=0.9), dict(lr=0.05, momentum=0.8, dampening=0.8), dict(lr=0.02, momentum=0.9, nesterov=True, weight_decay=0.01)],
+    "adagrad": [dict(lr=0.1), dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1, eps=1e-8), dict(lr=0.2, weight_decay=0.05)],
+    "rmsprop": [dict(lr=0.01), dict(lr=0.01, alpha=0.8, momentum=0.9), dict(lr=0.003, centered=True, weight_decay=0.01, eps=1e-6)],
+    "adam": [dict(lr=0.1), dict(lr=0.01, betas=(0.8, 0.99), amsgrad=True), dict(lr=0.001, weight_decay=0.1)],
+    "adamw": [dict(lr=0.1), dict(lr=0.01, weight_decay=0.05, amsgrad=True)],
+}
+CLASSES = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def factories(names: list[str]) -> list:
+    return [functools.partial(CLASSES[name], **settings) for name in names for settings in SETTINGS[name]]
+
+
+def run_both(makers: list, steps: int = 30, seed: int = 0):
+    """The population's rows and the same replicas stepped one by one with torch.optim."""
+    generator = torch.Generator().manual_seed(seed)
+    k = len(makers)
+    start = torch.randn(k, sum(s.numel() for s in SHAPES), generator=generator)
+    flat = nn.Parameter(start.clone())
+    population = PopulationOptimizer(flat, SHAPES, makers)
+    singles = [[nn.Parameter(t.clone()) for t in torch.split(start[i], [s.numel() for s in SHAPES])] for i in range(k)]
+    singles = [[p.view(s).detach().clone().requires_grad_() for p, s in zip(params, SHAPES)] for params in singles]
+    references = [make(params) for make, params in zip(makers, singles)]
+    for _ in range(steps):
+        grad = torch.randn(k, flat.shape[1], generator=generator)
+        flat.grad = grad.clone()
+        population.step()
+        for i, (optimizer, params) in enumerate(zip(references, singles)):
+            for p, g in zip(params, torch.split(grad[i], [s.numel() for s in SHAPES])):
+                p.grad = g.view(p.shape).clone()
+            optimizer.step()
+    return flat, population, singles, references
+
+
+@pytest.mark.parametrize("names", [["sgd"], ["momentum"], ["adagrad"], ["rmsprop"], ["adam"], ["adamw"], ["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]])
+def test_every_row_is_its_own_torch_optimizer_bit_for_bit(names: list[str]):
+    flat, population, singles, references = run_both(factories(names))
+    for i, params in enumerate(singles):
+        assert torch.equal(flat.detach()[i], torch.cat([p.detach().reshape(-1) for p in params])), (names, i)
+        mine, theirs = population.replica_state_dict(i), references[i].state_dict()
+        assert mine["param_groups"] == theirs["param_groups"]
+        assert mine["state"].keys() == theirs["state"].keys()
+        for key, state in theirs["state"].items():
+            assert state.keys() == mine["state"][key].keys()
+            for name, value in state.items():
+                assert torch.equal(torch.as_tensor(mine["state"][key][name]), torch.as_tensor(value)), (names, i, name)
+
+
+def test_vectorised_classes_share_a_rule_and_others_step_through_torch():
+    flat = nn.Parameter(torch.zeros(4, 9))
+    population = PopulationOptimizer(flat, SHAPES, [functools.partial(torch.optim.Adam, lr=0.1), functools.partial(torch.optim.Adam, lr=0.01), functools.partial(torch.optim.Adamax, lr=0.1), functools.partial(torch.optim.Adam, lr=0.1, capturable=False, differentiable=True)])
+    assert [type(rule) for rule in population.rules] == [AdamRule, TorchRule, TorchRule]
+    assert [(rule.start, rule.stop) for rule in population.rules] == [(0, 2), (2, 3), (3, 4)]
+    assert rule_for(torch.optim.LBFGS([nn.Parameter(torch.zeros(1))])) is TorchRule
+
+
+def test_an_optimizer_without_a_rule_is_still_exactly_torchs():
+    makers = [functools.partial(torch.optim.Adamax, lr=0.05), functools.partial(torch.optim.NAdam, lr=0.01), functools.partial(torch.optim.Adam, lr=0.02)]
+    flat, _, singles, _ = run_both(makers)
+    for i, params in enumerate(singles):
+        assert torch.equal(flat.detach()[i], torch.cat([p.detach().reshape(-1) for p in params]))
+
+
+def test_a_frozen_row_keeps_its_weights_and_no_other_row_moves_by_a_bit():
+    makers = factories(["adam", "rmsprop"])
+    flat, population, _, _ = run_both(makers, steps=5, seed=1)
+    reference_flat, reference, _, _ = run_both(makers, steps=5, seed=1)
+    kept = flat.detach()[2].clone()
+    population.freeze([2])
+    generator = torch.Generator().manual_seed(7)
+    for _ in range(10):
+        grad = torch.randn(flat.shape, generator=generator)
+        poisoned = grad.clone()
+        poisoned[2] = float("nan")  # a diverged row's gradient
+        flat.grad, reference_flat.grad = poisoned, grad
+        population.step()
+        reference.step()
+    assert torch.equal(flat.detach()[2], kept)
+    others = [i for i in range(len(makers)) if i != 2]
+    assert torch.equal(flat.detach()[others], reference_flat.detach()[others])
+
+
+def test_state_saved_per_replica_loads_back_and_continues_identically():
+    makers = factories(["momentum", "adam", "adagrad", "rmsprop"])
+    flat, population, _, _ = run_both(makers, steps=12)
+    saved = population.state_dict()
+    twin = nn.Parameter(flat.detach().clone())
+    resumed = PopulationOptimizer(twin, SHAPES, makers)
+    resumed.load_state_dict(saved)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(8):
+        grad = torch.randn(flat.shape, generator=generator)
+        flat.grad, twin.grad = grad.clone(), grad.clone()
+        population.step()
+        resumed.step()
+    assert torch.equal(flat.detach(), twin.detach())
+
+
+def test_a_schedule_changing_a_replicas_learning_rate_reaches_its_row():
+    makers = [functools.partial(torch.optim.SGD, lr=0.1), functools.partial(torch.optim.SGD, lr=0.1)]
+    flat = nn.Parameter(torch.zeros(2, 9))
+    population = PopulationOptimizer(flat, SHAPES, makers)
+    schedule = torch.optim.lr_scheduler.StepLR(population.replicas[1], step_size=1, gamma=0.5)
+    for _ in range(3):
+        flat.grad = torch.ones(2, 9)
+        population.step()
+        schedule.step()
+    assert flat.detach()[0, 0].item() == pytest.approx(-0.3) and flat.detach()[1, 0].item() == pytest.approx(-(0.1 + 0.05 + 0.025))

@@ -1,0 +1,199 @@
+"""hydra/launcher=vectorized: a sweep's compatible jobs trained as one population give every job
+what it would have had alone, leave every job the directory it would have left, isolate a
+diverging job, survive interruption, and refuse what they cannot do in one sentence."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+from conftest import cli, compose_train, fake_mnist, read_metrics, train_in_process
+from experiments.population.group import Job, group_key, train_group
+from experiments.state import RunInfo
+
+SHORT = ["experiment=thermometer", "trainer.max_epochs=400", "trainer.check_val_every_n_epoch=100", "trainer.deterministic=true"]
+OPTIMIZERS = [[f"optimizer={name}", f"optimizer.lr={lr}"] for name in ("sgd", "momentum", "adagrad", "rmsprop", "adam") for lr in (1e-3, 1e-2, 1e-1)]
+SAME = ("status", "reason", "epochs", "steps", "parameters", "best_parameters", "metrics", "test", "monitor")
+
+
+def population(jobs: list[list[str]], tmp_path: Path, fail_fast: bool = False) -> list[dict]:
+    """What the vectorized launcher does with these jobs, in this process."""
+    prepared = []
+    for i, overrides in enumerate(jobs):
+        run_dir = tmp_path / f"job{i}"
+        run_dir.mkdir(parents=True)
+        cfg = compose_train(overrides, run_dir)
+        info = RunInfo.from_hydra(run_dir)
+        info.multirun = True
+        task = OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"})
+        task.run_dir = str(run_dir)
+        prepared.append(Job(task, info))
+    return train_group(prepared, fail_fast)
+
+
+@pytest.fixture(scope="module")
+def thermometer_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
+    tmp = tmp_path_factory.mktemp("together")
+    together = population([[*SHORT, *o] for o in OPTIMIZERS], tmp / "population")
+    alone = [train_in_process([*SHORT, *o], tmp / f"alone{i}") for i, o in enumerate(OPTIMIZERS)]
+    return together, alone
+
+
+def test_every_job_of_a_population_ends_exactly_as_it_would_alone(thermometer_sweep):
+    together, alone = thermometer_sweep
+    assert [r["status"] for r in together].count("diverged") == 2 and [r["status"] for r in together].count("finished") == 13
+    for mine, single in zip(together, alone):
+        assert {k: mine[k] for k in SAME} == {k: single[k] for k in SAME}, mine["overrides"]
+
+
+def test_a_diverged_job_is_stopped_at_its_step_with_a_single_runs_reason(thermometer_sweep):
+    together, alone = thermometer_sweep
+    diverged = [(m, s) for m, s in zip(together, alone) if s["status"] == "diverged"]
+    assert {m["hparams"]["optimizer"] for m, _ in diverged} == {"sgd", "momentum"}
+    for mine, single in diverged:
+        assert mine["reason"] == single["reason"] and re.fullmatch(r"train loss became (inf|nan) at epoch \d+, step \d+", mine["reason"])
+        assert mine["epochs"] == single["epochs"] < 400
+
+
+def test_no_other_job_moves_by_a_bit_when_one_diverges(thermometer_sweep, tmp_path: Path):
+    together, _ = thermometer_sweep
+    without = population([[*SHORT, "optimizer=sgd", "optimizer.lr=0.001"], [*SHORT, "optimizer=adam", "optimizer.lr=0.01"]], tmp_path)
+    with_one = {(r["hparams"]["optimizer"], r["hparams"]["optimizer.lr"]): r for r in together}
+    for result in without:
+        assert result["parameters"] == with_one[result["hparams"]["optimizer"], result["hparams"]["optimizer.lr"]]["parameters"]
+
+
+def test_an_mlp_population_matches_its_single_runs(tmp_path: Path):
+    root = fake_mnist(tmp_path / "digits")
+    base = ["experiment=mnist", f"data.root={root}", "data.val_size=40", "data.batch_size=32", "trainer.max_epochs=2", "trainer.deterministic=true"]
+    jobs = [[*base, "optimizer=adam", "optimizer.lr=0.001"], [*base, "optimizer=sgd", "optimizer.lr=0.05"], [*base, "optimizer=rmsprop", "optimizer.lr=0.001"]]
+    together = population(jobs, tmp_path / "population")
+    for i, (mine, overrides) in enumerate(zip(together, jobs)):
+        single = train_in_process(overrides, tmp_path / f"alone{i}")
+        assert mine["status"] == single["status"] == "finished"
+        assert mine["test"]["test/acc"] == single["test"]["test/acc"]
+        for name in ("val/loss", "val/acc", "train/loss"):
+            assert mine["metrics"][name]["final"] == pytest.approx(single["metrics"][name]["final"], rel=1e-5)
+
+
+def test_jobs_that_cannot_share_batches_are_grouped_apart(tmp_path: Path):
+    def key(*overrides: str):
+        return group_key(compose_train(list(overrides), tmp_path), None)[0]
+
+    assert key("optimizer=sgd", "optimizer.lr=0.1") == key("optimizer=adam", "optimizer.lr=0.01", "scheduler=cosine", "monitor=train/loss")
+    assert key("model.init_weight=1") == key("model.init_weight=2")  # initial values are per replica
+    assert key("seed=1", "data.seed=0") == key("seed=2", "data.seed=0") != key("seed=1") != key("seed=2")
+    assert key("data.batch_size=10") != key("data.batch_size=20") and key("trainer.max_epochs=5") != key("trainer.max_epochs=6")
+    alone, reason = group_key(compose_train(["+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.stop.monitor=val/loss"], tmp_path), None)
+    assert alone is None and "callbacks.stop" in reason
+    assert group_key(compose_train(["trainer.precision=bf16-mixed"], tmp_path), None)[0] is None
+
+
+@pytest.fixture(scope="module")
+def vectorized_cli(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    cwd = tmp_path_factory.mktemp("cli")
+    done = cli(["hydra/launcher=vectorized", "sweep=optimizers", *SHORT[:3], f"hydra.sweep.dir={cwd / 'sweep'}"], cwd, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return cwd / "sweep", done
+
+
+def test_the_cli_prints_the_grouping_and_the_usual_summary(vectorized_cli):
+    sweep, done = vectorized_cli
+    assert "15 jobs, 15 of them in 1 group(s) trained together" in done.stdout
+    assert "differing in optimizer, optimizer.lr" in done.stdout
+    assert "15 jobs: 13 finished, 2 diverged" in done.stdout
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert len(rows) == 15 and [r["status"] for r in rows[-2:]] == ["diverged", "diverged"]
+    assert (sweep / "summary.png").is_file() and (sweep / "paths.png").is_file()
+
+
+def test_every_job_leaves_a_complete_run_directory(vectorized_cli):
+    sweep, _ = vectorized_cli
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 15
+    for job in jobs:
+        record = read_metrics(job)
+        assert record["population"]["size"] == 15 and (job / ".hydra" / "overrides.yaml").is_file() and (job / "train.log").is_file()
+        assert (job / "trajectory.json").is_file() and list(job.glob("events.out.tfevents.*")) and (job / "hparams.yaml").is_file()
+        if record["status"] == "finished":
+            for name in ("best", "last"):
+                checkpoint = torch.load(job / "checkpoints" / f"{name}.ckpt", weights_only=True)
+                assert set(checkpoint["state_dict"]) == {"linear.weight", "linear.bias"} and checkpoint["run_config"]["run_dir"] == str(job)
+                assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == record["hparams"]["optimizer.lr"]
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(sweep))
+    multiplexer.Reload()
+    statuses = {}
+    for run, tags in multiplexer.PluginRunToTagToContent("hparams").items():
+        for data in tags.values():
+            parsed = plugin_data_pb2.HParamsPluginData.FromString(data)
+            if parsed.HasField("session_end_info"):
+                statuses[run] = parsed.session_end_info.status
+    assert sorted(statuses.values()).count(api_pb2.Status.Value("STATUS_SUCCESS")) == 13 and len(statuses) == 15
+    scalars = multiplexer.PluginRunToTagToContent("scalars")
+    assert all({"train/loss", "val/loss", "test/loss", "best/val_loss"} <= set(scalars[job.name]) for job in jobs if read_metrics(job)["status"] == "finished")
+
+
+def test_a_jobs_checkpoints_re_test_and_resume_as_a_single_runs(vectorized_cli, tmp_path: Path):
+    sweep, _ = vectorized_cli
+    job = next(p for p in sweep.iterdir() if p.name.startswith("experiment=thermometer,optimizer.lr=0.01,optimizer=adam"))
+    record = read_metrics(job)
+    done = cli([f"run={job}"], tmp_path, module="experiments.evaluate")
+    assert done.returncode == 0 and f"test/loss {record['test']['test/loss']:.6g}" in done.stdout
+    done = cli([f"resume={job}", "trainer.max_epochs=800"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    straight = train_in_process([*SHORT[:3], "trainer.max_epochs=800", "optimizer=adam", "optimizer.lr=0.01"], tmp_path / "straight")
+    resumed = read_metrics(job)
+    assert resumed["epochs"] == 800 and resumed["parameters"] == straight["parameters"]
+
+
+def test_an_interrupted_population_resumes_where_it_stopped(tmp_path: Path):
+    args = ["-m", "hydra/launcher=vectorized", "experiment=thermometer", "trainer.max_epochs=6000", "trainer.check_val_every_n_epoch=1000", "optimizer=sgd,adam", "optimizer.lr=0.01", "callbacks.progress.plain_every_seconds=0.01", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / ".cache")}
+    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if (match := re.search(r"epoch (\d+)/6000", line)) and int(match[1]) >= 1500:
+            process.send_signal(signal.SIGTERM)
+            break
+    process.stdout.read()
+    assert process.wait(timeout=60) == 143
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
+    stopped = [read_metrics(job) for job in jobs]
+    assert [r["status"] for r in stopped] == ["interrupted", "interrupted"] and 1500 <= stopped[0]["steps"] < 6000
+    assert "resume=" in stopped[0]["reason"] and all((job / "checkpoints" / "last.ckpt").is_file() for job in jobs)
+    done = cli(args[:-1] + [f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 jobs: 2 finished" in done.stdout
+    for i, job in enumerate(jobs):
+        record = read_metrics(job)
+        optimizer = [o for o in record["overrides"] if o.startswith("optimizer")]
+        straight = train_in_process(["experiment=thermometer", "trainer.max_epochs=6000", "trainer.check_val_every_n_epoch=1000", *optimizer], tmp_path / f"straight{i}")
+        assert record["status"] == "finished" and record["parameters"] == straight["parameters"]
+
+
+def test_fail_fast_stops_the_population_at_its_first_diverged_job(tmp_path: Path):
+    done = cli(["-m", "hydra/launcher=vectorized", *SHORT[:3], "optimizer=sgd", "optimizer.lr=0.01,0.1", "fail_fast=true", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert done.returncode == 1
+    records = {tuple(r["overrides"]): r for r in (read_metrics(p) for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))}
+    statuses = sorted(r["status"] for r in records.values())
+    assert statuses == ["diverged", "interrupted"] and not (tmp_path / "sweep" / "summary.csv").exists()
+    interrupted = next(r for r in records.values() if r["status"] == "interrupted")
+    assert "fail_fast" in interrupted["reason"] and Path(interrupted["run_dir"], "checkpoints", "last.ckpt").is_file()
+
+
+def test_a_population_refuses_distributed_training_in_one_sentence(tmp_path: Path):
+    done = cli(["-m", "hydra/launcher=vectorized", "trainer=ddp_cpu", "experiment=thermometer", "optimizer.lr=0.01,0.1"], tmp_path)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "hydra/launcher=vectorized trains a group of jobs in one process" in done.stderr
+    assert not (tmp_path / "outputs").exists()
