@@ -100,7 +100,7 @@ def test_a_frozen_row_keeps_its_weights_and_no_other_row_moves_by_a_bit():
 def test_state_saved_per_replica_loads_back_and_continues_identically():
     makers = factories(["momentum", "adam", "adagrad", "rmsprop"])
     flat, population, _, _ = run_both(makers, steps=12)
-    saved = population.state_dict()
+    saved = {"replicas": [population.replica_state_dict(k) for k in range(len(makers))]}  # what the runs' checkpoints hold
     twin = nn.Parameter(flat.detach().clone())
     resumed = PopulationOptimizer(twin, SHAPES, makers)
     resumed.load_state_dict(saved)
@@ -122,4 +122,5 @@ def test_a_schedule_changing_a_replicas_learning_rate_reaches_its_row():
         flat.grad = torch.ones(2, 9)
         population.step()
         schedule.step()
+        population.settings_changed()  # as the population module does after stepping schedules
     assert flat.detach()[0, 0].item() == pytest.approx(-0.3) and flat.detach()[1, 0].item() == pytest.approx(-(0.1 + 0.05 + 0.025))

@@ -1,7 +1,8 @@
 """The pictures: a fitted line, a confusion matrix, misclassified images, and a sweep's two plots.
 
-Each function returns a matplotlib Figure; `run_figures` picks those that suit a trained model.
-Callers log them to TensorBoard or save them as PNG.
+Each function returns a matplotlib Figure (or, for the line fits of several runs at once, their
+images); `run_images` picks those that suit trained models, as images for TensorBoard. Callers
+save the sweep's figures as PNG.
 """
 
 from __future__ import annotations
@@ -24,8 +25,44 @@ def fit_line_figure(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_line: np
     ax.set_ylabel("target")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.14, top=0.9)  # tight_layout costs more than the drawing
     return fig
+
+
+def image_of(figure: Figure) -> np.ndarray:
+    """A figure rendered as an H x W x 3 uint8 image."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def fit_line_images(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_lines: list[np.ndarray], title: str = "") -> list[np.ndarray]:
+    """fit_line_figure for several fitted lines over the same data, one image each, drawn on the
+    same axes: the data, axes and legend are rendered once and each line is blitted onto them, so
+    a population of runs pays for one figure, not one each."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = fit_line_figure(x, y, x_line, y_lines[0], title)
+    ax = figure.axes[0]
+    line = ax.lines[0]
+    finite = [values for values in y_lines if np.isfinite(values).all()]
+    low = min(float(np.min(y)), *(float(np.min(v)) for v in finite)) if finite else float(np.min(y))
+    high = max(float(np.max(y)), *(float(np.max(v)) for v in finite)) if finite else float(np.max(y))
+    pad = 0.05 * (high - low or 1.0)
+    ax.set_ylim(low - pad, high + pad)
+    line.set_animated(True)  # left out of the shared background
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    background = canvas.copy_from_bbox(figure.bbox)
+    images = []
+    for values in y_lines:
+        canvas.restore_region(background)
+        line.set_ydata(values)
+        ax.draw_artist(line)
+        images.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+    return images
 
 
 def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str]) -> Figure:
@@ -147,30 +184,36 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def run_figures(model: Any, datamodule: Any, stage: str, max_misclassified: int = 32) -> dict[str, Figure]:
-    """After fitting ("fit"): the data and fitted line of a one-input regression. After testing
-    ("test"): a classifier's confusion matrix and a grid of the test images it got wrong."""
+def run_images(models: list[Any], datamodule: Any, stage: str, max_misclassified: int = 32) -> list[dict[str, np.ndarray]]:
+    """Each trained model's pictures, as images. After fitting ("fit"): the data and fitted line
+    of a one-input regression. After testing ("test"): a classifier's confusion matrix and a grid
+    of the test images it got wrong."""
     import torch
 
-    figures: dict[str, Figure] = {}
-    dtype = next(model.parameters()).dtype  # float64 with trainer.precision=64-true
+    images: list[dict[str, np.ndarray]] = [{} for _ in models]
+    if not models:
+        return images
+    dtype = next(models[0].parameters()).dtype  # float64 with trainer.precision=64-true
     with torch.no_grad():
-        if stage == "fit" and model.task == "regression":
+        if stage == "fit" and models[0].task == "regression":
             x, y = datamodule.splits["train"]
             if x.shape[1:] == (1,) and y.shape[1:] == (1,):
                 line = torch.linspace(x.min().item(), x.max().item(), 50, device=x.device).unsqueeze(1)
-                fitted = model(line.to(dtype)).float()
-                figures["fit/line"] = fit_line_figure(x.cpu().numpy(), y.cpu().numpy(), line.cpu().numpy(), fitted.cpu().numpy(), "training data and fitted line")
-        if stage == "test" and model.task == "classification":
+                fitted = [model(line.to(dtype)).float().cpu().numpy() for model in models]
+                drawn = fit_line_images(x.cpu().numpy(), y.cpu().numpy(), line.cpu().numpy(), fitted, "training data and fitted line")
+                for own, image in zip(images, drawn):
+                    own["fit/line"] = image
+        if stage == "test" and models[0].task == "classification":
             from torchmetrics.functional.classification import multiclass_confusion_matrix
 
             x, y = datamodule.splits["test"]
-            predictions = torch.cat([model(chunk.to(dtype)).argmax(1) for chunk in x.split(4096)])
             names = datamodule.class_names
-            matrix = multiclass_confusion_matrix(predictions, y, num_classes=len(names)).cpu().numpy()
-            figures["test/confusion_matrix"] = confusion_matrix_figure(matrix, names)
-            wrong = (predictions != y).nonzero().flatten()[:max_misclassified]
-            if len(wrong):
-                images = datamodule.denormalise(x[wrong]).cpu().numpy()
-                figures["test/misclassified"] = misclassified_figure(images, y[wrong].tolist(), predictions[wrong].tolist(), names)
-    return figures
+            for own, model in zip(images, models):
+                predictions = torch.cat([model(chunk.to(dtype)).argmax(1) for chunk in x.split(4096)])
+                matrix = multiclass_confusion_matrix(predictions, y, num_classes=len(names)).cpu().numpy()
+                own["test/confusion_matrix"] = image_of(confusion_matrix_figure(matrix, names))
+                wrong = (predictions != y).nonzero().flatten()[:max_misclassified]
+                if len(wrong):
+                    pictures = datamodule.denormalise(x[wrong]).cpu().numpy()
+                    own["test/misclassified"] = image_of(misclassified_figure(pictures, y[wrong].tolist(), predictions[wrong].tolist(), names))
+    return images

@@ -115,6 +115,7 @@ class RunState:
     def result(self) -> dict[str, Any]:
         """What metrics.json holds."""
         epochs = self.epoch_seconds
+        median = median_of(epochs)
         monitor = self.metrics.get(self.monitor)
         return {
             "status": self.status,
@@ -125,7 +126,7 @@ class RunState:
             "timing": {
                 "fit_s": round(self.fit_s, 3),
                 "test_s": round(self.test_s, 3),
-                "train_epoch_s_median": round(statistics.median(epochs), 6) if epochs else None,
+                "train_epoch_s_median": round(median, 6) if epochs else None,
                 "train_epoch_s_first": round(epochs[0], 6) if epochs else None,
             },
             "epochs": self.epochs,
@@ -159,6 +160,19 @@ class RunState:
         self.earlier_wall_s = float(earlier.get("wall_time_s") or 0.0)
         trajectory = read_json(self.run_dir / "trajectory.json") or {}
         self.path = list(zip(trajectory.get("steps", []), trajectory.get("w", []), trajectory.get("b", [])))
+
+
+_medians: dict[int, tuple[int, float]] = {}
+
+
+def median_of(values: list[float]) -> float:
+    """The median of a growing list, computed once per length (the runs of a population share one)."""
+    if not values:
+        return math.nan
+    cached = _medians.get(id(values))
+    if cached is None or cached[0] != len(values):
+        cached = _medians[id(values)] = (len(values), statistics.median(values))
+    return cached[1]
 
 
 def checkpoint_paths(run_dir: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The run's pictures in TensorBoard's Images tab (experiments.figures.run_figures): a line's data
+"""The run's pictures in TensorBoard's Images tab (experiments.figures.run_images): a line's data
 and fit when training ends, a classifier's confusion matrix and misclassified images after testing."""
 
 from __future__ import annotations
@@ -18,15 +18,17 @@ class RunFigures:
         datamodule = trainer.datamodule
         if not trainer.is_global_zero or getattr(datamodule, "splits", None) is None:
             return
-        from experiments.figures import run_figures
+        from experiments.figures import run_images
 
-        for i, (state, loggers) in enumerate(zip(self.states, self.loggers)):
-            tensorboards = [lg for lg in loggers if isinstance(lg, TensorBoardLogger)]
-            if not tensorboards or state.status not in ("running", "finished"):
-                continue
-            for tag, figure in run_figures(pl_module.replica(i), datamodule, stage).items():
+        rows = [
+            i for i, (state, loggers) in enumerate(zip(self.states, self.loggers))
+            if state.status in ("running", "finished") and any(isinstance(lg, TensorBoardLogger) for lg in loggers)
+        ]
+        for i, images in zip(rows, run_images([pl_module.replica(i) for i in rows], datamodule, stage)):
+            tensorboards = [lg for lg in self.loggers[i] if isinstance(lg, TensorBoardLogger)]
+            for tag, image in images.items():
                 for logger in tensorboards:
-                    logger.experiment.add_figure(tag, figure, trainer.global_step)
+                    logger.experiment.add_image(tag, image, trainer.global_step, dataformats="HWC")
             for logger in tensorboards:
                 logger.experiment.flush()
 

@@ -30,9 +30,12 @@ class HParamsEntry:
                 if isinstance(logger, TensorBoardLogger):
                     write_session(logger, state.hparams, hparams_metrics(result), state.status, self.with_experiment)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: object, batch_idx: int) -> None:
-        if len(self.states) > 1 and len(self.written) < sum(s.status != "running" for s in self.states):
-            self.write(trainer)  # a run of a population that diverged
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if len(self.states) > 1:
+            self.write(trainer)  # a run of a population that diverged since
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.write(trainer)

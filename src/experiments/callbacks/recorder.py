@@ -133,8 +133,11 @@ class StatusRecord:
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seconds = time.perf_counter() - self._clock[0]
+        appended: set[int] = set()
         for _, state in self.running():
-            state.epoch_seconds.append(seconds)
+            if id(state.epoch_seconds) not in appended:  # a population's runs share one list
+                state.epoch_seconds.append(seconds)
+                appended.add(id(state.epoch_seconds))
 
     def count(self, trainer: pl.Trainer) -> None:
         for _, state in self.running():

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from experiments.callbacks.checkpoint import AtomicCheckpointIO, save_atomically
+from experiments.callbacks.interruption import Interruption
 from experiments.population.module import PopulationModule, StoppedByFailFast
 
 REPLICAS = "population.replicas"  # checkpoint key: target path -> that run's own parts
@@ -54,11 +55,12 @@ class PopulationCheckpointIO(AtomicCheckpointIO):
         }
 
 
-class PopulationCheckpoints(pl.Callback):
+class PopulationCheckpoints(Interruption):
     """For each run: best.ckpt when its monitored metric improves, last.ckpt at every validation
-    and at an interruption, as its own ModelCheckpoint callbacks would write them."""
+    and where Ctrl-C or SIGTERM stopped the population, as its own ModelCheckpoint would."""
 
     def __init__(self, callbacks: list[list[ModelCheckpoint]]) -> None:
+        super().__init__()
         self.callbacks = callbacks  # each run's configured ModelCheckpoint objects (not attached)
         self.best_rows: dict[int, torch.Tensor] = {}  # weights of each run's best checkpoint
         self.pending: dict[str, int] = {}  # file -> run, for the checkpoint being written
@@ -86,7 +88,8 @@ class PopulationCheckpoints(pl.Callback):
         self.pending = {}
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: PopulationModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[REPLICAS] = {file: replica_parts(pl_module, i, self.callbacks[i]) for file, i in self.pending.items()}
+        parts = {i: replica_parts(pl_module, i, self.callbacks[i]) for i in set(self.pending.values())}
+        checkpoint[REPLICAS] = {file: parts[i] for file, i in self.pending.items()}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: PopulationModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
@@ -95,6 +98,7 @@ class PopulationCheckpoints(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: PopulationModule, exception: BaseException) -> None:
         if isinstance(exception, (SIGTERMException, StoppedByFailFast)) and trainer.state.stage == "train":
             self.save(trainer, pl_module, best=False)
+        super().on_exception(trainer, pl_module, exception)
 
 
 def replica_parts(module: PopulationModule, index: int, callbacks: list[ModelCheckpoint]) -> dict[str, Any]:

@@ -84,7 +84,6 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
 
     from experiments import speedups
     from experiments.build import build_model, check_accelerator, instantiate, instantiate_group
-    from experiments.callbacks.interruption import Interruption
     from experiments.callbacks.progress import ProgressLine
     from experiments.callbacks.recorder import MetricHistory
     from experiments.population.checkpoints import PopulationCheckpointIO, PopulationCheckpoints
@@ -103,6 +102,8 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
         model = build_model(job.cfg, datamodule, job.info.choices)
         state = new_state(job.cfg, job.info, datamodule)
         state.population = {"size": len(jobs), "jobs": [j.run_dir.name for j in jobs]}
+        if states:
+            state.epoch_seconds = states[0].epoch_seconds  # the runs of a population share every epoch
         models.append(model)
         states.append(state)
         loggers.append([*instantiate_group(job.cfg.get("logger"), "logger"), MetricHistory(state, model.metric_directions())])
@@ -114,7 +115,7 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
     trainer = instantiate(
         first.trainer,
         "trainer",
-        callbacks=[*progress, Interruption(), saving, *run_callbacks(states, loggers, multirun=True)],
+        callbacks=[*progress, saving, *run_callbacks(states, loggers, multirun=True)],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=bool(progress),

@@ -61,6 +61,7 @@ class PopulationModule(pl.LightningModule):
         self.flat = nn.Parameter(torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in models]))
         self.directions = models[0].metric_directions()
         self.schedules: list[Any] = []
+        self._has_path: bool | None = None
         self.tested: set[int] = set()  # replicas whose weights the test uses (not diverged)
         self._train_outputs: list[tuple[Tensor, Tensor, Tensor]] | None = []
         self._last_logged_step = -1
@@ -110,9 +111,9 @@ class PopulationModule(pl.LightningModule):
         return model
 
     def path_points(self) -> list[tuple[float, float]] | None:
-        if self.models[0].path_points() is None or self.flat.shape[1] != 2:
-            return None
-        return [tuple(row) for row in self.flat.detach()[:, :2].tolist()]
+        if self._has_path is None:
+            self._has_path = self.models[0].path_points() is not None and self.flat.shape[1] == 2
+        return self.flat.detach().tolist() if self._has_path else None
 
     def running(self) -> list[int]:
         return [i for i, s in enumerate(self.states) if s.status == "running"]
@@ -133,6 +134,7 @@ class PopulationModule(pl.LightningModule):
 
     def step_schedules(self, interval: str, plateau: bool, index: int) -> None:
         """Each replica's own schedule, stepped where Lightning steps a single run's."""
+        stepped = False
         for i, config in enumerate(self.schedules):
             if not config or self.states[i].status != "running" or config.get("interval", "epoch") != interval:
                 continue
@@ -147,6 +149,9 @@ class PopulationModule(pl.LightningModule):
                         scheduler.step(value.final)
                 else:
                     scheduler.step()
+                stepped = True
+        if stepped:
+            self.population_optimizer.settings_changed()
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None) -> None:
         """Each replica's gradient clipped on its own, as torch.nn.utils.clip_grad_norm_ does for one run."""
@@ -174,7 +179,10 @@ class PopulationModule(pl.LightningModule):
         """Note each replica whose loss just stopped being finite; on the CPU at once, on an
         accelerator (where reading a value waits for it) every few steps."""
         optimizer = self.population_optimizer
-        fresh = ~torch.isfinite(losses.detach()) & ~optimizer.frozen
+        finite = torch.isfinite(losses.detach())
+        if losses.device.type == "cpu" and finite.all():  # the usual step: nothing to note
+            return
+        fresh = ~finite & ~optimizer.frozen
         step = torch.full_like(self.diverged_step, self.global_step)
         self.diverged_step = torch.where(fresh, step, self.diverged_step)
         self.diverged_epoch = torch.where(fresh, torch.full_like(step, self.current_epoch), self.diverged_epoch)
@@ -197,6 +205,7 @@ class PopulationModule(pl.LightningModule):
         for i in rows:
             state = self.states[i]
             state.epochs, state.steps = epochs[i], steps[i]
+            state.epoch_seconds = list(state.epoch_seconds)  # no longer the population's shared list
             state.end("diverged", f"train loss became {values[i]} at epoch {epochs[i] + 1}, step {steps[i] + 1}")
             if self.trainer.is_global_zero:
                 state.write()
@@ -211,6 +220,7 @@ class PopulationModule(pl.LightningModule):
         for config, state in zip(self.schedules, getattr(self, "_schedule_states", None) or []):
             if config and state:
                 config["scheduler"].load_state_dict(state)
+        self.population_optimizer.settings_changed()  # a resumed schedule, or a resumed optimizer's settings
 
     def on_fit_start(self) -> None:
         self.diverged_step = self.diverged_step.to(self.device)

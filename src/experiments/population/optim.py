@@ -51,33 +51,47 @@ class Rule:
         self.shapes = shapes
         self.steps = 0
         self.state: dict[str, Tensor] = {}
-        self._cache: dict[str, tuple[tuple, Tensor]] = {}
+        self._cache: dict[str, Tensor] = {}
+        self._any: dict[str, Any] = {}
         self.like = flat.detach()[start:stop]
 
     def values(self, name: str, index: int | None = None) -> list[Any]:
         return [o.param_groups[0][name] if index is None else o.param_groups[0][name][index] for o in self.optimizers]
 
-    def column(self, key: str, values: list[float]) -> Tensor:
-        """Numbers per row as a (rows, 1) tensor of the weights' dtype, rebuilt only when they change
-        (a schedule changes the learning rate)."""
+    def column(self, key: str, values: Callable[[], list[float]]) -> Tensor:
+        """Numbers per row as a (rows, 1) tensor of the weights' dtype, made once, and again after
+        a schedule changed a setting (`settings_changed`)."""
         cached = self._cache.get(key)
-        if cached is None or cached[0] != tuple(values):
-            cached = (tuple(values), torch.tensor(values, dtype=self.like.dtype, device=self.like.device).unsqueeze(1))
-            self._cache[key] = cached
-        return cached[1]
+        if cached is None:
+            cached = self._cache[key] = torch.tensor(values(), dtype=self.like.dtype, device=self.like.device).unsqueeze(1)
+        return cached
+
+    def settings_changed(self) -> None:
+        self._cache.clear()
+        self._any.clear()
+
+    def any(self, name: str) -> bool:
+        """Whether any row's setting is non-zero (so its operations are needed at all)."""
+        if name not in self._any:
+            self._any[name] = any(self.values(name))
+        return self._any[name]
+
+    def fresh(self, values: list[float]) -> Tensor:
+        """Numbers that change every step, per row, as a column."""
+        return torch.tensor(values, dtype=self.like.dtype, device=self.like.device).unsqueeze(1)
 
     def setting(self, name: str, index: int | None = None) -> Tensor:
-        return self.column(f"{name}{index}", self.values(name, index))
+        return self.column(f"{name}{index}", lambda: self.values(name, index))
 
     def derived(self, key: str, compute: Callable[[dict[str, Any]], float]) -> Tensor:
         """A number torch derives from a row's settings in Python (double precision), per row."""
-        return self.column(key, [compute(o.param_groups[0]) for o in self.optimizers])
+        return self.column(key, lambda: [compute(o.param_groups[0]) for o in self.optimizers])
 
     def flag(self, name: str) -> Tensor:
-        return self.column(f"flag:{name}", [float(bool(v)) for v in self.values(name)]) != 0
+        return self.column(f"flag:{name}", lambda: [float(bool(v)) for v in self.values(name)]) != 0
 
     def maximized(self, grad: Tensor) -> Tensor:
-        return torch.where(self.flag("maximize"), -grad, grad) if any(self.values("maximize")) else grad
+        return torch.where(self.flag("maximize"), -grad, grad) if self.any("maximize") else grad
 
     def zeros(self) -> Tensor:
         return torch.zeros_like(self.like)
@@ -120,16 +134,16 @@ class SGDRule(Rule):
 
     def step(self, param: Tensor, grad: Tensor) -> None:
         grad = self.maximized(grad)
-        if any(self.values("weight_decay")):
+        if self.any("weight_decay"):
             grad = torch.addcmul(grad, param, self.setting("weight_decay"))
-        if any(self.values("momentum")):
+        if self.any("momentum"):
             momentum = self.setting("momentum")
             if "momentum_buffer" not in self.state:
                 self.state["momentum_buffer"] = grad.detach().clone()  # torch starts the buffer at the first gradient
             else:
                 self.state["momentum_buffer"].mul_(momentum).addcmul_(grad, self.derived("1-dampening", lambda g: 1 - g["dampening"]))
             buf = self.state["momentum_buffer"]
-            moved = torch.where(self.flag("nesterov"), torch.addcmul(grad, buf, momentum), buf) if any(self.values("nesterov")) else buf
+            moved = torch.where(self.flag("nesterov"), torch.addcmul(grad, buf, momentum), buf) if self.any("nesterov") else buf
             grad = torch.where(momentum != 0, moved, grad)
         param.addcmul_(grad, self.derived("-lr", lambda g: -g["lr"]))
         self.steps += 1
@@ -148,12 +162,12 @@ class AdamRule(Rule):
     def step(self, param: Tensor, grad: Tensor) -> None:
         if not self.state:
             self.state = {"exp_avg": self.zeros(), "exp_avg_sq": self.zeros()}
-            if any(self.values("amsgrad")):
+            if self.any("amsgrad"):
                 self.state["max_exp_avg_sq"] = self.zeros()
         self.steps += 1
         step = self.steps
         grad = self.maximized(grad)
-        if any(self.values("weight_decay")):
+        if self.any("weight_decay"):
             decoupled = self.flag("decoupled_weight_decay")
             param.copy_(torch.where(decoupled, param * self.derived("1-lr*wd", lambda g: 1 - g["lr"] * g["weight_decay"]), param))
             grad = torch.where(decoupled, grad, torch.addcmul(grad, param, self.setting("weight_decay")))
@@ -164,14 +178,16 @@ class AdamRule(Rule):
         if "max_exp_avg_sq" in self.state:
             torch.maximum(self.state["max_exp_avg_sq"], exp_avg_sq, out=self.state["max_exp_avg_sq"])
             second = torch.where(self.flag("amsgrad"), self.state["max_exp_avg_sq"], exp_avg_sq)
-        correction2 = self.derived(f"bc2:{step}", lambda g: (1 - g["betas"][1] ** step) ** 0.5)
+        lrs, beta1s, beta2s = self.numbers()  # the bias corrections change every step
+        correction2 = self.fresh([(1 - b2**step) ** 0.5 for b2 in beta2s])
         denom = (second.sqrt() / correction2).add_(self.setting("eps"))
-        param.addcdiv_(exp_avg * self.derived(f"-step_size:{step}", lambda g: -(g["lr"] / (1 - g["betas"][0] ** step))), denom)
+        param.addcdiv_(exp_avg * self.fresh([-(lr / (1 - b1**step)) for lr, b1 in zip(lrs, beta1s)]), denom)
 
-    def column(self, key: str, values: list[float]) -> Tensor:
-        if ":" in key and not key.startswith("flag:"):  # per-step numbers: keep only the latest
-            self._cache = {k: v for k, v in self._cache.items() if ":" not in k or k.startswith("flag:")}
-        return super().column(key, values)
+    def numbers(self) -> tuple[list[float], list[float], list[float]]:
+        if "numbers" not in self._any:
+            groups = [o.param_groups[0] for o in self.optimizers]
+            self._any["numbers"] = ([g["lr"] for g in groups], [g["betas"][0] for g in groups], [g["betas"][1] for g in groups])
+        return self._any["numbers"]
 
     def export(self, row: int) -> list[dict[str, Any]]:
         states = super().export(row)
@@ -190,13 +206,16 @@ class AdagradRule(Rule):
         self.steps += 1
         step = self.steps
         grad = self.maximized(grad)
-        if any(self.values("weight_decay")):
+        if self.any("weight_decay"):
             grad = torch.addcmul(grad, param, self.setting("weight_decay"))
         state_sum = self.state["sum"]
         state_sum.addcmul_(grad, grad, value=1)
         std = state_sum.sqrt().add_(self.setting("eps"))
-        clr = [-(g["lr"] / (1 + (step - 1) * g["lr_decay"])) for g in (o.param_groups[0] for o in self.optimizers)]
-        param.addcdiv_(grad * self.column("-clr", clr), std)
+        if self.any("lr_decay"):
+            neg_clr = self.fresh([-(g["lr"] / (1 + (step - 1) * g["lr_decay"])) for g in (o.param_groups[0] for o in self.optimizers)])
+        else:
+            neg_clr = self.derived("-lr", lambda g: -g["lr"])
+        param.addcdiv_(grad * neg_clr, std)
 
     def export(self, row: int) -> list[dict[str, Any]]:
         if not self.steps:  # torch holds the accumulator from the start
@@ -211,13 +230,13 @@ class RMSpropRule(Rule):
     def step(self, param: Tensor, grad: Tensor) -> None:
         if not self.state:
             self.state = {"square_avg": self.zeros()}
-            if any(self.values("momentum")):
+            if self.any("momentum"):
                 self.state["momentum_buffer"] = self.zeros()
-            if any(self.values("centered")):
+            if self.any("centered"):
                 self.state["grad_avg"] = self.zeros()
         self.steps += 1
         grad = self.maximized(grad)
-        if any(self.values("weight_decay")):
+        if self.any("weight_decay"):
             grad = torch.addcmul(grad, param, self.setting("weight_decay"))
         square_avg = self.state["square_avg"]
         square_avg.mul_(self.setting("alpha")).addcmul_(grad * self.derived("1-alpha", lambda g: 1 - g["alpha"]), grad)
@@ -316,6 +335,11 @@ class PopulationOptimizer(torch.optim.Optimizer):
             self.rules.append(kind(start, stop, self.replicas[start:stop], flat, shapes))
             start = stop
 
+    def settings_changed(self) -> None:
+        """A schedule changed a replica's settings: the rules read them again."""
+        for rule in self.rules:
+            rule.settings_changed()
+
     def freeze(self, rows: list[int]) -> None:
         """These replicas keep their weights from now on (they diverged)."""
         self.frozen[rows] = True
@@ -361,7 +385,9 @@ class PopulationOptimizer(torch.optim.Optimizer):
             optimizer.state.clear()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"replicas": [self.replica_state_dict(k) for k in range(len(self.replicas))]}
+        """Nothing of its own: each replica's state goes into that run's checkpoint
+        (replica_state_dict), and a population resumes from those (load_state_dict)."""
+        return {"replicas": None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for k, replica in enumerate(state_dict["replicas"]):

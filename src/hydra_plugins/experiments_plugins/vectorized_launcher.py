@@ -21,6 +21,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from hydra_plugins.experiments_plugins.grid_sweeper import composed
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +39,7 @@ class VectorizedLauncher(Launcher):
 
     def job_config(self, overrides: Sequence[str], idx: int) -> DictConfig:
         """The job's full config, its output directory set, as Hydra's own launchers make it."""
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        config = composed(self.hydra_context, self.config, overrides)
         with open_dict(config):
             config.hydra.job.id = idx
             config.hydra.job.num = idx
