@@ -24,6 +24,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from experiments import speedups
 from experiments.models.base import ExperimentModule, build_scheduler, validate_last_epoch
 from experiments.population.optim import PopulationOptimizer
 from experiments.state import RunState
@@ -38,7 +39,7 @@ class StoppedByFailFast(RuntimeError):
     run_status = "interrupted"
 
 
-class PopulationModule(pl.LightningModule):
+class PopulationModule(speedups.FastHookNames, pl.LightningModule):
     def __init__(
         self,
         models: list[ExperimentModule],
