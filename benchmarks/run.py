@@ -15,6 +15,11 @@ sizes once (the smoke test of this script). With a GPU, cases 1 to 3 also run on
   3. 15 thermometer fits (5 optimizers x 3 learning rates): the package's multirun, one job after
      another and on the parallel launcher, and benchmarks/plain_sweep.py.
   4. Start-up: `--help` and a 1-epoch run against `python -c "import torch"`.
+  5. A Fashion-MNIST sweep of 6 jobs (adam, sgd x lr 1e-4, 1e-3, 1e-2; 2 epochs): the basic launcher
+     against hydra/launcher=vectorized, and whether each job's test accuracy is its solo run's.
+  6. How a population's cost grows: thermometer sweeps of K = 1, 4, 16, 64 Adam learning rates on
+     hydra/launcher=vectorized, seconds per job and peak memory.
+Case 3 also runs the 15 jobs on hydra/launcher=vectorized.
 """
 
 from __future__ import annotations
@@ -35,15 +40,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 TRAIN = [PY, "-m", "experiments.train"]
-ALL_CASES = "1,2,3,4"
+ALL_CASES = "1,2,3,4,5,6"
 
 
 @dataclass
 class Variant:
     name: str
     command: list[str]
-    reads: str = ""  # "package": the run's metrics.json; "json": the last line of stdout
+    reads: str = ""  # "package": the run's metrics.json; "json": the last line of stdout; "sweep": every job's metrics.json
     runs: list[dict] = field(default_factory=list)
+    jobs: int = 1
 
 
 def run(command: list[str], workdir: Path) -> dict:
@@ -68,6 +74,9 @@ def measure(variant: Variant, workdir: Path) -> None:
     elif variant.reads == "package":
         metrics = sorted(workdir.glob("**/metrics.json"))
         result["json"] = json.loads(metrics[0].read_text()) if len(metrics) == 1 else {"jobs": len(metrics)}
+    elif variant.reads == "sweep":
+        records = [json.loads(path.read_text()) for path in sorted(workdir.glob("**/metrics.json"))]
+        result["json"] = {"test_acc_by_job": {Path(r["run_dir"]).name: (r.get("test") or {}).get("test/acc") for r in records}, "statuses": sorted(r["status"] for r in records)}
     result.pop("stdout")
     variant.runs.append(result)
 
@@ -92,6 +101,9 @@ def summary(variant: Variant) -> dict:
     return {
         "variant": variant.name,
         "command": " ".join(variant.command).replace(PY, "python"),
+        "jobs": variant.jobs,
+        "per_job_s": median([r["seconds"] / variant.jobs for r in variant.runs]),
+        "accuracies": (variant.runs[-1].get("json") or {}).get("test_acc_by_job") if variant.runs else None,
         "repetitions": len(variant.runs),
         "wall_s": median([r["seconds"] for r in variant.runs]),
         "wall_s_all": [round(r["seconds"], 3) for r in variant.runs],
@@ -129,10 +141,24 @@ def cases(args: argparse.Namespace, work: Path, data: Path | None, device: str) 
         Variant("plain script", [PY, str(HERE / "plain_thermometer.py"), *plain_epochs, *plain_device], "json"),
     ]
     sweep = ["optimizer=sgd,adam", "optimizer.lr=0.01"] if quick else ["sweep=optimizers"]
+    jobs = 2 if quick else 15
     found["3 sweep of 15" + suffix] = [
-        Variant("package, sequential", [*TRAIN, "-m", "experiment=thermometer", *sweep, *epochs, *accelerator], "package"),
-        Variant("package, parallel launcher", [*TRAIN, "-m", "hydra/launcher=parallel", "experiment=thermometer", *sweep, *epochs, *accelerator], "package"),
-        Variant("plain script", [PY, str(HERE / "plain_sweep.py"), *plain_epochs, *plain_device], "json"),
+        Variant("package, sequential", [*TRAIN, "-m", "experiment=thermometer", *sweep, *epochs, *accelerator], "package", jobs=jobs),
+        Variant("package, parallel launcher", [*TRAIN, "-m", "hydra/launcher=parallel", "experiment=thermometer", *sweep, *epochs, *accelerator], "package", jobs=jobs),
+        Variant("package, vectorized launcher", [*TRAIN, "-m", "hydra/launcher=vectorized", "experiment=thermometer", *sweep, *epochs, *accelerator], "package", jobs=jobs),
+        Variant("plain script", [PY, str(HERE / "plain_sweep.py"), *plain_epochs, *plain_device], "json", jobs=15),
+    ]
+    if data is not None:
+        grid = ["optimizer=adam,sgd", "optimizer.lr=1e-4,1e-3,1e-2"]
+        common = [f"experiment={experiment}", f"data.root={data}", *grid, *(["data.val_size=100", "trainer.max_epochs=1"] if quick else []), *accelerator]
+        found["5 " + experiment + " sweep of 6" + suffix] = [
+            Variant("package, sequential", [*TRAIN, "-m", *common], "sweep", jobs=6),
+            Variant("package, vectorized launcher", [*TRAIN, "-m", "hydra/launcher=vectorized", *common], "sweep", jobs=6),
+        ]
+    sizes_k = (1, 4) if quick else (1, 4, 16, 64)
+    found["6 population size" + suffix] = [
+        Variant(f"K={k}", [*TRAIN, "-m", "hydra/launcher=vectorized", "experiment=thermometer", "optimizer=adam", "optimizer.lr=" + ",".join(f"{10 ** (-3 + 2 * i / max(k - 1, 1)):.6g}" for i in range(k)), *epochs, *accelerator], "package", jobs=k)
+        for k in sizes_k
     ]
     if not gpu:
         found["4 start-up"] = [
@@ -163,6 +189,17 @@ def targets(results: dict[str, list[dict]]) -> list[dict]:
         elif case.startswith("3 "):
             for name in ("package, parallel launcher", "package, sequential"):
                 rows.append({"case": case, "target": f"{name}: end to end <= 2x the plain script", "value": ratio(by_name[name]["wall_s"], by_name["plain script"]["wall_s"]), "limit": 2.0, "better": "lower"})
+            vectorized = by_name["package, vectorized launcher"]["wall_s"]
+            rows.append({"case": case, "target": "vectorized launcher: end to end <= 0.5x the plain script", "value": ratio(vectorized, by_name["plain script"]["wall_s"]), "limit": 0.5, "better": "lower"})
+            rows.append({"case": case, "target": "vectorized launcher: >= 5x faster than the basic launcher", "value": ratio(by_name["package, sequential"]["wall_s"], vectorized), "limit": 5.0, "better": "higher"})
+        elif case.startswith("5 "):
+            basic, vectorized = by_name["package, sequential"], by_name["package, vectorized launcher"]
+            rows.append({"case": case, "target": "vectorized launcher: >= 3x faster than the basic launcher", "value": ratio(basic["wall_s"], vectorized["wall_s"]), "limit": 3.0, "better": "higher"})
+            same = basic["accuracies"] is not None and basic["accuracies"] == vectorized["accuracies"]
+            rows.append({"case": case, "target": "each job's test accuracy equal to its solo run's", "value": float(same), "limit": 1.0, "better": "higher", "unit": "(1: all equal)"})
+        elif case.startswith("6 "):
+            first, last = variants[0], variants[-1]
+            rows.append({"case": case, "target": f"seconds per job at {last['variant']} vs {first['variant']} (1/K would be {1 / last['jobs']:.3g})", "value": ratio(last["per_job_s"], first["per_job_s"]), "limit": 4 / last["jobs"], "better": "lower"})
         elif case.startswith("4 "):
             rows.append({"case": case, "target": "--help < 1.5x `import torch`", "value": ratio(by_name["package --help"]["wall_s"], by_name["python -c 'import torch'"]["wall_s"]), "limit": 1.5, "better": "lower"})
     for row in rows:
@@ -213,9 +250,9 @@ def markdown(report: dict) -> str:
         unit = row.get("unit", "x")
         lines.append(f"| {row['case']} | {row['target']} | {number(row['value'])} {unit} | {'yes' if row['met'] else 'no'} |")
     for case, variants in report["results"].items():
-        lines += ["", f"## Case {case}", "", "| variant | wall s | per-epoch s | test acc | peak MB | wall s, each run |", "|---|---|---|---|---|---|"]
+        lines += ["", f"## Case {case}", "", "| variant | jobs | wall s | s per job | per-epoch s | test acc | peak MB | wall s, each run |", "|---|---|---|---|---|---|---|---|"]
         for v in variants:
-            lines.append(f"| {v['variant']} | {number(v['wall_s'])} | {number(v['epoch_s'])} | {number(v['test_acc'], 4)} | {number(v['peak_mb'])} | {v['wall_s_all']} |")
+            lines.append(f"| {v['variant']} | {v['jobs']} | {number(v['wall_s'])} | {number(v['per_job_s'])} | {number(v['epoch_s'])} | {number(v['test_acc'], 4)} | {number(v['peak_mb'])} | {v['wall_s_all']} |")
         lines += ["", "Commands:", ""] + [f"- {v['variant']}: `{v['command']}`" for v in variants]
     return "\n".join(lines) + "\n"
 
@@ -251,7 +288,7 @@ def main() -> None:
         import torch
 
         devices = (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]) if args.devices == "auto" else args.devices.split(",")
-        plan = {name: variants for device in devices for name, variants in cases(args, work, data, device).items() if name[0] in args.cases.split(",")}
+        plan = dict(sorted((name, variants) for device in devices for name, variants in cases(args, work, data, device).items() if name[0] in args.cases.split(",")))
         for rep in range(reps):
             for name, variants in plan.items():
                 for variant in variants:
