@@ -32,6 +32,21 @@ def test_every_experiment_composes_and_builds(experiment: str, tmp_path: Path, m
     assert model(x[:2]).shape[0] == 2
 
 
+@pytest.mark.parametrize("overrides, sweeper", [
+    ([], "experiments_plugins.grid_sweeper.GridSweeper"),  # Hydra's basic sweeper's place, for every -m
+    (["hydra/sweeper=basic"], "experiments_plugins.grid_sweeper.GridSweeper"),
+    (["hydra/sweeper=optuna"], "experiments_plugins.optuna_sweeper.OptunaSweeper"),
+    (["sweep=optuna_lr"], "experiments_plugins.optuna_sweeper.OptunaSweeper"),  # a preset's override /hydra/sweeper wins
+])
+def test_the_sweeper_composes_without_hydras_schema_warning(overrides: list[str], sweeper: str, tmp_path: Path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Hydra warns when a config file shadows one of its own schemas
+        cfg = compose_train(overrides, tmp_path)
+    assert cfg.hydra.sweeper._target_ == f"hydra_plugins.{sweeper}"
+
+
 def test_default_experiment_is_linear_regression_on_synthetic_data(tmp_path: Path):
     cfg = compose_train([], tmp_path)
     assert cfg.data._target_.endswith("SyntheticLineDataModule")

@@ -183,6 +183,9 @@ MISTAKES = [
     (["trainer.max_epochs=0"], ["trainer.max_epochs must be a positive integer"]),
     (["-m", "hydra/launcher=slurm", "trainer.max_epochs=1"], ["hydra/launcher=slurm needs SLURM"]),
     (["scheduler=onecycle", "optimizer=adagrad"], ["scheduler settings rejected by torch.optim.lr_scheduler.OneCycleLR"]),
+    (["-m", "hydra/sweeper=optuna", "seed=glob(*)"], ["seed=glob(*) offers no value to choose from"]),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=[minimize,maximize]"], ["hydra.sweeper.direction has 2 values", "optimises one objective"]),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,bogus:1}"], ["hydra.sweeper.pruner:", "unexpected keyword argument 'bogus'"]),
 ]
 
 

@@ -132,7 +132,7 @@ def overrides_of(argv: list[str]) -> list[str]:
 
 def config_error(error: Exception, argv: list[str], config_name: str) -> str | None:
     """One sentence for a mistake Hydra or OmegaConf found in the command line; None for anything else."""
-    from hydra.errors import HydraException, OverrideParseException
+    from hydra.errors import HydraException, InstantiationException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     if not isinstance(error, (HydraException, OmegaConfBaseException)):
@@ -146,6 +146,8 @@ def config_error(error: Exception, argv: list[str], config_name: str) -> str | N
             key, _, value = unusual.partition("=")
             return f"{unusual}: Hydra reads a value with spaces or non-ASCII characters only in quotes; pass it as '{key}=\"{value}\"'."
         return f"{error}".splitlines()[0].rstrip(".") + "; see `--help` for the form of key=value and group=option."
+    if isinstance(error, InstantiationException):
+        return instantiation_error(error, overrides)
     missing = re.match(r"Could not override '([^']+)'", head)
     if missing and "+" + missing[1] in " ".join(rest):
         return unknown_key(missing[1], [o for o in overrides if key_of(o) != missing[1]], config_name)
@@ -155,6 +157,21 @@ def config_error(error: Exception, argv: list[str], config_name: str) -> str | N
     if "Missing mandatory value" in head and (key := re.search(r"full_key: (\S+)", str(error))):
         return f"{key[1]}= is required; see `--help`."
     return head.rstrip(".") + "."
+
+
+def instantiation_error(error: Exception, overrides: list[str]) -> str:
+    """One sentence for a `_target_` (given on the command line or in a config) that Hydra could
+    not import or call, naming its key."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    head = lines[0] if lines else type(error).__name__
+    target = re.search(r"target '([^']+)'", head)
+    name = target[1].rsplit(".", 1)[-1] if target else ""
+    full_key = re.search(r"full_key: (\S+)", str(error))
+    given = full_key[1] if full_key else next((key_of(o) for o in overrides if name and name in o), None)
+    cause = f": {error.__cause__}" if error.__cause__ is not None and "Error in call" in head else ""
+    what = head.split(", set env var HYDRA_FULL_ERROR")[0].rstrip(":.")
+    message = " ".join(f"{what}{cause}".split())
+    return f"{given}: {message}; give a class that exists, with arguments it takes." if given else f"{message}."
 
 
 def unknown_key(key: str, others: list[str], config_name: str) -> str:

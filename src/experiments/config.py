@@ -38,11 +38,12 @@ def check_positive(key: str, value: float) -> None:
         raise UserError(f"{key} must be a positive number, got {value!r}.")
 
 
-def check_values(cfg: DictConfig, overrides: list[str] = ()) -> None:
+def check_values(cfg: DictConfig, overrides: list[str] = (), choices: dict[str, str] | None = None) -> None:
     """Checks that need no data and no torch, so a mistyped value fails before the slow imports."""
     for override in overrides:
         key = override[1:].partition("=")[0]
-        if override.startswith("+") and not override.startswith("++") and "." not in key and "/" not in key and not (CONF_DIR / key).is_dir():
+        group = key in (choices or {}) or (CONF_DIR / key).is_dir()  # +group=option adds a config group
+        if override.startswith("+") and not override.startswith("++") and "." not in key and "/" not in key and not group:
             top = ", ".join(str(k) for k in cfg.keys() if k != "run_dir")
             raise UserError(f"{override} adds a key nothing here reads; the config's keys are {top} (a Trainer argument goes in as +trainer.NAME=VALUE).")
     check_positive("optimizer.lr", cfg.optimizer.get("lr"))

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.config import CONF_DIR
 
 # TensorBoard's session status for each run status (api_pb2.Status names; it has none for "stopped early").
-SESSION_STATUS = {"finished": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE", "running": "STATUS_RUNNING"}
+SESSION_STATUS = {"finished": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN", "pruned": "STATUS_UNKNOWN", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE", "running": "STATUS_RUNNING"}
 
 
 def plain(value: Any) -> int | float | str | bool:

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.cli import quiet_lightning
 from experiments.config import check_values
+from experiments.search import job_trial
 from experiments.state import RunInfo, RunState
 
 
@@ -39,7 +40,7 @@ def new_state(cfg: DictConfig, info: RunInfo, datamodule: Any) -> RunState:
 
 def train(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
     """Fit and test the configured experiment in `info.run_dir`; return what its metrics.json holds."""
-    check_values(cfg, info.overrides)
+    check_values(cfg, info.overrides, info.choices)
     quiet_lightning()
     import lightning.pytorch as pl
 
@@ -58,7 +59,12 @@ def train(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
         del checkpoint
     state = new_state(cfg, info, datamodule)
     loggers = [*instantiate_group(cfg.get("logger"), "logger"), MetricHistory(state, model.metric_directions())]
-    trainer = make_trainer(cfg, run_callbacks([state], [loggers], info.multirun), loggers, [AtomicCheckpointIO()], info.run_dir)
+    callbacks = run_callbacks([state], [loggers], info.multirun)
+    if (trial := job_trial(cfg)) is not None:
+        from experiments.callbacks.pruning import TrialPruning
+
+        callbacks.append(TrialPruning([state], [trial]))
+    trainer = make_trainer(cfg, callbacks, loggers, [AtomicCheckpointIO()], info.run_dir)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         if state.status == "running":
@@ -67,4 +73,7 @@ def train(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
     except (Diverged, KeyboardInterrupt, SystemExit):  # Lightning's SIGTERMException is a SystemExit
         if state.status == "running":  # stopped before the fit started: nothing was recorded
             raise KeyboardInterrupt from None
+    except Exception as error:
+        if not getattr(error, "run_status", None):  # an exception that ends a run as planned (pruned)
+            raise
     return state.result()

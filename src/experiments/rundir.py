@@ -124,12 +124,13 @@ _created: dict[str, Path] = {}  # run directory -> the outermost folder this pro
 
 
 def discard(run_dir: Path) -> None:
-    """Remove a run directory that a refused start left with nothing but Hydra's files, and the
-    empty folders made for it."""
+    """Remove a run or sweep directory that a refused start left with nothing but Hydra's files,
+    and the empty folders made for it."""
+    run_dir = run_dir.absolute()
     if not run_dir.is_dir() or any(p.name not in (".hydra", "train.log") for p in run_dir.iterdir()):
         return
+    top = _created.get(str(run_dir.resolve())) or _created.get(str(run_dir))
     shutil.rmtree(run_dir, ignore_errors=True)
-    top = _created.get(str(run_dir.resolve()))
     folder = run_dir.parent
     while top is not None and folder.is_relative_to(top) and folder.exists() and not any(folder.iterdir()):
         folder.rmdir()
@@ -164,8 +165,14 @@ def claim_run_dir(config: DictConfig) -> None:
 
 
 def check_launcher(config: DictConfig) -> None:
-    """A launcher that needs a cluster finds it, before the sweep writes anything."""
+    """A launcher that needs a cluster finds it, and the sweeper's settings hold, before the sweep
+    writes anything."""
     import shutil
+
+    if str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper"):
+        from hydra_plugins.experiments_plugins.optuna_sweeper import check_settings
+
+        check_settings(config)
 
     target = str(config.hydra.launcher.get("_target_", ""))
     if target.endswith("SlurmLauncher") and not (shutil.which("sbatch") and shutil.which("srun")):
@@ -191,6 +198,8 @@ class RunDirectoryCheck(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             check_launcher(config)
+            if (top := first_missing(sweep_dir)) is not None:
+                _created[str(sweep_dir.absolute())] = top.absolute()
             check_writable("hydra.sweep.dir", sweep_dir)
             own(sweep_dir, "hydra.sweep.dir")  # run again later into the same directory, a sweep resumes
         except UserError as error:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("running", "finished", "interrupted", "diverged", "failed")
+STATUSES = ("running", "finished", "pruned", "interrupted", "diverged", "failed")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-STATUS_ORDER = {"finished": 0, "interrupted": 1, "diverged": 2, "failed": 3}
+STATUS_ORDER = {"finished": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:

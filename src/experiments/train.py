@@ -94,7 +94,7 @@ def resumable_job(run_dir: Path) -> bool:
     """A sweep job run again in its directory (a requeue after preemption, or a rerun of the sweep)
     that stopped before finishing and left a checkpoint."""
     metrics = run_dir / "metrics.json"
-    finished = metrics.is_file() and json.loads(metrics.read_text()).get("status") == "finished"
+    finished = metrics.is_file() and json.loads(metrics.read_text()).get("status") in ("finished", "pruned")
     return (run_dir / "checkpoints" / "last.ckpt").is_file() and not finished
 
 
@@ -182,7 +182,7 @@ def main(cfg: DictConfig) -> float | None:
         print_summary(result)
     if result is not None and result["status"] == "interrupted":
         sys.exit(130 if "SIGINT" in result["reason"] else 143)  # as a shell reports a signal; a sweep stops too
-    if result is None or result["status"] != "finished":
+    if result is None or result["status"] not in ("finished", "pruned"):  # pruning is the search's own choice
         # Hydra's launchers run every job before raising a failure, so stopping means exiting here.
         if not info.multirun or cfg.fail_fast:
             sys.exit(1)

@@ -173,7 +173,9 @@ class StatusRecord:
         if trainer.state.fn == "fit":
             self.count(trainer)
         status, reason = outcome(exception, trainer)
+        epochs = getattr(exception, "epochs", None)  # an epoch whose validation stopped the run is a completed one
         for _, state in self.running():
+            state.epochs = state.epochs if epochs is None else epochs
             saved = (state.run_dir / "checkpoints" / "last.ckpt").is_file()
             state.end(status, f"{reason}; resume={shell_path(state.run_dir)} continues from checkpoints/last.ckpt" if status == "interrupted" and saved else reason)
         self.write(trainer, tolerant=True)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.config import UserError
 from experiments.state import RunInfo
 
-PER_RUN_KEYS = ("optimizer", "scheduler", "seed", "monitor", "monitor_mode", "fail_fast", "run_dir", "resume", "ckpt_path")
+PER_RUN_KEYS = ("optimizer", "scheduler", "seed", "monitor", "monitor_mode", "fail_fast", "run_dir", "resume", "ckpt_path", "trial")
 POPULATION_CALLBACKS = ("ModelCheckpoint", "ProgressLine")  # what a population gives each run
 FULL_PRECISION = ("32-true", "32", "64-true", "64")
 PLACEHOLDER = "@run_dir@"
@@ -33,6 +33,7 @@ class Job:
     cfg: DictConfig  # the job's config with `run_dir` set to its directory (no ${hydra:} left)
     info: RunInfo
     resume_step: int | None = None  # the step of its last.ckpt when it continues
+    trial: Any = None  # its Optuna trial, when hydra/sweeper=optuna prunes
 
     @property
     def run_dir(self) -> Path:
@@ -77,7 +78,7 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
     from experiments.config import check_values
 
     for job in jobs:
-        check_values(job.cfg, job.info.overrides)
+        check_values(job.cfg, job.info.overrides, job.info.choices)
     quiet_lightning()
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -85,6 +86,7 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
     from experiments import speedups
     from experiments.build import build_model, check_accelerator, instantiate, instantiate_group
     from experiments.callbacks.progress import ProgressLine
+    from experiments.callbacks.pruning import TrialPruning
     from experiments.callbacks.recorder import MetricHistory
     from experiments.population.checkpoints import PopulationCheckpointIO, PopulationCheckpoints
     from experiments.population.module import PopulationModule, StoppedByFailFast
@@ -111,11 +113,12 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
     population = PopulationModule(models, [m.optimizer_factory for m in models], [m.scheduler_config for m in models], states, loggers, fail_fast)
     progress = [c for c in instantiate_group(first.get("callbacks"), "callbacks") if isinstance(c, ProgressLine)]
     saving = PopulationCheckpoints(checkpoints)
+    pruning = [TrialPruning(states, [job.trial for job in jobs])] if any(job.trial is not None for job in jobs) else []
     resume = [job.run_dir / "checkpoints" / "last.ckpt" for job in jobs] if jobs[0].resume_step is not None else None
     trainer = instantiate(
         first.trainer,
         "trainer",
-        callbacks=[*progress, saving, *run_callbacks(states, loggers, multirun=True)],
+        callbacks=[*progress, saving, *run_callbacks(states, loggers, multirun=True), *pruning],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=bool(progress),

@@ -204,15 +204,24 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         self.population_optimizer.any_frozen = True
         epochs, values = self.diverged_epoch.tolist(), self.diverged_loss.tolist()
         for i in rows:
-            state = self.states[i]
-            state.epochs, state.steps = epochs[i], steps[i]
-            state.epoch_seconds = list(state.epoch_seconds)  # no longer the population's shared list
-            state.end("diverged", f"train loss became {values[i]} at epoch {epochs[i] + 1}, step {steps[i] + 1}")
-            if self.trainer.is_global_zero:
-                state.write()
-            log.info("%s diverged: %s", state.run_dir.name, state.reason)
+            self.stop_run(i, "diverged", f"train loss became {values[i]} at epoch {epochs[i] + 1}, step {steps[i] + 1}", epochs[i], steps[i])
         if self.fail_fast:
             raise StoppedByFailFast(f"{self.states[rows[0]].run_dir.name} diverged and fail_fast=true stops the sweep")
+
+    def stop_run(self, index: int, status: str, reason: str, epoch: int | None = None, step: int | None = None) -> None:
+        """Run `index` ends here (diverged, or pruned by its Optuna trial): its weights stay as they
+        are, the others go on."""
+        optimizer = self.population_optimizer
+        optimizer.freeze([index])
+        optimizer.any_frozen = True
+        state = self.states[index]
+        state.epochs = self.current_epoch if epoch is None else epoch
+        state.steps = self.global_step if step is None else step
+        state.epoch_seconds = list(state.epoch_seconds)  # no longer the population's shared list
+        state.end(status, reason)
+        if self.trainer.is_global_zero:
+            state.write()
+        log.info("%s %s: %s", state.run_dir.name, status, reason)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._schedule_states = checkpoint.get("population.schedules")

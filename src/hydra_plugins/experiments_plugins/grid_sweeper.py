@@ -1,4 +1,4 @@
-"""hydra/sweeper=grid (the default): what Hydra's basic sweeper does, a grid over comma-separated
+"""hydra/sweeper=basic, the default: what Hydra's own basic sweeper does, a grid over comma-separated
 values handed to the launcher in batches, except that jobs whose directory already holds a final
 result are not launched again.
 
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
@@ -27,7 +28,20 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
-FINAL = ("finished", "diverged")
+
+
+CONFIG = {
+    "_target_": "hydra_plugins.experiments_plugins.grid_sweeper.GridSweeper",
+    "max_batch_size": None,  # jobs handed to the launcher at a time; None: all of them
+    "params": None,  # key: comma-separated values, as the sweep presets (conf/sweep/) set them
+}
+# Under the name of Hydra's own basic sweeper, so every -m run gets this one while a config's
+# `override /hydra/sweeper: optuna` (as lightning-hydra-template writes it) still picks another: a
+# primary config's own override of hydra/sweeper would win over it. Hydra scans its core plugins,
+# which store its basic sweeper, before the hydra_plugins package, so this entry replaces that one
+# (tests/test_sweep.py checks that the default sweeper is this one).
+ConfigStore.instance().store(group="hydra/sweeper", name="basic", node=CONFIG, provider="experiments")
+FINAL = ("finished", "diverged", "pruned")
 # Each job's composed config, kept for the launcher: composing one costs about 70 ms, and a
 # sweep would otherwise compose every job three times (to check it, to find its directory, to run it).
 COMPOSED: dict[tuple[str, ...], DictConfig] = {}
@@ -48,7 +62,7 @@ def grid(overrides: list[Any]) -> list[list[str]]:
         key = override.get_key_element()
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
-                raise HydraException(f"hydra/sweeper=grid takes lists of values; {key} is a {override.value_type.name} (hydra/sweeper=optuna searches ranges).")
+                raise HydraException(f"hydra/sweeper=basic takes lists of values; {key} is a {override.value_type.name} (hydra/sweeper=optuna searches ranges).")
             axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:
             axes.append([f"{key}={override.get_value_element_as_str()}"])

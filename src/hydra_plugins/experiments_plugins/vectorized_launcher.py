@@ -85,6 +85,7 @@ class VectorizedLauncher(Launcher):
         from experiments.config import UserError
         from experiments.population.group import Job, train_group
         from experiments.rundir import own
+        from experiments.search import job_trial
         from experiments.state import RunInfo, failure_record, write_json
 
         members = sorted(members, key=lambda i: str(configs[i].optimizer._target_))  # one update rule per class
@@ -106,7 +107,7 @@ class VectorizedLauncher(Launcher):
             info = RunInfo.from_hydra(run_dir)
             step = resume_step(config)
             info.resumed = step is not None
-            jobs.append(Job(cfg, info, step))
+            jobs.append(Job(cfg, info, step, job_trial(cfg)))
             self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
         fail_fast = bool(jobs[0].cfg.get("fail_fast"))
         try:
@@ -156,7 +157,7 @@ def resume_step(config: DictConfig) -> int | None:
         status = json.loads((run_dir / "metrics.json").read_text()).get("status")
     except (OSError, ValueError):
         status = None
-    if not last.is_file() or status in ("finished", "diverged"):
+    if not last.is_file() or status in ("finished", "diverged", "pruned"):
         return None
     import torch
 

@@ -1,0 +1,41 @@
+"""Optuna's pruning for the jobs of hydra/sweeper=optuna with `hydra.sweeper.pruner` set: each
+validation reports the run's monitored metric to its trial, and a run whose trial the study's
+pruner stops ends there as `pruned` (a population's other runs go on)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+
+from experiments.state import RunState
+
+
+class Pruned(RuntimeError):
+    """The study's pruner stopped this run's trial."""
+
+    run_status = "pruned"
+
+    def __init__(self, reason: str, epochs: int) -> None:
+        super().__init__(reason)
+        self.epochs = epochs
+
+
+class TrialPruning(pl.Callback):
+    def __init__(self, states: list[RunState], trials: list[Any | None]) -> None:
+        self.states = states
+        self.trials = trials
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        for i, (state, trial) in enumerate(zip(self.states, self.trials)):
+            metric = state.metrics.get(state.monitor)
+            if trial is None or state.status != "running" or metric is None or metric.final_epoch != trainer.current_epoch + 1:
+                continue
+            trial.report(metric.final, step=metric.final_epoch)
+            if trial.should_prune():
+                reason = f"pruned by {type(trial.study.pruner).__name__} at epoch {metric.final_epoch}, {state.monitor} {metric.final:.6g}"
+                if len(self.states) == 1:
+                    raise Pruned(reason, metric.final_epoch)
+                pl_module.stop_run(i, "pruned", reason, epoch=metric.final_epoch)
