@@ -86,6 +86,8 @@ def test_the_wheel_carries_its_configs_and_trains_from_anywhere(tmp_path: Path):
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)], capture_output=True, text=True, timeout=300)
     assert installed.returncode == 0, installed.stderr[-2000:]
     assert (site / "experiments" / "conf" / "train.yaml").is_file() and not (site / "experiments" / "conf").is_symlink()
+    plugins = ["experiments_plugins/grid_sweeper.py", "experiments_plugins/optuna_sweeper.py", "experiments_plugins/vectorized_launcher.py", "hydra_optuna_sweeper/optuna_sweeper.py"]
+    assert all((site / "hydra_plugins" / p).is_file() for p in plugins)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site), "CI": "true"}
