@@ -4,6 +4,7 @@ of the package reaches into a library's private names."""
 from __future__ import annotations
 
 import ast
+import os
 import functools
 import subprocess
 import sys
@@ -87,3 +88,24 @@ def test_lightning_still_wraps_each_hook_in_the_profilers_profile():
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, profiler=profiler)
     trainer.fit(model, datamodule=ThermometerDataModule())
     assert any("training_step" in name for name in entered) and len(entered) > 50
+
+
+def test_lightning_still_sets_the_nvml_check_and_the_package_removes_it_again():
+    """skip_nvml_probe only pays while importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK and
+    torch's Adam probes the accelerator on every step; a value the user set is left alone."""
+    script = textwrap.dedent(
+        f"""
+        import os, inspect, torch
+        from experiments import cli, speedups
+        import lightning.pytorch
+        assert os.environ.get({speedups.NVML_CHECK!r}) == "1", "Lightning no longer sets it"
+        cli.quiet_lightning()
+        print(os.environ.get({speedups.NVML_CHECK!r}), "check_available=True" in inspect.getsource(torch.optim.Optimizer))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != speedups.NVML_CHECK}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "True"]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env={**env, speedups.NVML_CHECK: "1"})
+    assert done.stdout.split() == ["1", "True"]

@@ -26,6 +26,8 @@ def quiet_lightning() -> None:
     what remains goes through our log handlers once."""
     import lightning.pytorch  # noqa: F401  (it installs its own handlers on import)
 
+    speedups.skip_nvml_probe()
+
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
