@@ -18,7 +18,6 @@ import torch
 from conftest import cli, compose_train, fake_mnist, read_metrics
 from experiments.gradcheck import check_gradient
 from experiments.lr_find import steepest_descent
-from experiments.models.linear import LinearRegression
 from experiments.search import study_storage
 
 SHORT = ["experiment=thermometer_adam", "trainer.max_epochs=300", "trainer.check_val_every_n_epoch=100"]
@@ -179,48 +178,38 @@ def test_the_mlp_gradient_matches_finite_differences_on_sampled_coordinates(tmp_
     assert result["largest_relative_difference"] < 1e-4
 
 
-class WrongBackward(torch.autograd.Function):
-    """y = x, whose backward claims dy/dx = 2."""
+BROKEN_MODEL = textwrap.dedent("""\
+    import torch
+    from experiments.models.linear import LinearRegression
 
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
+    class Twice(torch.autograd.Function):
+        \"\"\"y = x, whose backward claims dy/dx = 2.\"\"\"
 
-    @staticmethod
-    def backward(ctx, grad):
-        return 2 * grad
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
 
+        @staticmethod
+        def backward(ctx, grad):
+            return 2 * grad
 
-class BrokenLine(LinearRegression):
-    def forward(self, x):
-        return WrongBackward.apply(super().forward(x))
+    class BrokenLine(LinearRegression):
+        def forward(self, x):
+            return Twice.apply(super().forward(x))
+    """)
 
 
 def test_a_broken_gradient_is_caught(tmp_path: Path):
-    model = BrokenLine(init_weight=1.0, init_bias=0.0)
+    namespace: dict = {}
+    exec(BROKEN_MODEL, namespace)
+    model = namespace["BrokenLine"](init_weight=1.0, init_bias=0.0)
     x = torch.linspace(1, 5, 11).unsqueeze(1)
     result = check_gradient(model, (x, 3 * x + 1))
     assert result["largest_relative_difference"] > 0.4  # autograd says twice what the loss does
 
 
 def test_gradcheck_exits_non_zero_on_a_broken_gradient_and_zero_on_the_packages_models(tmp_path: Path):
-    (tmp_path / "broken.py").write_text(textwrap.dedent("""\
-        import torch
-        from experiments.models.linear import LinearRegression
-
-        class Twice(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x):
-                return x.clone()
-
-            @staticmethod
-            def backward(ctx, grad):
-                return 2 * grad
-
-        class BrokenLine(LinearRegression):
-            def forward(self, x):
-                return Twice.apply(super().forward(x))
-        """))
+    (tmp_path / "broken.py").write_text(BROKEN_MODEL)
     (tmp_path / "conf" / "model").mkdir(parents=True)
     (tmp_path / "conf" / "model" / "broken.yaml").write_text("_target_: broken.BrokenLine\ninit_weight: 1.0\ninit_bias: 0.0\n")
     env = {"PYTHONPATH": str(tmp_path)}

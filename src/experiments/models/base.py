@@ -131,11 +131,7 @@ class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
             metric.reset()
 
     def on_train_epoch_start(self) -> None:
-        trainer = self.trainer
-        validate_last_epoch(trainer)
-        due = self.global_step + trainer.num_training_batches - self._last_logged_step >= trainer.log_every_n_steps
-        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        self._train_outputs = [] if due or last_epoch or self._last_logged_step < 0 else None
+        self._train_outputs = start_train_epoch(self.trainer, self._last_logged_step)
 
     def on_train_epoch_end(self) -> None:
         # A run resumed from a checkpoint taken at validation ends its first epoch without a step.
@@ -153,6 +149,15 @@ class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_stage("test")
+
+
+def start_train_epoch(trainer: pl.Trainer, last_logged_step: int) -> list | None:
+    """At an epoch's start: validation at the end of training made sure of, and a list to buffer
+    the epoch's training outputs in when its metrics will be logged (None when they will not)."""
+    validate_last_epoch(trainer)
+    due = trainer.global_step + trainer.num_training_batches - last_logged_step >= trainer.log_every_n_steps
+    last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+    return [] if due or last_epoch or last_logged_step < 0 else None
 
 
 def validate_last_epoch(trainer: pl.Trainer) -> None:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from experiments import speedups
-from experiments.models.base import ExperimentModule, build_scheduler, validate_last_epoch
+from experiments.models.base import ExperimentModule, build_scheduler, start_train_epoch
 from experiments.population.optim import PopulationOptimizer
 from experiments.state import RunState
 
@@ -244,11 +244,7 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
                 logger.save()
 
     def on_train_epoch_start(self) -> None:
-        trainer = self.trainer
-        validate_last_epoch(trainer)
-        due = self.global_step + trainer.num_training_batches - self._last_logged_step >= trainer.log_every_n_steps
-        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        self._train_outputs = [] if due or last_epoch or self._last_logged_step < 0 else None
+        self._train_outputs = start_train_epoch(self.trainer, self._last_logged_step)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.step_schedules("step", plateau=False, index=batch_idx)
