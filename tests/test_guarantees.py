@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -233,6 +234,26 @@ def test_ctrl_c_while_starting_leaves_no_directory(tmp_path: Path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert stderr.strip() == "interrupted before training started; nothing was kept"
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_ctrl_c_while_hydra_is_still_setting_up_the_run_leaves_no_directory(tmp_path: Path):
+    """The interruption lands after Hydra made the run directory but before the run's own handler:
+    the same sentence, and the directory goes too."""
+    script = textwrap.dedent(
+        """
+        import experiments.train as train
+        from experiments.cli import run_cli
+
+        def interrupted(cfg):
+            raise KeyboardInterrupt
+        train.run_info = interrupted
+        run_cli(train.main, "train")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script, "trainer.max_epochs=1"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130
+    assert done.stderr.strip() == "interrupted before training started; nothing was kept"
     assert not (tmp_path / "outputs").exists()
 
 

@@ -101,7 +101,10 @@ def run_cli(entry: Callable[[], Any], config_name: str) -> None:
         code = done.code
     except UserError as error:
         code = f"error: {error}"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the run's own handler was reached (Hydra still setting up)
+        from experiments.rundir import discard_claimed
+
+        discard_claimed()
         code = 130
         sys.stderr.write("interrupted before training started; nothing was kept\n")
     except Exception as error:

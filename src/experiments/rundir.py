@@ -137,6 +137,13 @@ def discard(run_dir: Path) -> None:
         folder = folder.parent
 
 
+def discard_claimed() -> None:
+    """Ctrl-C before a run started, wherever it landed: each directory this process claimed and
+    Hydra has written nothing but its own files into goes, with the folders made for it."""
+    for folder in sorted({*_held, *_created}, key=len, reverse=True):
+        discard(Path(folder))
+
+
 def claim_run_dir(config: DictConfig) -> None:
     """Before Hydra writes anything into a single run's directory: the directory is writable, free
     of any other run (unless resume= continues that run), and owned by this process."""
