@@ -109,6 +109,8 @@ class RunState:
     def end(self, status: str, reason: str | None = None) -> None:
         """The run's outcome; the first one stands (an error while recording an interruption
         does not turn it into a failure)."""
+        if status not in STATUSES:
+            raise ValueError(f"a run ends with one of {STATUSES}, not {status!r}")
         if self.status == "running":
             self.status, self.reason = status, reason
 

@@ -31,7 +31,6 @@ class ProgressLine(ProgressBar):
         self._enabled = True
         self._next_render = 0.0
         self._start = 0.0
-        self._last_width = 0
 
     @property
     def stream(self) -> TextIO:
