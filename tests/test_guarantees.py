@@ -190,6 +190,20 @@ MISTAKES = [
 ]
 
 
+# The other entry points that make a directory refuse the same way.
+ENTRY_MISTAKES = [
+    ("experiments.lr_find", ["experiment=thermometer", "optimizer.lr=abc"], ["optimizer.lr must be a positive number, got 'abc'"]),
+    ("experiments.lr_find", ["lr_find.mode=cubic"], ["lr_find.mode must be exponential or linear, got 'cubic'"]),
+    ("experiments.gradcheck", ["gradcheck.coordinates=0"], ["gradcheck.coordinates must be a positive integer"]),
+]
+
+
+@pytest.mark.parametrize("module, args, fragments", ENTRY_MISTAKES, ids=[f"{m} {' '.join(a)}" for m, a, _ in ENTRY_MISTAKES])
+def test_a_mistake_of_another_entry_point_is_one_sentence_and_leaves_nothing(module: str, args: list[str], fragments: list[str], tmp_path: Path):
+    one_sentence(cli(args, tmp_path, module=module), *fragments)
+    assert not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.parametrize("args, fragments", MISTAKES, ids=[" ".join(a) for a, _ in MISTAKES])
 def test_a_mistake_is_one_sentence_and_leaves_nothing(args: list[str], fragments: list[str], finished_run: Path, tmp_path: Path):
     before = snapshot(finished_run)

@@ -123,11 +123,17 @@ def first_missing(folder: Path) -> Path | None:
 _created: dict[str, Path] = {}  # run directory -> the outermost folder this process made for it
 
 
+def hydras_own(path: Path) -> bool:
+    """What Hydra writes into a job's directory before the job runs: `.hydra/` and the job's log
+    (train.log, lr_find.log, ...)."""
+    return path.name == ".hydra" or (path.suffix == ".log" and path.is_file())
+
+
 def discard(run_dir: Path) -> None:
     """Remove a run or sweep directory that a refused start left with nothing but Hydra's files,
     and the empty folders made for it."""
     run_dir = run_dir.absolute()
-    if not run_dir.is_dir() or any(p.name not in (".hydra", "train.log") for p in run_dir.iterdir()):
+    if not run_dir.is_dir() or any(not hydras_own(p) for p in run_dir.iterdir()):
         return
     top = _created.get(str(run_dir.resolve())) or _created.get(str(run_dir))
     shutil.rmtree(run_dir, ignore_errors=True)
