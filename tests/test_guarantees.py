@@ -187,6 +187,8 @@ MISTAKES = [
     (["-m", "hydra/sweeper=optuna", "seed=glob(*)"], ["seed=glob(*) offers no value to choose from"]),
     (["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=[minimize,maximize]"], ["hydra.sweeper.direction has 2 values", "optimises one objective"]),
     (["-m", "hydra/sweeper=optuna", "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,bogus:1}"], ["hydra.sweeper.pruner:", "unexpected keyword argument 'bogus'"]),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=0"], ["hydra.sweeper.n_trials must be a positive integer, got 0"]),
+    (["-m", "hydra/sweeper=optuna", "optimizer.lr=tag(log,interval(1,0))"], ["is not a range Optuna can draw from", "low <= high"]),
 ]
 
 
@@ -195,6 +197,7 @@ ENTRY_MISTAKES = [
     ("experiments.lr_find", ["experiment=thermometer", "optimizer.lr=abc"], ["optimizer.lr must be a positive number, got 'abc'"]),
     ("experiments.lr_find", ["lr_find.mode=cubic"], ["lr_find.mode must be exponential or linear, got 'cubic'"]),
     ("experiments.gradcheck", ["gradcheck.coordinates=0"], ["gradcheck.coordinates must be a positive integer"]),
+    ("experiments.lr_find", ["lr_find.num_training=0"], ["lr_find.num_training must be an integer of at least 2"]),
 ]
 
 

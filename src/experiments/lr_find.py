@@ -65,6 +65,9 @@ def find_lr(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
     settings = cfg.lr_find
     if not 0 < settings.min_lr < settings.max_lr:
         raise UserError(f"lr_find.min_lr and lr_find.max_lr must be positive with min_lr below max_lr, got {settings.min_lr!r} and {settings.max_lr!r}.")
+    steps = settings.num_training
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise UserError(f"lr_find.num_training must be an integer of at least 2 (one learning rate per step), got {steps!r}.")
     if settings.mode not in ("exponential", "linear"):
         raise UserError(f"lr_find.mode must be exponential or linear, got {settings.mode!r}.")
     if settings.suggest not in ("steepest", "lightning"):

@@ -53,18 +53,21 @@ def distribution(override: Any) -> Any:
         if not choices:
             raise UserError(f"{override.input_line} offers no value to choose from; list them, as choice(a, b).")
         return CategoricalDistribution(choices)
-    if override.is_range_sweep():
-        if value.shuffle:
-            return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
-        if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
-            return FloatDistribution(value.start, value.stop, step=value.step)
-        return IntDistribution(int(value.start), int(value.stop), step=int(value.step))
-    if override.is_interval_sweep():
-        integers = isinstance(value.start, int) and isinstance(value.end, int)
-        log_scale = "log" in value.tags
-        if integers:
-            return IntDistribution(int(value.start), int(value.end), log=log_scale)
-        return FloatDistribution(value.start, value.end, log=log_scale)
+    try:
+        if override.is_range_sweep():
+            if value.shuffle:
+                return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+            if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
+                return FloatDistribution(value.start, value.stop, step=value.step)
+            return IntDistribution(int(value.start), int(value.stop), step=int(value.step))
+        if override.is_interval_sweep():
+            integers = isinstance(value.start, int) and isinstance(value.end, int)
+            log_scale = "log" in value.tags
+            if integers:
+                return IntDistribution(int(value.start), int(value.end), log=log_scale)
+            return FloatDistribution(value.start, value.end, log=log_scale)
+    except ValueError as error:  # Optuna's own check of the range
+        raise UserError(f"{override.input_line} is not a range Optuna can draw from ({str(error).rstrip('.')}); give the low end first, both above 0 on a log scale.") from None
     raise UserError(f"{override.get_key_element()} is swept as {override.get_value_element_as_str()}, but hydra/sweeper=optuna takes interval(a, b), tag(log, interval(a, b)), int(interval(a, b)), choice(...) or range(a, b, step).")
 
 
@@ -105,6 +108,10 @@ def check_settings(config: DictConfig) -> None:
     from experiments.cli import instantiation_error
     from experiments.config import UserError
 
+    for key in ("n_trials", "n_jobs"):
+        value = config.hydra.sweeper.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"hydra.sweeper.{key} must be a positive integer, got {value!r}.")
     try:
         sweeper = instantiate(config.hydra.sweeper)
     except InstantiationException as error:
