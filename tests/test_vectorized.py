@@ -74,6 +74,18 @@ def test_no_other_job_moves_by_a_bit_when_one_diverges(thermometer_sweep, tmp_pa
         assert result["parameters"] == with_one[result["hparams"]["optimizer"], result["hparams"]["optimizer.lr"]]["parameters"]
 
 
+def test_a_jobs_own_mistake_fails_that_job_alone_and_the_others_train_as_they_would(thermometer_sweep, tmp_path: Path, capfd):
+    together, _ = thermometer_sweep
+    results = population([[*SHORT, "optimizer=adam", "optimizer.betas=[0.9]"], [*SHORT, "optimizer=sgd", "optimizer.lr=-1"], [*SHORT, "optimizer=adam", "optimizer.lr=0.01"]], tmp_path)
+    assert [r["status"] for r in results] == ["failed", "failed", "finished"]
+    assert results[0]["reason"].startswith("optimizer settings rejected by torch.optim.Adam")
+    assert results[1]["reason"] == "optimizer.lr must be a positive number, got -1."
+    assert read_metrics(tmp_path / "job1")["reason"] == results[1]["reason"]
+    alone = next(r for r in together if r["hparams"]["optimizer"] == "adam" and r["hparams"]["optimizer.lr"] == 0.01)
+    assert results[2]["parameters"] == alone["parameters"] and results[2]["population"]["size"] == 1
+    assert capfd.readouterr().err.count("error: ") == 2
+
+
 def test_an_mlp_population_matches_its_single_runs(tmp_path: Path):
     root = fake_mnist(tmp_path / "digits")
     base = ["experiment=mnist", f"data.root={root}", "data.val_size=40", "data.batch_size=32", "trainer.max_epochs=2", "trainer.deterministic=true"]

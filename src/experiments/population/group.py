@@ -13,6 +13,7 @@ cannot give each run (EarlyStopping, say) trains on its own.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,24 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
     its own best weights. Returns what each job's metrics.json holds."""
     from experiments.cli import quiet_lightning
     from experiments.config import check_values
+    from experiments.state import failure_record, write_json
 
-    for job in jobs:
-        check_values(job.cfg, job.info.overrides, job.info.choices)
+    refused: dict[int, dict[str, Any]] = {}
+
+    def refuse(k: int, error: UserError) -> None:
+        """A job's own mistake fails that job alone, as on the basic launcher."""
+        job = jobs[k]
+        sys.stderr.write(f"error: {error}\n")
+        refused[k] = failure_record(job.run_dir, str(error), job.info.choices, job.info.overrides)
+        write_json(job.run_dir / "metrics.json", refused[k])
+
+    for k, job in enumerate(jobs):
+        try:
+            check_values(job.cfg, job.info.overrides, job.info.choices)
+        except UserError as error:
+            refuse(k, error)
+    if len(refused) == len(jobs):
+        return [refused[k] for k in range(len(jobs))]
     quiet_lightning()
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -92,18 +108,27 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
     from experiments.population.module import PopulationModule, StoppedByFailFast
     from experiments.run import new_state, run_callbacks
 
-    first = jobs[0].cfg
+    first = next(job.cfg for k, job in enumerate(jobs) if k not in refused)
     check_launchable(first)
     check_accelerator(first.trainer)
     pl.seed_everything(first.seed, workers=True, verbose=False)
     datamodule = instantiate(first.data, "data")
     datamodule.load()
+    built = []
+    for k, job in enumerate(jobs):
+        if k not in refused:
+            pl.seed_everything(job.cfg.seed, workers=True, verbose=False)  # each replica starts where its single run would
+            try:
+                built.append((k, job, build_model(job.cfg, datamodule, job.info.choices)))
+            except UserError as error:
+                refuse(k, error)
+    if not built:
+        return [refused[k] for k in range(len(jobs))]
+    trained = [job for _, job, _ in built]
     models, states, loggers, checkpoints = [], [], [], []
-    for job in jobs:
-        pl.seed_everything(job.cfg.seed, workers=True, verbose=False)  # each replica starts where its single run would
-        model = build_model(job.cfg, datamodule, job.info.choices)
+    for _, job, model in built:
         state = new_state(job.cfg, job.info, datamodule)
-        state.population = {"size": len(jobs), "jobs": [j.run_dir.name for j in jobs]}
+        state.population = {"size": len(trained), "jobs": [j.run_dir.name for j in trained]}
         if states:
             state.epoch_seconds = states[0].epoch_seconds  # the runs of a population share every epoch
         models.append(model)
@@ -113,8 +138,8 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
     population = PopulationModule(models, [m.optimizer_factory for m in models], [m.scheduler_config for m in models], states, loggers, fail_fast)
     progress = [c for c in instantiate_group(first.get("callbacks"), "callbacks") if isinstance(c, ProgressLine)]
     saving = PopulationCheckpoints(checkpoints)
-    pruning = [TrialPruning(states, [job.trial for job in jobs])] if any(job.trial is not None for job in jobs) else []
-    resume = [job.run_dir / "checkpoints" / "last.ckpt" for job in jobs] if jobs[0].resume_step is not None else None
+    pruning = [TrialPruning(states, [job.trial for job in trained])] if any(job.trial is not None for job in trained) else []
+    resume = [job.run_dir / "checkpoints" / "last.ckpt" for job in trained] if trained[0].resume_step is not None else None
     trainer = instantiate(
         first.trainer,
         "trainer",
@@ -124,7 +149,7 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
         enable_progress_bar=bool(progress),
         plugins=[PopulationCheckpointIO(resume)],
         **({} if "profiler" in first.trainer else {"profiler": speedups.quiet_profiler()}),
-        default_root_dir=str(jobs[0].run_dir.parent),
+        default_root_dir=str(trained[0].run_dir.parent),
     )
     try:
         trainer.fit(population, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
@@ -145,4 +170,5 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
         for run_loggers, state in zip(loggers, states):
             for logger in run_loggers:
                 logger.finalize("success" if state.status == "finished" else "failed")
-    return [state.result() for state in states]
+    results = {k: state.result() for (k, _, _), state in zip(built, states)}
+    return [results[k] if k in results else refused[k] for k in range(len(jobs))]
