@@ -198,6 +198,7 @@ ENTRY_MISTAKES = [
     ("experiments.lr_find", ["lr_find.mode=cubic"], ["lr_find.mode must be exponential or linear, got 'cubic'"]),
     ("experiments.gradcheck", ["gradcheck.coordinates=0"], ["gradcheck.coordinates must be a positive integer"]),
     ("experiments.lr_find", ["lr_find.num_training=0"], ["lr_find.num_training must be an integer of at least 2"]),
+    ("experiments.lr_find", ["experiment=thermometer", "trainer=ddp_cpu"], ["experiments.lr_find runs the range test in one process on one device"]),
 ]
 
 

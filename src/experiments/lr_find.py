@@ -68,6 +68,9 @@ def find_lr(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
     steps = settings.num_training
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise UserError(f"lr_find.num_training must be an integer of at least 2 (one learning rate per step), got {steps!r}.")
+    strategy, devices = str(cfg.trainer.get("strategy") or "auto"), cfg.trainer.get("devices")
+    if "ddp" in strategy or (isinstance(devices, int) and devices > 1) or int(cfg.trainer.get("num_nodes") or 1) > 1:
+        raise UserError(f"experiments.lr_find runs the range test in one process on one device, so it takes no trainer.strategy={strategy} or trainer.devices={devices}; leave out trainer=ddp or ddp_cpu (train with them afterwards).")
     if settings.mode not in ("exponential", "linear"):
         raise UserError(f"lr_find.mode must be exponential or linear, got {settings.mode!r}.")
     if settings.suggest not in ("steepest", "lightning"):
