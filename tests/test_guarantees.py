@@ -188,6 +188,9 @@ MISTAKES = [
     (["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=[minimize,maximize]"], ["hydra.sweeper.direction has 2 values", "optimises one objective"]),
     (["-m", "hydra/sweeper=optuna", "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,bogus:1}"], ["hydra.sweeper.pruner:", "unexpected keyword argument 'bogus'"]),
     (["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=0"], ["hydra.sweeper.n_trials must be a positive integer, got 0"]),
+    (["-m", "resume=outputs/runs/x", "optimizer=sgd,adam"], ["resume= continues one run; run it without -m"]),
+    (["-m", "hydra/launcher=vectorized", "resume=outputs/runs/x", "optimizer=sgd,adam"], ["resume= continues one run; run it without -m"]),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.storage=sqlite:////nonexistent/dir/x.db"], ["hydra.sweeper.storage=sqlite:////nonexistent/dir/x.db cannot be opened", "unable to open database file"]),
     (["-m", "hydra/sweeper=optuna", "optimizer.lr=tag(log,interval(1,0))"], ["is not a range Optuna can draw from", "low <= high"]),
 ]
 

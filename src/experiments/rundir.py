@@ -69,6 +69,8 @@ def check_resume_dir(resume: str) -> Path:
     return run_dir
 
 
+RESUME_ONE_RUN = "resume= continues one run; run it without -m (a sweep run again into its directory resumes its unfinished jobs)."
+
 # What resume= may change of a run: how long to train, where its data now lives, what runs it.
 RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.accelerator", "trainer.devices", "data.root", "data.cache_dir", "data.download", "callbacks.progress.")
 RESUME_IGNORED = ("resume", "ckpt_path", "run_dir", "fail_fast")
@@ -182,6 +184,8 @@ def check_launcher(config: DictConfig) -> None:
     writes anything."""
     import shutil
 
+    if config.get("resume"):
+        raise UserError(RESUME_ONE_RUN)
     if str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper"):
         from hydra_plugins.experiments_plugins.optuna_sweeper import check_settings
 

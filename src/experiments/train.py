@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from experiments.cli import run_cli
 from experiments.config import CONF_DIR, UserError
-from experiments.rundir import check_continuation, discard, own
+from experiments.rundir import RESUME_ONE_RUN, check_continuation, discard, own
 from experiments.state import RunInfo, failure_record, write_json
 
 log = logging.getLogger("experiments")
@@ -126,7 +126,7 @@ def run_job(cfg: DictConfig, info: RunInfo) -> tuple[dict[str, Any] | None, bool
 
     if cfg.get("resume"):
         if info.multirun:
-            raise UserError("resume= continues one run; run it without -m (a sweep run again into its directory resumes its unfinished jobs).")
+            raise UserError(RESUME_ONE_RUN)  # a swept resume=a,b: each job says so
         check_continuation(cfg, Path(cfg.resume))
         cfg.ckpt_path = str(info.run_dir / "checkpoints" / "last.ckpt")
         return train(cfg, info), False

@@ -199,11 +199,19 @@ class OptunaSweeper(Sweeper):
         direction, sampler, pruner = self.direction(), built("sampler", settings["sampler"]), built("pruner", settings["pruner"])
         extend = get_method(self.custom_search_space) if self.custom_search_space else None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        storage = None
+        if settings["storage"]:  # a database of the user's: opened before anything is written
+            try:
+                storage = study_storage(settings["storage"], sweep_dir)
+            except Exception as error:  # SQLAlchemy's and Optuna's errors, whatever the database
+                discard(sweep_dir)
+                first = (str(error).splitlines() or [type(error).__name__])[0]
+                raise UserError(f"hydra.sweeper.storage={settings['storage']} cannot be opened ({first}); give a database URL Optuna can open, such as sqlite:///study.db, or leave it null to keep the study in the sweep directory.") from None
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         study = optuna.create_study(
             study_name=settings["study_name"] or DEFAULT_STUDY,
-            storage=study_storage(settings["storage"], sweep_dir),
+            storage=storage or study_storage(None, sweep_dir),
             sampler=sampler,
             pruner=pruner,
             direction=direction,
