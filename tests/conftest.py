@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +44,19 @@ def cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = Non
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def terminate_at_epoch(args: list[str], cwd: Path, epoch: int) -> int:
+    """Start `python -m experiments.train ARGS` for real, SIGTERM it once its progress line shows
+    `epoch` (args set a max_epochs and a frequent plain progress line); its exit code."""
+    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(cwd / ".cache")}
+    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if (match := re.search(r"epoch (\d+)/\d+", line)) and int(match[1]) >= epoch:
+            process.send_signal(signal.SIGTERM)
+            break
+    process.stdout.read()
+    return process.wait(timeout=60)
 
 
 def only_run_dir(cwd: Path) -> Path:

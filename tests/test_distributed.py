@@ -3,17 +3,12 @@ the submitit launcher's local executor, and sweep jobs that resume when run agai
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import cli, compose_train, fake_mnist, only_run_dir, read_metrics, train_in_process
+from conftest import cli, compose_train, fake_mnist, only_run_dir, read_metrics, terminate_at_epoch, train_in_process
 from experiments.config import gpu_for_job
 from experiments.data.mnist import MNISTDataModule
 from experiments.data.thermometer import ThermometerDataModule
@@ -105,14 +100,7 @@ def test_submitit_local_executor_runs_a_two_job_sweep(tmp_path: Path):
 def test_a_sweep_job_run_again_after_preemption_resumes_from_its_checkpoint(tmp_path: Path):
     """What a SLURM requeue does: the same job, in the same directory, after a SIGTERM."""
     args = ["-m", "experiment=thermometer", "trainer.max_epochs=3000", "trainer.check_val_every_n_epoch=100", "optimizer.lr=0.01", "callbacks.progress.plain_every_seconds=0.05"]
-    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / ".cache")}
-    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-        if (match := re.search(r"epoch (\d+)/3000", line)) and int(match[1]) >= 700:
-            process.send_signal(signal.SIGTERM)
-            break
-    process.stdout.read()
-    assert process.wait(timeout=60) == 143
+    assert terminate_at_epoch(args, tmp_path, 700) == 143
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
     job = next(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     stopped = read_metrics(job)

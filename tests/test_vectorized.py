@@ -5,11 +5,8 @@ diverging job, survive interruption, and refuse what they cannot do in one sente
 from __future__ import annotations
 
 import csv
-import os
 import re
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from conftest import cli, compose_train, fake_mnist, read_metrics, train_in_process
+from conftest import cli, compose_train, fake_mnist, read_metrics, terminate_at_epoch, train_in_process
 from experiments.population.group import Job, group_key, train_group
 from experiments.state import RunInfo
 
@@ -172,14 +169,7 @@ def test_a_jobs_checkpoints_re_test_and_resume_as_a_single_runs(vectorized_cli, 
 
 def test_an_interrupted_population_resumes_where_it_stopped(tmp_path: Path):
     args = ["-m", "hydra/launcher=vectorized", "experiment=thermometer", "trainer.max_epochs=6000", "trainer.check_val_every_n_epoch=1000", "optimizer=sgd,adam", "optimizer.lr=0.01", "callbacks.progress.plain_every_seconds=0.01", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / ".cache")}
-    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-        if (match := re.search(r"epoch (\d+)/6000", line)) and int(match[1]) >= 1500:
-            process.send_signal(signal.SIGTERM)
-            break
-    process.stdout.read()
-    assert process.wait(timeout=60) == 143
+    assert terminate_at_epoch(args, tmp_path, 1500) == 143
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
     stopped = [read_metrics(job) for job in jobs]
     assert [r["status"] for r in stopped] == ["interrupted", "interrupted"] and 1500 <= stopped[0]["steps"] < 6000
