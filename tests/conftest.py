@@ -69,6 +69,17 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def scalar_history(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar a run logged as it trained, as TensorBoard's own reader reads its event files:
+    tag -> (step, value). (The HParams `best/*` values are left out: a run resumed writes them
+    again when it ends, and the HParams tab shows the last.)"""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"] if not tag.startswith("best/")}
+
+
 def fake_mnist(folder: Path, n_train: int = 300, n_test: int = 60, gz: bool = True, seed: int = 0) -> Path:
     return write_fake_set(folder, n_train, n_test, gz, seed)
 

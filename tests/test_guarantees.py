@@ -192,6 +192,18 @@ MISTAKES = [
     (["-m", "hydra/launcher=vectorized", "resume=outputs/runs/x", "optimizer=sgd,adam"], ["resume= continues one run; run it without -m"]),
     (["-m", "hydra/sweeper=optuna", "hydra.sweeper.storage=sqlite:////nonexistent/dir/x.db"], ["hydra.sweeper.storage=sqlite:////nonexistent/dir/x.db cannot be opened", "unable to open database file"]),
     (["-m", "hydra/sweeper=optuna", "optimizer.lr=tag(log,interval(1,0))"], ["is not a range Optuna can draw from", "low <= high"]),
+    (["-m", "optimizer.lrr=0.1,0.2"], ["optimizer.lrr is not a key of optimizer", "did you mean optimizer.lr?"]),
+    (["-m", "optimizer=choice(adam,nosuchopt)"], ["Could not find 'optimizer/nosuchopt'", "adagrad, adam"]),
+    (["-m", "hydra/launcher=vectorized", "optimizer.lrr=3", "optimizer.lr=0.1,0.2"], ["optimizer.lrr is not a key of optimizer", "did you mean optimizer.lr?"]),
+    (["scheduler=step", "scheduler.frequency=0"], ["scheduler.frequency must be a positive integer", "got 0"]),
+    (["model._target_=experiments.models.nowhere.Model"], ["model._target_=experiments.models.nowhere.Model cannot be imported", "give a class that exists"]),
+    (["experiment=thermometer", "scheduler=plateau", "scheduler.monitor=val/acc"], ["scheduler.monitor=val/acc is not a metric this model logs", "val/loss"]),
+    (["experiment=thermometer", "scheduler=plateau", "scheduler.mode=max"], ["scheduler.mode=max but val/loss is better when lower", "scheduler.mode=min"]),
+    (["model.optimizer.lr=0.1"], ["model.optimizer.lr is lightning-hydra-template's key; here it is optimizer.lr"]),
+    (["-m", "model.net.lin1_size=64,128"], ["model.net.lin1_size is lightning-hydra-template's key; here it is model.hidden"]),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize"], ["hydra.sweeper.direction=maximize contradicts val/loss, which is better when lower"]),
+    (["-m", "hydra/sweeper=optuna", "optimized_metric=val/acc_best"], ["optimized_metric=val/acc_best names val/acc, which this model does not log"]),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.max_failure_rate=2"], ["hydra.sweeper.max_failure_rate must be a number from 0 to 1"]),
 ]
 
 
@@ -244,11 +256,22 @@ def test_evaluate_mistakes_are_one_sentence(args: list[str], fragments: list[str
     one_sentence(cli(args, tmp_path, module="experiments.evaluate"), *fragments)
 
 
-def test_ctrl_c_while_starting_leaves_no_directory(tmp_path: Path):
+STARTS = {
+    "run": (["trainer.max_epochs=1"], "outputs/runs/*/.hydra/overrides.yaml"),
+    "sweep": (["-m", "trainer.max_epochs=1", "optimizer.lr=0.1,0.2"], "outputs/sweeps/*/*/.hydra/overrides.yaml"),
+    "optuna": (["-m", "trainer.max_epochs=1", "hydra/sweeper=optuna", "optimizer.lr=interval(0.1,0.2)", "hydra.sweeper.n_jobs=1"], "outputs/sweeps/*/*/.hydra/overrides.yaml"),
+}
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_ctrl_c_while_starting_leaves_no_directory(start: str, tmp_path: Path):
+    """Ctrl-C while the first job loads torch: its directory goes, and so does a sweep's (with its
+    multirun.yaml and Optuna journal)."""
+    args, made = STARTS[start]
     env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / ".cache")}
-    process = subprocess.Popen([sys.executable, "-m", "experiments.train", "trainer.max_epochs=1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not list(tmp_path.glob("outputs/runs/*/.hydra/overrides.yaml")):  # Hydra made the run directory; torch is still loading
+    while not list(tmp_path.glob(made)):  # Hydra made the run directory; torch is still loading
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)

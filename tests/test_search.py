@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,9 @@ import optuna
 import pytest
 import torch
 
-from conftest import cli, compose_train, fake_mnist, read_metrics
+from omegaconf import OmegaConf
+
+from conftest import cli, compose_train, fake_mnist, only_run_dir, read_metrics
 from experiments.gradcheck import check_gradient
 from experiments.lr_find import steepest_descent
 from experiments.search import study_storage
@@ -49,9 +52,12 @@ def test_an_optuna_search_runs_its_trials_reports_the_best_and_continues_when_ru
     assert f"python -m experiments.train experiment=thermometer_adam trainer.max_epochs=300 trainer.check_val_every_n_epoch=100 optimizer.lr={best.params['optimizer.lr']!r}" in done.stdout
     assert "4 jobs: 4 finished" in done.stdout and (sweep / "summary.csv").is_file()
     assert (sweep / "optuna_history.png").is_file() and (sweep / "optuna_importances.png").is_file()
+    results = OmegaConf.load(sweep / "optimization_results.yaml")  # as the official plugin writes it
+    assert results == {"name": "optuna", "best_params": best.params, "best_value": best.value}
     again = cli(["-m", *args], tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [t.number for t in trials(sweep)] == list(range(8)) and len(jobs(sweep)) == 8
+    assert len({t.params["optimizer.lr"] for t in trials(sweep)}) == 8  # the continued study draws new values
     assert "Best of 8 trials" in again.stdout
 
 
@@ -66,14 +72,18 @@ def test_the_preset_searches_in_populations_and_its_best_command_trains_alone(tm
     assert line.split("with: ")[1] == f"python -m experiments.train {' '.join(SHORT)} optimizer.lr={best.params['optimizer.lr']!r}"  # no sweep=
 
 
-def test_a_config_written_for_the_official_plugin_runs_unchanged(tmp_path: Path):
+def test_a_search_written_for_the_template_and_the_official_plugin_runs(tmp_path: Path):
+    """lightning-hydra-template's mnist_optuna.yaml, its keys named as this package names them:
+    the official plugin's class path, sampler group and max_failure_rate, the template's
+    optimized_metric and direction; the best trial's command trains it alone."""
     search = tmp_path / "configs" / "hparams_search"
     search.mkdir(parents=True)
-    (search / "thermometer_optuna.yaml").write_text(textwrap.dedent("""\
+    (search / "mnist_optuna.yaml").write_text(textwrap.dedent("""\
         # @package _global_
-        # As lightning-hydra-template writes a search for hydra-optuna-sweeper.
         defaults:
           - override /hydra/sweeper: optuna
+          - override /hydra/sweeper/sampler: tpe
+        optimized_metric: "val/acc_best"
         hydra:
           mode: "MULTIRUN"
           sweeper:
@@ -81,22 +91,59 @@ def test_a_config_written_for_the_official_plugin_runs_unchanged(tmp_path: Path)
             storage: null
             study_name: null
             n_jobs: 1
-            direction: minimize
+            direction: maximize
             n_trials: 3
+            max_failure_rate: 0.0
             sampler:
               _target_: optuna.samplers.TPESampler
               seed: 1234
               n_startup_trials: 2
             params:
-              optimizer.lr: interval(0.001, 0.1)
-              optimizer: choice(adam, rmsprop)
+              optimizer.lr: interval(0.0001, 0.1)
+              data.batch_size: choice(32, 64)
+              model.hidden: choice([16], [32])
         """))
-    done = cli([f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "+hparams_search=thermometer_optuna", *SHORT, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=600)
+    root = fake_mnist(tmp_path / "digits")
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'configs'}]"
+    args = [searchpath, "+hparams_search=mnist_optuna", "experiment=mnist", f"data.root={root}", "data.val_size=40", "trainer.max_epochs=1"]
+    done = cli([*args, "hydra/launcher=vectorized", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "hydra.sweeper.n_jobs=1 hands the launcher one trial at a time" in done.stdout
     study = trials(tmp_path / "sweep")
-    assert len(study) == 3 and {t.params["optimizer"] for t in study} <= {"adam", "rmsprop"}
-    assert all(0.001 <= t.params["optimizer.lr"] <= 0.1 for t in study)
-    assert "Best of 3 trials" in done.stdout
+    assert len(study) == 3 and {t.params["data.batch_size"] for t in study} <= {32, 64}
+    for trial in study:  # the objective is each trial's best val/acc, maximised
+        record = read_metrics(next(p for p in jobs(tmp_path / "sweep") if p.name.startswith(f"trial{trial.number:03d}")))
+        assert trial.value == record["metrics"]["val/acc"]["best"] and record["monitor"]["name"] == "val/acc"
+    best = max(study, key=lambda t: t.value)
+    assert f"Best of 3 trials: trial {best.number}, maximized to {best.value:.6g}" in done.stdout
+    command = next(l for l in done.stdout.splitlines() if "train it again with:" in l).split("with: ")[1]
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "experiments.train"] and words[-1] == "hydra.mode=RUN" and searchpath in words
+    again = cli(words[3:], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    run = only_run_dir(tmp_path)
+    assert read_metrics(run)["metrics"]["val/acc"]["best"] == best.value  # the trial, trained alone
+
+
+def test_a_pruner_never_prunes_a_trial_at_its_last_validation_and_says_when_it_cannot_act(tmp_path: Path):
+    args = [
+        "-m", "experiment=thermometer", "trainer.max_epochs=300", "trainer.check_val_every_n_epoch=500", "hydra/sweeper=optuna",
+        "optimizer.lr=choice(0.0001,0.01)", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "hydra.sweeper.sampler={_target_:optuna.samplers.BruteForceSampler}",
+        "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,upper:20.0}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    done = cli(args, tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "these runs validate every 500 epochs of 300, so no trial will be pruned" in done.stdout
+    assert sorted(t.state.name for t in trials(tmp_path / "sweep")) == ["COMPLETE", "COMPLETE"]
+    slow = next(read_metrics(p) for p in jobs(tmp_path / "sweep") if "0.0001" in p.name)
+    assert slow["status"] == "finished" and slow["monitor"]["best"] > 20 and set(slow["test"]) == {"test/loss"}
+
+
+def test_max_failure_rate_stops_the_search_as_the_official_plugin_does(tmp_path: Path):
+    args = ["-m", "experiment=thermometer", "trainer.max_epochs=50", "hydra/sweeper=optuna", "optimizer.lr=choice(0.5)", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "hydra.sweeper.max_failure_rate=0", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    done = cli(args, tmp_path)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("error: 1 of the 1 trials of the last batch failed or diverged")
+    assert [t.state.name for t in trials(tmp_path / "sweep")] == ["FAIL"]  # the search stopped after its first batch
 
 
 @pytest.mark.parametrize("launcher", ["basic", "vectorized"])

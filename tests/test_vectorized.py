@@ -15,7 +15,9 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from conftest import cli, compose_train, fake_mnist, read_metrics, terminate_at_epoch, train_in_process
+from conftest import cli, compose_train, fake_mnist, read_metrics, scalar_history, terminate_at_epoch, train_in_process
+from experiments.config import UserError
+from experiments.evaluate import evaluate
 from experiments.population.group import Job, group_key, train_group
 from experiments.state import RunInfo
 
@@ -61,6 +63,8 @@ def test_a_diverged_job_is_stopped_at_its_step_with_a_single_runs_reason(thermom
     for mine, single in diverged:
         assert mine["reason"] == single["reason"] and re.fullmatch(r"train loss became (inf|nan) at epoch \d+, step \d+", mine["reason"])
         assert mine["epochs"] == single["epochs"] < 400
+        with pytest.raises(UserError, match=r"diverged before it wrote a checkpoint \(train loss became"):
+            evaluate(mine["run_dir"])
 
 
 def test_no_other_job_moves_by_a_bit_when_one_diverges(thermometer_sweep, tmp_path: Path):
@@ -140,6 +144,11 @@ def test_every_job_leaves_a_complete_run_directory(vectorized_cli):
                 checkpoint = torch.load(job / "checkpoints" / f"{name}.ckpt", weights_only=True)
                 assert set(checkpoint["state_dict"]) == {"linear.weight", "linear.bias"} and checkpoint["run_config"]["run_dir"] == str(job)
                 assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == record["hparams"]["optimizer.lr"]
+    diverged = [job.name for job in jobs if read_metrics(job)["status"] == "diverged"]
+    for job in jobs:  # each job's log has its own summary or reason, and no other job's
+        text = (job / "train.log").read_text()
+        assert ("Finished in" in text) == (job.name not in diverged)
+        assert [name for name in diverged if f"{name} diverged" in text] == ([job.name] if job.name in diverged else [])
     multiplexer = EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(sweep))
     multiplexer.Reload()
@@ -168,20 +177,25 @@ def test_a_jobs_checkpoints_re_test_and_resume_as_a_single_runs(vectorized_cli, 
 
 
 def test_an_interrupted_population_resumes_where_it_stopped(tmp_path: Path):
-    args = ["-m", "hydra/launcher=vectorized", "experiment=thermometer", "trainer.max_epochs=6000", "trainer.check_val_every_n_epoch=1000", "optimizer=sgd,adam", "optimizer.lr=0.01", "callbacks.progress.plain_every_seconds=0.01", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    assert terminate_at_epoch(args, tmp_path, 1500) == 143
+    """Stopped mid-epoch (8 mini-batches an epoch), resumed: each job's weights and metric history,
+    the interrupted epoch's train metrics included, are those of its run never stopped."""
+    settings = ["experiment=linear_synthetic", "trainer.max_epochs=1000", "trainer.check_val_every_n_epoch=100", "trainer.deterministic=true"]
+    args = ["-m", "hydra/launcher=vectorized", *settings, "optimizer=sgd,adam", "optimizer.lr=0.01", "callbacks.progress.plain_every_seconds=0.01", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert terminate_at_epoch(args, tmp_path, 250) == 143
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
     stopped = [read_metrics(job) for job in jobs]
-    assert [r["status"] for r in stopped] == ["interrupted", "interrupted"] and 1500 <= stopped[0]["steps"] < 6000
+    assert [r["status"] for r in stopped] == ["interrupted", "interrupted"] and 249 * 8 <= stopped[0]["steps"] < 1000 * 8
     assert "resume=" in stopped[0]["reason"] and all((job / "checkpoints" / "last.ckpt").is_file() for job in jobs)
-    done = cli(args[:-1] + [f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=600)
+    done = cli(args, tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 jobs: 2 finished" in done.stdout
     for i, job in enumerate(jobs):
         record = read_metrics(job)
         optimizer = [o for o in record["overrides"] if o.startswith("optimizer")]
-        straight = train_in_process(["experiment=thermometer", "trainer.max_epochs=6000", "trainer.check_val_every_n_epoch=1000", *optimizer], tmp_path / f"straight{i}")
+        straight = train_in_process([*settings, *optimizer], tmp_path / f"straight{i}")
         assert record["status"] == "finished" and record["parameters"] == straight["parameters"]
+        assert record["metrics"] == straight["metrics"] and scalar_history(job) == scalar_history(tmp_path / f"straight{i}")
+        assert "Finished in" in (job / "train.log").read_text()  # the job's own summary, after the resume too
 
 
 def test_fail_fast_stops_the_population_at_its_first_diverged_job(tmp_path: Path):
@@ -192,6 +206,23 @@ def test_fail_fast_stops_the_population_at_its_first_diverged_job(tmp_path: Path
     assert statuses == ["diverged", "interrupted"] and not (tmp_path / "sweep" / "summary.csv").exists()
     interrupted = next(r for r in records.values() if r["status"] == "interrupted")
     assert "fail_fast" in interrupted["reason"] and Path(interrupted["run_dir"], "checkpoints", "last.ckpt").is_file()
+    # It stopped at a step boundary, so resuming it ends exactly where the job alone ends.
+    done = cli([f"resume={interrupted['run_dir']}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = read_metrics(Path(interrupted["run_dir"]))
+    alone = train_in_process([*SHORT, "optimizer=sgd", "optimizer.lr=0.01"], tmp_path / "alone")
+    assert resumed["epochs"] == resumed["steps"] == 400 and {k: resumed[k] for k in SAME} == {k: alone[k] for k in SAME}
+
+
+def test_a_job_whose_value_is_refused_is_not_grouped_and_fail_fast_stops_before_anything_trains(tmp_path: Path):
+    done = cli(["-m", "hydra/launcher=vectorized", *SHORT[:3], "optimizer.lr=-0.2,0.01,0.001", f"hydra.sweep.dir={tmp_path / 'on'}"], tmp_path)
+    assert done.returncode == 1 and "3 jobs, 2 of them in 1 group(s) trained together" in done.stdout
+    assert "error: optimizer.lr must be a positive number, got -0.2." in done.stderr
+    records = sorted((r["status"], next(o for o in r["overrides"] if o.startswith("optimizer.lr="))) for r in map(read_metrics, (tmp_path / "on").glob("*/")))
+    assert records == [("failed", "optimizer.lr=-0.2"), ("finished", "optimizer.lr=0.001"), ("finished", "optimizer.lr=0.01")]
+    done = cli(["-m", "hydra/launcher=vectorized", *SHORT[:3], "optimizer.lr=-0.2,0.01,0.001", "fail_fast=true", f"hydra.sweep.dir={tmp_path / 'stop'}"], tmp_path)
+    assert done.returncode == 1 and "error: optimizer.lr must be a positive number, got -0.2." in done.stderr
+    assert [p.name for p in (tmp_path / "stop").iterdir() if p.is_dir()] == ["experiment=thermometer,optimizer.lr=-0.2,trainer.check_val_every_n_epoch=100,trainer.max_epochs=400"]
 
 
 def test_a_population_refuses_distributed_training_in_one_sentence(tmp_path: Path):

@@ -35,6 +35,17 @@ def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
         raise UserError(f"{key} could not be built: {cause or error}.") from None
 
 
+def import_class(target: str, key: str) -> Any:
+    """The class `key._target_` names, or one sentence saying why it cannot be imported."""
+    import importlib
+
+    module, _, name = str(target).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise UserError(f"{key}._target_={target} cannot be imported ({type(error).__name__}: {error}); give a class that exists, with its module on PYTHONPATH.") from None
+
+
 def instantiate_group(group: DictConfig | None, key: str) -> list[Any]:
     return [instantiate(node, f"{key}.{name}") for name, node in (group or {}).items() if "_target_" in node]
 
@@ -63,16 +74,28 @@ def check_accelerator(trainer: DictConfig) -> None:
         raise UserError(f"trainer.devices must be a number of devices, a list of GPU indices, -1 or auto, got {devices!r}.")
 
 
-def build_scheduler_config(cfg: DictConfig) -> dict[str, Any] | None:
-    """Lightning's lr_scheduler dict for `scheduler`: the torch scheduler as a partial, and how to step it."""
+def build_scheduler_config(cfg: DictConfig, directions: dict[str, bool]) -> dict[str, Any] | None:
+    """Lightning's lr_scheduler dict for `scheduler`: the torch scheduler as a partial, and how to
+    step it; `directions` are the model's metrics (higher is better?), which `monitor` must name."""
     node = cfg.get("scheduler")
     if not node:
         return None
     stepping = {k: node[k] for k in LIGHTNING_SCHEDULER_KEYS if k in node}
-    make = instantiate(OmegaConf.create({k: v for k, v in node.items() if k not in LIGHTNING_SCHEDULER_KEYS}), "scheduler")
     interval = stepping.get("interval", "epoch")
     if interval not in ("epoch", "step"):
         raise UserError(f"scheduler.interval must be epoch or step, got {interval!r}.")
+    frequency = stepping.get("frequency", 1)
+    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+        raise UserError(f"scheduler.frequency must be a positive integer (the schedule steps every that many {interval}s), got {frequency!r}.")
+    monitor = stepping.get("monitor")
+    if monitor is not None:  # what ReduceLROnPlateau watches
+        monitorable = [name for name in directions if not name.startswith("test/")]
+        if monitor not in monitorable:
+            raise UserError(f"scheduler.monitor={monitor} is not a metric this model logs; pick one of {', '.join(monitorable)}.")
+        mode, better = node.get("mode"), "max" if directions[monitor] else "min"
+        if mode in ("min", "max") and mode != better:
+            raise UserError(f"scheduler.mode={mode} but {monitor} is better when {'higher' if better == 'max' else 'lower'}; set scheduler.mode={better}.")
+    make = instantiate(OmegaConf.create({k: v for k, v in node.items() if k not in LIGHTNING_SCHEDULER_KEYS}), "scheduler")
     return {"scheduler": make, "name": "train/lr", **stepping}
 
 
@@ -94,9 +117,12 @@ def build_model(cfg: DictConfig, datamodule: Any, choices: dict[str, str]) -> An
     """The model sized from the data, with its optimizer and schedule, each tried on a copy of its
     weights. `monitor_mode=auto` becomes the monitored metric's own direction."""
     import torch
-    from hydra.utils import get_class
 
-    model_class = get_class(cfg.model._target_)
+    from experiments.models.base import ExperimentModule
+
+    model_class = import_class(cfg.model._target_, "model")
+    if not (isinstance(model_class, type) and issubclass(model_class, ExperimentModule)):
+        raise UserError(f"model._target_={cfg.model._target_} is not an experiments.models.base.ExperimentModule; give a subclass of it (see README, Extending).")
     if getattr(model_class, "task", None) != datamodule.task:
         raise UserError(
             f"model={choices.get('model', model_class.__name__)} needs {model_class.needs}, "
@@ -110,7 +136,7 @@ def build_model(cfg: DictConfig, datamodule: Any, choices: dict[str, str]) -> An
         raise UserError(f"monitor={cfg.monitor} is not a metric this model logs; pick one of {', '.join(monitorable)}.")
     if cfg.monitor_mode == "auto":
         cfg.monitor_mode = "max" if directions[cfg.monitor] else "min"
-    model.scheduler_config = build_scheduler_config(cfg)
+    model.scheduler_config = build_scheduler_config(cfg, directions)
     check_optimizer(cfg, model, torch)
     return model
 

@@ -94,6 +94,8 @@ def run_cli(entry: Callable[[], Any], config_name: str) -> None:
     # Hydra's own error printing spans several lines; with this set its exceptions reach us.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = [sys.argv[0], *prepare_arguments(sys.argv[1:])]
+    from experiments.rundir import discard_claimed
+
     code: int | str | None = 0
     try:
         entry()
@@ -102,9 +104,6 @@ def run_cli(entry: Callable[[], Any], config_name: str) -> None:
     except UserError as error:
         code = f"error: {error}"
     except KeyboardInterrupt:  # before the run's own handler was reached (Hydra still setting up)
-        from experiments.rundir import discard_claimed
-
-        discard_claimed()
         code = 130
         sys.stderr.write("interrupted before training started; nothing was kept\n")
     except Exception as error:
@@ -112,6 +111,8 @@ def run_cli(entry: Callable[[], Any], config_name: str) -> None:
         if message is None:
             raise
         code = f"error: {message}"
+    if isinstance(code, str) or code == 130:  # a refused or interrupted start leaves nothing behind
+        discard_claimed()
     speedups.exit_now(code)
 
 
@@ -179,9 +180,45 @@ def instantiation_error(error: Exception, overrides: list[str]) -> str:
     return f"{given}: {message}; give a class that exists, with arguments it takes." if given else f"{message}."
 
 
+def one_job(overrides: list[str]) -> list[str]:
+    """A sweep's overrides as one of its jobs has them (the first value of each list), which
+    Hydra's compose API takes."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    single = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if not override.is_sweep_override():
+            single.append(override.input_line)
+        elif override.is_discrete_sweep():
+            single += [f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()][:1]
+    return single
+
+
+# Keys a lightning-hydra-template config (or search) brings, and where the setting lives here.
+TEMPLATE_KEYS = {
+    "model.optimizer.": ("optimizer.", "the optimizer is a config group of its own"),
+    "model.scheduler.": ("scheduler.", "the learning-rate schedule is a config group of its own"),
+    "model.lr": ("optimizer.lr", "the optimizer is a config group of its own"),
+    "model.net.": ("model.hidden", "the hidden layer widths are one list, such as model.hidden=[64,128]"),
+    "datamodule.": ("data.", "the data module's config group is data"),
+}
+
+
+def template_key(key: str) -> str | None:
+    """The sentence for a lightning-hydra-template key, naming this package's for it."""
+    for theirs, (ours, why) in TEMPLATE_KEYS.items():
+        if key == theirs or (theirs.endswith(".") and key.startswith(theirs)):
+            here = ours + key[len(theirs) :] if ours.endswith(".") else ours
+            return f"{key} is lightning-hydra-template's key; here it is {here} ({why})."
+    return None
+
+
 def unknown_key(key: str, others: list[str], config_name: str) -> str:
     """The sentence for a key that is not in the config: the closest one that is, and its siblings."""
     import difflib
+
+    if (sentence := template_key(key)) is not None:
+        return sentence
 
     from hydra import compose, initialize_config_dir
     from omegaconf import DictConfig, OmegaConf
@@ -191,7 +228,7 @@ def unknown_key(key: str, others: list[str], config_name: str) -> str:
     parent, _, leaf = key.rpartition(".")
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name, overrides=[o for o in others if not o.startswith(("hydra.", "hydra/"))])
+            cfg = compose(config_name, overrides=one_job([o for o in others if not o.startswith(("hydra.", "hydra/"))]))
         node = OmegaConf.select(cfg, parent) if parent else cfg
     except Exception:  # the rest of the command line has its own mistake: name this one plainly
         node = None

@@ -29,6 +29,11 @@ def find_checkpoint(run: str, which: str) -> Path:
             candidate = path / "checkpoints" / f"{name}.ckpt"
             if candidate.is_file():
                 return candidate
+        from experiments.state import read_json
+
+        record = read_json(path / "metrics.json") or {}
+        if record.get("status") in ("diverged", "failed", "interrupted", "pruned"):
+            raise UserError(f"run={run} {record['status']} before it wrote a checkpoint ({record.get('reason')}), so there are no weights to test.")
         raise UserError(f"run={run} holds no checkpoints/{which}.ckpt; pass a run directory written by experiments.train or a .ckpt file.")
     raise UserError(f"run={run} does not exist; pass a run directory under outputs/ or a .ckpt file.")
 

@@ -73,7 +73,7 @@ RESUME_ONE_RUN = "resume= continues one run; run it without -m (a sweep run agai
 
 # What resume= may change of a run: how long to train, where its data now lives, what runs it.
 RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.accelerator", "trainer.devices", "data.root", "data.cache_dir", "data.download", "callbacks.progress.")
-RESUME_IGNORED = ("resume", "ckpt_path", "run_dir", "fail_fast")
+RESUME_IGNORED = ("resume", "ckpt_path", "run_dir", "fail_fast", "optimized_metric")
 
 
 def flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -125,19 +125,30 @@ def first_missing(folder: Path) -> Path | None:
 _created: dict[str, Path] = {}  # run directory -> the outermost folder this process made for it
 
 
-def hydras_own(path: Path) -> bool:
+# What a sweep writes at its root before its first job trains: Hydra's record of the sweep, and
+# hydra/sweeper=optuna's study (experiments.search.JOURNAL) with the lock Optuna takes on it.
+SWEEP_FILES = ("multirun.yaml", "optuna.journal", "optuna.journal.lock")
+
+
+def hydras_own(path: Path, sweep_made_here: bool = False) -> bool:
     """What Hydra writes into a job's directory before the job runs: `.hydra/` and the job's log
-    (train.log, lr_find.log, ...)."""
-    return path.name == ".hydra" or (path.suffix == ".log" and path.is_file())
+    (train.log, lr_find.log, ...); and, in a sweep directory this process made, the sweep's files
+    and job directories holding nothing else yet."""
+    if path.name == ".hydra" or (path.suffix == ".log" and path.is_file()):
+        return True
+    if not sweep_made_here:
+        return False
+    return path.name in SWEEP_FILES or (path.is_dir() and all(hydras_own(p) for p in path.iterdir()))
 
 
 def discard(run_dir: Path) -> None:
     """Remove a run or sweep directory that a refused start left with nothing but Hydra's files,
-    and the empty folders made for it."""
+    and the empty folders made for it. A sweep directory that existed before (a sweep run again
+    into it) keeps its files."""
     run_dir = run_dir.absolute()
-    if not run_dir.is_dir() or any(not hydras_own(p) for p in run_dir.iterdir()):
-        return
     top = _created.get(str(run_dir.resolve())) or _created.get(str(run_dir))
+    if not run_dir.is_dir() or any(not hydras_own(p, sweep_made_here=top is not None) for p in run_dir.iterdir()):
+        return
     shutil.rmtree(run_dir, ignore_errors=True)
     folder = run_dir.parent
     while top is not None and folder.is_relative_to(top) and folder.exists() and not any(folder.iterdir()):

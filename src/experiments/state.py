@@ -164,6 +164,33 @@ class RunState:
         self.path = list(zip(trajectory.get("steps", []), trajectory.get("w", []), trajectory.get("b", [])))
 
 
+def summary_text(result: dict[str, Any]) -> str:
+    """The lines printed when a run ends: how it ended, its best and test values, a line's weights,
+    and where to look."""
+    status = result["status"]
+    head = f"{status.capitalize()} in {result['wall_time_s']:.1f} s: {result['epochs']} epochs, {result['steps']} steps."
+    lines = [head if status == "finished" else f"{head} Reason: {result['reason']}."]
+    monitor = result.get("monitor") or {}
+    if monitor.get("best") is not None:
+        lines.append(f"  best {monitor['name']} {monitor['best']:.6g} (epoch {monitor['epoch']})")
+    if result.get("test"):
+        lines.append("  " + ", ".join(f"{k} {v:.6g}" for k, v in result["test"].items()))
+
+    def numbers(parameters: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in parameters.items())
+
+    if result.get("parameters"):
+        lines.append(f"  {numbers(result['parameters'])} (final)")
+    best = result.get("best_parameters")
+    if best and best != result.get("parameters"):
+        lines.append(f"  {numbers(best)} (best.ckpt, which the test used)")
+    run_dir = Path(result["run_dir"])
+    shown = run_dir.relative_to(Path.cwd()) if run_dir.is_relative_to(Path.cwd()) else run_dir
+    lines.append(f"  run dir: {shown}")
+    lines.append(f"  tensorboard --logdir {shown}")
+    return "\n".join(lines)
+
+
 _medians: dict[int, tuple[int, float]] = {}
 
 

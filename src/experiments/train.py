@@ -22,8 +22,8 @@ from omegaconf import DictConfig
 
 from experiments.cli import run_cli
 from experiments.config import CONF_DIR, UserError
-from experiments.rundir import RESUME_ONE_RUN, check_continuation, discard, own
-from experiments.state import RunInfo, failure_record, write_json
+from experiments.rundir import RESUME_ONE_RUN, check_continuation, discard_claimed, own
+from experiments.state import RunInfo, failure_record, summary_text, write_json
 
 log = logging.getLogger("experiments")
 
@@ -33,28 +33,7 @@ def run_info(cfg: DictConfig) -> RunInfo:
 
 
 def print_summary(result: dict[str, Any]) -> None:
-    status = result["status"]
-    head = f"{status.capitalize()} in {result['wall_time_s']:.1f} s: {result['epochs']} epochs, {result['steps']} steps."
-    lines = [head if status == "finished" else f"{head} Reason: {result['reason']}."]
-    monitor = result["monitor"]
-    if monitor["best"] is not None:
-        lines.append(f"  best {monitor['name']} {monitor['best']:.6g} (epoch {monitor['epoch']})")
-    if result["test"]:
-        lines.append("  " + ", ".join(f"{k} {v:.6g}" for k, v in result["test"].items()))
-
-    def numbers(parameters: dict[str, Any]) -> str:
-        return ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in parameters.items())
-
-    if result["parameters"]:
-        lines.append(f"  {numbers(result['parameters'])} (final)")
-    best = result.get("best_parameters")
-    if best and best != result["parameters"]:
-        lines.append(f"  {numbers(best)} (best.ckpt, which the test used)")
-    run_dir = Path(result["run_dir"])
-    shown = run_dir.relative_to(Path.cwd()) if run_dir.is_relative_to(Path.cwd()) else run_dir
-    lines.append(f"  run dir: {shown}")
-    lines.append(f"  tensorboard --logdir {shown}")
-    log.info("\n".join(lines))
+    log.info(summary_text(result))
 
 
 def rank_zero() -> bool:
@@ -158,16 +137,14 @@ def main(cfg: DictConfig) -> float | None:
                 raise
             raise UserError(sentence) from error
     except KeyboardInterrupt:  # Ctrl-C before training started (once it has, a run stops at a step boundary)
-        if not cfg.get("resume"):
-            discard(info.run_dir)
+        discard_claimed()  # this run's directory, and a sweep's made for it, if nothing else is there yet
         sys.stderr.write("interrupted before training started; nothing was kept\n")
         sys.exit(130)
     except UserError as error:
         sys.stderr.write(f"error: {error}\n")
         log.debug("error: %s", error)
         if not info.multirun:
-            if not cfg.get("resume"):
-                discard(info.run_dir)  # a mistyped value leaves no empty run behind
+            discard_claimed()  # a mistyped value leaves no empty run behind
             sys.exit(1)  # Hydra would print more for an exception
         record_failure(info, str(error))
         result = None

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class Interruption(pl.Callback):
-    """Its hooks call on to the next class's (experiments.callbacks.checkpoint.LastCheckpoint
+    """Its hooks call on to the next class's (experiments.callbacks.checkpoint.ModelCheckpoint
     combines it with Lightning's ModelCheckpoint)."""
 
     def __init__(self, save_to: str | None = None) -> None:
@@ -46,6 +46,13 @@ class Interruption(pl.Callback):
     def _stop_at_step_boundary(self, signum: int, frame: Any) -> None:
         if callable(self._lightning_sigterm):
             self._lightning_sigterm(signum, frame)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop training at the next step boundary, as SIGTERM does, for `reason` (fail_fast=true in
+        a population): the checkpoint written there resumes exactly."""
+        if self.interrupted_by is None:
+            self.interrupted_by = reason
+            self._stop_at_step_boundary(signal.SIGTERM, None)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.stage == "train" and self.save_to:

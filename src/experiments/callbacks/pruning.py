@@ -34,7 +34,9 @@ class TrialPruning(pl.Callback):
             if trial is None or state.status != "running" or metric is None or metric.final_epoch != trainer.current_epoch + 1:
                 continue
             trial.report(metric.final, step=metric.final_epoch)
-            if trial.should_prune():
+            # A run that trained to its end is not pruned there: its test and its value stand.
+            last = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+            if not last and trial.should_prune():
                 reason = f"pruned by {type(trial.study.pruner).__name__} at epoch {metric.final_epoch}, {state.monitor} {metric.final:.6g}"
                 if len(self.states) == 1:
                     raise Pruned(reason, metric.final_epoch)

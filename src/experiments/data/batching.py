@@ -146,6 +146,26 @@ class TensorDataModule(pl.LightningDataModule):
         """Read or make the data, once; its mistakes (a missing or damaged file) surface here."""
         if self.splits is None:
             self.splits = self.load_splits()
+            self.check_splits()
+
+    def check_splits(self) -> None:
+        """The tensors are what `input_shape`, `num_outputs` and `task` promise the model."""
+        name = type(self).__name__
+        for split, (inputs, targets) in self.splits.items():
+            if tuple(inputs.shape[1:]) != tuple(self.input_shape):
+                raise UserError(
+                    f"{name}.input_shape is {tuple(self.input_shape)}, but load_splits() returns {split} inputs of shape "
+                    f"{tuple(inputs.shape[1:])} per sample; make input_shape match the tensors."
+                )
+            if len(targets) != len(inputs):
+                raise UserError(f"{name}.load_splits() returns {len(inputs)} {split} inputs but {len(targets)} targets; give one target per input.")
+            if self.task == "regression" and tuple(targets.shape[1:]) != (self.num_outputs,):
+                raise UserError(
+                    f"{name}.num_outputs is {self.num_outputs}, but load_splits() returns {split} targets of shape "
+                    f"{tuple(targets.shape[1:])} per sample; regression targets are ({self.num_outputs},) per sample."
+                )
+            if self.task == "classification" and len(targets) and (targets.is_floating_point() or targets.ndim != 1 or not 0 <= int(targets.min()) <= int(targets.max()) < self.num_outputs):
+                raise UserError(f"{name}.load_splits() returns {split} targets that are not class indices from 0 to {self.num_outputs - 1} (num_outputs); give one integer label per sample.")
 
     def setup(self, stage: str | None = None) -> None:
         self.load()

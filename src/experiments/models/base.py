@@ -50,6 +50,8 @@ class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
             setattr(self, f"{stage}_metrics", metrics)
         self._last_logged_step = -1
         self._train_outputs: list[tuple[Tensor, Tensor, Tensor]] | None = []
+        self._resumed_epoch: dict[str, Any] | None = None  # from the checkpoint a run resumes
+        self._in_epoch = False  # between an epoch's start and its end
 
     def extra_metrics(self) -> dict[str, Metric]:
         return {}
@@ -130,10 +132,24 @@ class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
         for metric in metrics.values():
             metric.reset()
 
+    def on_train_start(self) -> None:
+        if self._resumed_epoch is not None:  # resumed: the epoch it continues, mid-epoch or at its end
+            self._train_outputs, self._in_epoch = resumed_outputs(self.trainer, self._resumed_epoch), self._resumed_epoch["mid_epoch"]
+            self._resumed_epoch = None
+
     def on_train_epoch_start(self) -> None:
         self._train_outputs = start_train_epoch(self.trainer, self._last_logged_step)
+        self._in_epoch = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TRAIN_EPOCH] = train_epoch_record(self.trainer, self._last_logged_step, self._train_outputs, self._in_epoch)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resumed_epoch = checkpoint.get(TRAIN_EPOCH)
+        self._last_logged_step = (self._resumed_epoch or {}).get("last_logged_step", -1)
 
     def on_train_epoch_end(self) -> None:
+        self._in_epoch = False
         # A run resumed from a checkpoint taken at validation ends its first epoch without a step.
         if not self._train_outputs:
             return
@@ -149,6 +165,29 @@ class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_stage("test")
+
+
+TRAIN_EPOCH = "train_epoch"  # checkpoint key: how far the epoch's training metrics have come
+
+
+def train_epoch_record(trainer: pl.Trainer, last_logged_step: int, outputs: list | None, in_epoch: bool) -> dict[str, Any]:
+    """What a checkpoint keeps of the training metrics, so that a resumed run logs them at the
+    same steps with the same values as a run never stopped: the step they were last logged at
+    and, in a checkpoint taken mid-epoch (an interruption), the outputs of the epoch's batches so
+    far. One taken at the validation closing an epoch keeps the state as of that epoch's end."""
+    if in_epoch and not trainer.training:  # the epoch's closing validation: it logs its metrics next, if it kept outputs
+        return {"last_logged_step": trainer.global_step if outputs else last_logged_step, "mid_epoch": False, "outputs": None}
+    kept = [(loss, out, target.clone()) for loss, out, target in outputs] if in_epoch and outputs is not None else None
+    return {"last_logged_step": last_logged_step, "mid_epoch": in_epoch, "outputs": kept}
+
+
+def resumed_outputs(trainer: pl.Trainer, record: dict[str, Any]) -> list | None:
+    """The buffer of the epoch a resumed run continues (Lightning calls no on_train_epoch_start
+    for it): the outputs its checkpoint kept of that epoch's batches, or None."""
+    if not record.get("mid_epoch") or record["outputs"] is None:
+        return None
+    device = trainer.strategy.root_device
+    return [tuple(t.to(device) for t in batch) for batch in record["outputs"]]
 
 
 def start_train_epoch(trainer: pl.Trainer, last_logged_step: int) -> list | None:

@@ -20,7 +20,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from experiments.callbacks.checkpoint import AtomicCheckpointIO, save_atomically
 from experiments.callbacks.interruption import Interruption
-from experiments.population.module import PopulationModule, StoppedByFailFast
+from experiments.models.base import TRAIN_EPOCH
+from experiments.population.module import PopulationModule
 
 REPLICAS = "population.replicas"  # checkpoint key: target path -> that run's own parts
 SCHEDULES = "population.schedules"
@@ -44,9 +45,14 @@ class PopulationCheckpointIO(AtomicCheckpointIO):
         if not self.resume_from:
             return super().load_checkpoint(path, map_location=map_location)
         checkpoints = [torch.load(file, map_location=map_location or "cpu", weights_only=True) for file in self.resume_from]
-        shared = {k: v for k, v in checkpoints[0].items() if k not in ("state_dict", "optimizer_states", "lr_schedulers", "callbacks", "run_config")}
+        shared = {k: v for k, v in checkpoints[0].items() if k not in ("state_dict", "optimizer_states", "lr_schedulers", "callbacks", "run_config", TRAIN_EPOCH)}
+        epoch = checkpoints[0].get(TRAIN_EPOCH)
+        if epoch is not None and epoch["outputs"] is not None:  # each run's outputs of the interrupted epoch, stacked back
+            batches = zip(*(c[TRAIN_EPOCH]["outputs"] for c in checkpoints))
+            epoch = {**epoch, "outputs": [(torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch]), batch[0][2]) for batch in batches]}
         return {
             **shared,
+            TRAIN_EPOCH: epoch,
             "state_dict": {"flat": torch.stack([torch.cat([t.reshape(-1) for t in c["state_dict"].values()]) for c in checkpoints])},
             "optimizer_states": [{"replicas": [c["optimizer_states"][0] for c in checkpoints]}],
             "lr_schedulers": [],
@@ -96,7 +102,7 @@ class PopulationCheckpoints(Interruption):
             self.save(trainer, pl_module, best=True)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: PopulationModule, exception: BaseException) -> None:
-        if isinstance(exception, (SIGTERMException, StoppedByFailFast)) and trainer.state.stage == "train":
+        if isinstance(exception, SIGTERMException) and trainer.state.stage == "train":
             self.save(trainer, pl_module, best=False)
         super().on_exception(trainer, pl_module, exception)
 
@@ -113,4 +119,5 @@ def replica_parts(module: PopulationModule, index: int, callbacks: list[ModelChe
         "hparams_name": "kwargs",
         "hyper_parameters": dict(model.hparams),
         "run_config": module.states[index].config,
+        TRAIN_EPOCH: module.train_epoch_record(index),
     }

@@ -72,9 +72,10 @@ def group_key(cfg: DictConfig, resume_step: int | None) -> tuple[str | None, str
     return json.dumps(shared, sort_keys=True, default=str), ""
 
 
-def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
+def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any] | None]:
     """Train the jobs as one population: one fit over shared batches, then each run's test on
-    its own best weights. Returns what each job's metrics.json holds."""
+    its own best weights. Returns what each job's metrics.json holds (None for a job left
+    untrained because fail_fast=true stopped at another's mistake)."""
     from experiments.cli import quiet_lightning
     from experiments.config import check_values
     from experiments.state import failure_record, write_json
@@ -105,7 +106,7 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
     from experiments.callbacks.pruning import TrialPruning
     from experiments.callbacks.recorder import MetricHistory
     from experiments.population.checkpoints import PopulationCheckpointIO, PopulationCheckpoints
-    from experiments.population.module import PopulationModule, StoppedByFailFast
+    from experiments.population.module import PopulationModule
     from experiments.run import new_state, run_callbacks
 
     first = next(job.cfg for k, job in enumerate(jobs) if k not in refused)
@@ -122,8 +123,8 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
                 built.append((k, job, build_model(job.cfg, datamodule, job.info.choices)))
             except UserError as error:
                 refuse(k, error)
-    if not built:
-        return [refused[k] for k in range(len(jobs))]
+    if not built or (fail_fast and refused):  # fail_fast=true: the sweep stops at its first failed job, before any trains
+        return [refused.get(k) for k in range(len(jobs))]
     trained = [job for _, job, _ in built]
     models, states, loggers, checkpoints = [], [], [], []
     for _, job, model in built:
@@ -164,7 +165,7 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any]]:
                     population.flat[i] = row.to(population.flat)
             population.tested = set(tested)
             trainer.test(population, datamodule=datamodule, verbose=False, weights_only=True)
-    except (KeyboardInterrupt, SystemExit, StoppedByFailFast):
+    except (KeyboardInterrupt, SystemExit):
         pass  # recorded by the callbacks: each unfinished run is interrupted, with its last.ckpt
     finally:
         for run_loggers, state in zip(loggers, states):

@@ -25,18 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from experiments import speedups
-from experiments.models.base import ExperimentModule, build_scheduler, start_train_epoch
+from experiments.callbacks.interruption import Interruption
+from experiments.models.base import TRAIN_EPOCH, ExperimentModule, build_scheduler, resumed_outputs, start_train_epoch, train_epoch_record
 from experiments.population.optim import PopulationOptimizer
 from experiments.state import RunState
 
 log = logging.getLogger("experiments")
-
-
-class StoppedByFailFast(RuntimeError):
-    """A replica diverged and the sweep asked to stop at its first diverged or failed job: the
-    other runs stop where they are, as if interrupted, with their last.ckpt."""
-
-    run_status = "interrupted"
 
 
 class PopulationModule(speedups.FastHookNames, pl.LightningModule):
@@ -66,6 +60,8 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         self.tested: set[int] = set()  # replicas whose weights the test uses (not diverged)
         self._train_outputs: list[tuple[Tensor, Tensor, Tensor]] | None = []
         self._last_logged_step = -1
+        self._resumed_epoch: dict[str, Any] | None = None
+        self._in_epoch = False
         self.diverged_step = torch.full((len(models),), -1, dtype=torch.long)
         self.diverged_epoch = torch.full((len(models),), -1, dtype=torch.long)
         self.diverged_loss = torch.zeros(len(models))
@@ -206,7 +202,9 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         for i in rows:
             self.stop_run(i, "diverged", f"train loss became {values[i]} at epoch {epochs[i] + 1}, step {steps[i] + 1}", epochs[i], steps[i])
         if self.fail_fast:
-            raise StoppedByFailFast(f"{self.states[rows[0]].run_dir.name} diverged and fail_fast=true stops the sweep")
+            # The others stop at this step's boundary, as SIGTERM stops them, with a last.ckpt that resumes exactly.
+            reason = f"fail_fast=true ({self.states[rows[0]].run_dir.name} diverged)"
+            next(c for c in self.trainer.callbacks if isinstance(c, Interruption)).request_stop(reason)
 
     def stop_run(self, index: int, status: str, reason: str, epoch: int | None = None, step: int | None = None) -> None:
         """Run `index` ends here (diverged, or pruned by its Optuna trial): its weights stay as they
@@ -221,12 +219,17 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         state.end(status, reason)
         if self.trainer.is_global_zero:
             state.write()
-        log.info("%s %s: %s", state.run_dir.name, status, reason)
+        log.info("%s %s: %s", state.run_dir.name, status, reason, extra={"run_dir": state.run_dir})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._schedule_states = checkpoint.get("population.schedules")
+        self._resumed_epoch = checkpoint.get(TRAIN_EPOCH)
+        self._last_logged_step = (self._resumed_epoch or {}).get("last_logged_step", -1)
 
     def on_train_start(self) -> None:
+        if self._resumed_epoch is not None:  # resumed: the epoch it continues, mid-epoch or at its end
+            self._train_outputs, self._in_epoch = resumed_outputs(self.trainer, self._resumed_epoch), self._resumed_epoch["mid_epoch"]
+            self._resumed_epoch = None
         for config, state in zip(self.schedules, getattr(self, "_schedule_states", None) or []):
             if config and state:
                 config["scheduler"].load_state_dict(state)
@@ -245,6 +248,26 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._train_outputs = start_train_epoch(self.trainer, self._last_logged_step)
+        self._in_epoch = True
+
+    def train_epoch_record(self, index: int) -> dict[str, Any]:
+        """Run `index`'s part of the epoch's training outputs, as its single run's checkpoint keeps them."""
+        record = train_epoch_record(self.trainer, self._last_logged_step, self._train_outputs, self._in_epoch)
+        if record["outputs"] is not None:
+            record["outputs"] = [(losses[index], outputs[index], targets) for losses, outputs, targets in record["outputs"]]
+        return record
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Each scheduled run's learning rate, as Lightning's LearningRateMonitor logs a single
+        run's: before the step, on the steps whose logs are due."""
+        trainer = self.trainer
+        if not any(self.schedules) or ((self.global_step + 1) % trainer.log_every_n_steps and not trainer.should_stop):
+            return
+        replicas = self.population_optimizer.replicas
+        for i in self.running():
+            if self.schedules[i]:
+                for logger in self.run_loggers[i]:
+                    logger.log_metrics({"train/lr": replicas[i].param_groups[0]["lr"]}, self.global_step)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.step_schedules("step", plateau=False, index=batch_idx)
@@ -252,6 +275,7 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
             self.step_schedules("epoch", plateau=False, index=self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
+        self._in_epoch = False
         if self.population_optimizer.frozen.device.type != "cpu":
             self.report_divergence()
         if self._train_outputs:
@@ -263,10 +287,7 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
             rows = self.running()
             for i in rows:
                 self.models[i].update_metrics("train", losses[i], sizes, outputs[i], targets)
-            values = self.compute_metrics("train", rows)
-            if any(self.schedules):
-                values["train/lr"] = torch.tensor([o.param_groups[0]["lr"] for o in self.population_optimizer.replicas])
-            self.log_runs(values, rows)
+            self.log_runs(self.compute_metrics("train", rows), rows)
         self.step_schedules("epoch", plateau=True, index=self.current_epoch)
 
     def compute_metrics(self, stage: str, rows: list[int]) -> dict[str, Tensor]:
@@ -285,18 +306,19 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         if not rows:
             return
         columns = {name: tensor.tolist() for name, tensor in values.items()}
-        step = max(self.global_step - 1, 0)
+        testing = any(name.startswith("test/") for name in values)
+        # Lightning logs a fit's epoch-end values at the last step taken, and the test after the fit at the next.
+        step = self.global_step if testing else max(self.global_step - 1, 0)
         shown: dict[str, float] = {}
         for i in rows:
             metrics = {name: column[i] for name, column in columns.items()}
             for logger in self.run_loggers[i]:
                 logger.log_metrics({**metrics, "epoch": self.current_epoch}, step)
             for name, value in metrics.items():
-                if not name.startswith("test/") and name != "train/lr" and math.isfinite(value):
+                if not name.startswith("test/") and math.isfinite(value):
                     better = self.directions.get(name, False)
                     shown[name] = value if name not in shown else (max if better else min)(shown[name], value)
-        stage = "test" if any(n.startswith("test/") for n in values) else None
-        if stage is None:
+        if not testing:
             for name, value in shown.items():
                 self.log(f"best {name}", value, prog_bar=True, logger=False)
             self.log("running", float(len(self.running())), prog_bar=True, logger=False)

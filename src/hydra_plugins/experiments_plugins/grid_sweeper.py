@@ -88,7 +88,7 @@ class GridSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        for overrides in batch:  # a mistake in any job stops the sweep before the first runs
+        for overrides in batch:
             composed(self.hydra_context, self.config, overrides)
 
     def job_dir(self, overrides: Sequence[str], num: int) -> Path:
@@ -101,6 +101,7 @@ class GridSweeper(Sweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         jobs = grid(parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments]))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        self.validate_batch_is_legal(jobs)  # a mistake in any job stops the sweep before it writes a file
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else max(len(jobs), 1)
@@ -108,7 +109,6 @@ class GridSweeper(Sweeper):
         skipped = 0
         for first in range(0, len(jobs), size):
             batch = jobs[first : first + size]
-            self.validate_batch_is_legal(batch)
             todo = [i for i, overrides in enumerate(batch) if not final_status(self.job_dir(overrides, first + i))]
             skipped += len(batch) - len(todo)
             if not todo:

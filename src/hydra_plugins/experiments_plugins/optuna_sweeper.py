@@ -22,6 +22,7 @@ and Optuna's optimisation history and parameter importances as PNGs.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
-SWEEP_ONLY = ("sweep", "fail_fast", "trial")  # keys that mean nothing to the best trial run alone
+SWEEP_ONLY = ("sweep", "fail_fast", "trial", "optimized_metric")  # keys that mean nothing to the best trial run alone
 
 
 def distribution(override: Any) -> Any:
@@ -91,6 +92,38 @@ def built(name: str, setting: Any) -> Any:
     return setting or None
 
 
+def objective(config: DictConfig) -> tuple[str, str]:
+    """The metric a study optimises and which of its values: the best of `monitor`, unless
+    `optimized_metric` (lightning-hydra-template's key) names another: `val/acc_best` the best
+    val/acc, `test/acc` its test value, `val/acc` its final value."""
+    name = config.get("optimized_metric")
+    if not name:
+        return str(config.monitor), "best"
+    name = str(name)
+    if name.endswith("_best"):
+        return name[: -len("_best")], "best"
+    return name, "test" if name.startswith("test/") else "final"
+
+
+def objective_value(record: dict[str, Any], metric: str, which: str) -> float | None:
+    """A job's objective value from its metrics.json."""
+    if which == "test":
+        return (record.get("test") or {}).get(metric)
+    return ((record.get("metrics") or {}).get(metric) or {}).get(which)
+
+
+def continued_sampler(setting: Any, sampler: Any, trials: int) -> Any:
+    """The sampler for a study that already holds `trials` trials: a seeded one seeded anew from
+    its seed and that count (repeatable, yet not the first run's draws again)."""
+    if OmegaConf.is_dict(setting) and setting.get("seed") is not None:
+        from hydra.utils import instantiate
+
+        return instantiate(setting, seed=int(setting.seed) + trials)
+    if sampler is not None and hasattr(sampler, "reseed_rng"):
+        sampler.reseed_rng()
+    return sampler
+
+
 def literal(value: Any) -> str:
     """A sampled value as a command-line override writes it."""
     if isinstance(value, float):
@@ -112,6 +145,12 @@ def check_settings(config: DictConfig) -> None:
         value = config.hydra.sweeper.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"hydra.sweeper.{key} must be a positive integer, got {value!r}.")
+    rate = config.hydra.sweeper.get("max_failure_rate")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1):
+        raise UserError(f"hydra.sweeper.max_failure_rate must be a number from 0 to 1 (the share of a batch's trials that may fail), or null to go on whatever fails, got {rate!r}.")
+    sampler = str((config.hydra.sweeper.get("sampler") or {}).get("_target_", ""))
+    if sampler.endswith("CmaEsSampler") and importlib.util.find_spec("cmaes") is None:
+        raise UserError("hydra/sweeper/sampler=cmaes needs the cmaes package, which is not installed; pip install cmaes, or pick tpe, random or nsgaii.")
     try:
         sweeper = instantiate(config.hydra.sweeper)
     except InstantiationException as error:
@@ -141,9 +180,11 @@ class OptunaSweeper(Sweeper):
         custom_search_space: str | None = None,
         pruner: Any = None,
         search_space: Any = None,
+        max_failure_rate: float | None = None,
     ) -> None:
         self.settings = {"sampler": sampler, "direction": direction, "storage": storage, "study_name": study_name, "pruner": pruner}
         self.n_trials, self.n_jobs = int(n_trials), max(1, int(n_jobs))
+        self.max_failure_rate = max_failure_rate
         self.params = dict(params or {})
         self.custom_search_space = custom_search_space
         if search_space:
@@ -157,24 +198,29 @@ class OptunaSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def direction(self) -> str:
-        """Minimize or maximize: as configured, else the monitored metric's own direction."""
+        """Minimize or maximize: the objective metric's own direction (`monitor_mode` when it is
+        the monitored metric); a configured direction must agree with it."""
+        from experiments.build import import_class
+        from experiments.config import UserError
+
         direction = self.settings["direction"]
         if OmegaConf.is_list(direction) or isinstance(direction, (list, tuple)):
             if len(direction) != 1:
-                from experiments.config import UserError
-
                 raise UserError(f"hydra.sweeper.direction has {len(direction)} values, but hydra/sweeper=optuna optimises one objective, the monitored metric: give minimize or maximize.")
             direction = direction[0]
-        if direction:
-            return str(direction).rsplit(".", 1)[-1]
-        mode = self.config.get("monitor_mode", "auto")
-        if mode in ("min", "max"):
-            return {"min": "minimize", "max": "maximize"}[mode]
-        from hydra.utils import get_class
-
+        metric, _ = objective(self.config)
         model = self.config.model
-        directions = get_class(model._target_)(**{k: v for k, v in model.items() if not str(k).startswith("_")}).metric_directions()
-        return "maximize" if directions[self.config.monitor] else "minimize"
+        directions = import_class(model._target_, "model")(**{k: v for k, v in model.items() if not str(k).startswith("_")}).metric_directions()
+        if metric not in directions:
+            given = self.config.get("optimized_metric")
+            raise UserError(f"optimized_metric={given} names {metric}, which this model does not log; pick one of {', '.join(directions)} (add _best for its best value).")
+        own = "maximize" if directions[metric] else "minimize"
+        if metric == self.config.monitor and self.config.get("monitor_mode") in ("min", "max"):
+            own = {"min": "minimize", "max": "maximize"}[self.config.monitor_mode]
+        if direction and str(direction).rsplit(".", 1)[-1] != own:
+            better = "higher" if own == "maximize" else "lower"
+            raise UserError(f"hydra.sweeper.direction={str(direction).rsplit('.', 1)[-1]} contradicts {metric}, which is better when {better}; leave hydra.sweeper.direction null to take the metric's own direction.")
+        return own
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
@@ -219,6 +265,10 @@ class OptunaSweeper(Sweeper):
         )
         for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # a run of this sweep killed earlier
+        if study.trials:  # a continued study: a seeded sampler must not draw its first trials again
+            study.sampler = continued_sampler(self.config.hydra.sweeper.get("sampler"), sampler, len(study.trials))
+        self.notes(pruner)
+        metric, which = objective(self.config)
         left = self.n_trials
         while left > 0:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
@@ -233,12 +283,62 @@ class OptunaSweeper(Sweeper):
             self.launcher.launch(batch, initial_job_idx=trials[0].number)
             exhausted = False
             for trial, overrides in zip(trials, batch):
-                exhausted |= self.tell(study, trial, sweep_dir / overrides[-1].partition("=")[2].strip("'"))
+                exhausted |= self.tell(study, trial, sweep_dir / overrides[-1].partition("=")[2].strip("'"), metric, which)
             left = 0 if exhausted else left - len(trials)
+            self.check_failures(study, trials)
         self.report(study, fixed, sweep_dir)
 
+    def notes(self, pruner: Any) -> None:
+        """One line each for settings that cannot do what they are set for."""
+        trainer = self.config.trainer
+        every, epochs = trainer.get("check_val_every_n_epoch") or 1, trainer.get("max_epochs")
+        if pruner is not None and epochs not in (None, -1) and every >= epochs:
+            log.warning(
+                f"hydra.sweeper.pruner can stop a trial only at a validation before its last epoch, but these runs validate "
+                f"every {every} epochs of {epochs}, so no trial will be pruned; set trainer.check_val_every_n_epoch below {epochs} for it to act."
+            )
+        launcher = str(self.config.hydra.launcher.get("_target_", ""))
+        if self.n_jobs == 1 and launcher.endswith("VectorizedLauncher") and self.n_trials > 1:
+            log.warning("hydra.sweeper.n_jobs=1 hands the launcher one trial at a time, so hydra/launcher=vectorized trains each alone; set hydra.sweeper.n_jobs=10 to train 10 trials as one population.")
+
+    def check_failures(self, study: Any, trials: list[Any]) -> None:
+        """hydra.sweeper.max_failure_rate, as the official plugin reads it: the search stops when more
+        than that share of a batch's trials failed (diverged or failed jobs)."""
+        if self.max_failure_rate is None:
+            return
+        from optuna.trial import TrialState
+
+        from experiments.config import UserError
+
+        failed = sum(study.trials[t.number].state == TrialState.FAIL for t in trials)
+        if failed / len(trials) > self.max_failure_rate:
+            raise UserError(
+                f"{failed} of the {len(trials)} trials of the last batch failed or diverged, more than hydra.sweeper.max_failure_rate="
+                f"{self.max_failure_rate} allows, so the search stops (the study keeps every trial; run it again to continue)."
+            )
+
+    def rerun_command(self, fixed: list[str], params: dict[str, Any]) -> str:
+        """The command that trains one trial alone: the search's fixed overrides and the trial's
+        values, without the search (sweep=...). A search config of one's own (+hparams_search=...)
+        is kept for the keys it sets, with its searchpath and hydra.mode=RUN so it does not search again."""
+        import shlex
+
+        from experiments.config import CONF_DIR
+
+        choices = self.config.hydra.runtime.choices
+        alone, search_group = [], False
+        for override in fixed:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key in SWEEP_ONLY:
+                continue
+            alone.append(override)
+            search_group |= key in choices and not (CONF_DIR / key).is_dir()
+        searchpath = [str(o) for o in self.config.hydra.overrides.hydra if str(o).startswith("hydra.searchpath=")] if search_group else []
+        words = [*searchpath, *alone, *(f"{k}={literal(v)}" for k, v in params.items()), *(["hydra.mode=RUN"] if search_group else [])]
+        return " ".join(["python -m experiments.train", *map(shlex.quote, words)])
+
     @staticmethod
-    def tell(study: Any, trial: Any, job_dir: Path) -> bool:
+    def tell(study: Any, trial: Any, job_dir: Path, metric: str, which: str) -> bool:
         """What the job's metrics.json says of it, told to Optuna. True when the sampler has now
         tried its whole space (GridSampler, BruteForceSampler): they stop the study, which outside
         Study.optimize Optuna raises as a RuntimeError after recording the trial."""
@@ -248,7 +348,7 @@ class OptunaSweeper(Sweeper):
             record = json.loads((job_dir / "metrics.json").read_text())
         except (OSError, ValueError):
             record = {"status": "failed"}
-        best = (record.get("monitor") or {}).get("best")
+        best = objective_value(record, metric, which)
         try:
             if record.get("status") == "finished" and best is not None and math.isfinite(best):
                 study.tell(trial, best)
@@ -263,9 +363,9 @@ class OptunaSweeper(Sweeper):
             return True
         return False
 
-    @staticmethod
-    def report(study: Any, fixed: list[str], sweep_dir: Path) -> None:
-        """The best trial's command line, and Optuna's own pictures of the study."""
+    def report(self, study: Any, fixed: list[str], sweep_dir: Path) -> None:
+        """The best trial's command line and optimization_results.yaml (as the official plugin
+        writes it), and Optuna's own pictures of the study."""
         from optuna.trial import TrialState
 
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -273,10 +373,10 @@ class OptunaSweeper(Sweeper):
             log.info("no trial of the study finished, so there is no best one yet")
             return
         best = study.best_trial
-        alone = [o for o in fixed if o.split("=", 1)[0].lstrip("+~") not in SWEEP_ONLY]  # sweep=optuna_lr would search again
-        command = " ".join(["python -m experiments.train", *alone, *(f"{k}={literal(v)}" for k, v in best.params.items())])
+        results = {"name": "optuna", "best_params": dict(best.params), "best_value": best.value}
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
         print(f"Best of {len(study.trials)} trials: trial {best.number}, {study.direction.name.lower()}d to {best.value:.6g}")
-        print(f"  train it again with: {command}")
+        print(f"  train it again with: {self.rerun_command(fixed, best.params)}")
         from optuna.exceptions import ExperimentalWarning
         from optuna.visualization import matplotlib as plots
 

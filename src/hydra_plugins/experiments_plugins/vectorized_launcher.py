@@ -58,9 +58,12 @@ class VectorizedLauncher(Launcher):
         configs = [self.job_config(overrides, initial_job_idx + i) for i, overrides in enumerate(job_overrides)]
         if configs:
             check_launchable(task_config(configs[0]))
+        refused = [i for i, config in enumerate(configs) if value_error(config) is not None]
         groups: dict[str, list[int]] = {}
         alone: list[tuple[int, str]] = []
         for i, config in enumerate(configs):
+            if i in refused:
+                continue
             key, reason = group_key(task_config(config), resume_step(config))
             if key is None:
                 alone.append((i, reason))
@@ -73,20 +76,31 @@ class VectorizedLauncher(Launcher):
             log.info(f"\tgroup {n}, {len(members)} jobs, differing in {', '.join(differing(configs, members)) or 'nothing'}")
         for i, reason in sorted(alone):
             log.info(f"\talone: #{initial_job_idx + i} {' '.join(filter_overrides(job_overrides[i]))} ({reason})")
+        for i in refused:
+            log.info(f"\tnot trained: #{initial_job_idx + i} {' '.join(filter_overrides(job_overrides[i]))} (a value fails its check)")
         results: dict[int, JobReturn] = {}
+        # A job whose value is refused runs first, as on the basic launcher, to record its sentence
+        # (and, with fail_fast=true, to stop the sweep before anything trains).
+        for i in refused:
+            results[i] = self.run_alone(configs[i])
         for members in together:
             results.update(self.train_together(configs, job_overrides, members))
         for i, _ in sorted(alone):
-            results[i] = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=configs[i], job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            results[i] = self.run_alone(configs[i])
         return [results[i] for i in range(len(configs))]
+
+    def run_alone(self, config: DictConfig) -> JobReturn:
+        """One job as Hydra's basic launcher runs it."""
+        result = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return result
 
     def train_together(self, configs: list[DictConfig], job_overrides: Sequence[Sequence[str]], members: list[int]) -> dict[int, JobReturn]:
         from experiments.config import UserError
         from experiments.population.group import Job, train_group
-        from experiments.rundir import own
+        from experiments.rundir import discard, own
         from experiments.search import job_trial
-        from experiments.state import RunInfo, failure_record, write_json
+        from experiments.state import RunInfo, failure_record, summary_text, write_json
 
         members = sorted(members, key=lambda i: str(configs[i].optimizer._target_))  # one update rule per class
         jobs: list[Job] = []
@@ -99,6 +113,8 @@ class VectorizedLauncher(Launcher):
             save_hydra_files(config, job_overrides[i])
             if n == 0:
                 configure_log(config.hydra.job_logging, config.hydra.verbose)
+                for handler in logging.getLogger().handlers:  # the console, and this job's own log file
+                    handler.addFilter(OwnRecords(run_dir if isinstance(handler, logging.FileHandler) else None))
             else:
                 handlers.append(job_log(run_dir / f"{config.hydra.job.name}.log"))
             HydraConfig.instance().set_config(config)
@@ -119,26 +135,44 @@ class VectorizedLauncher(Launcher):
             sys.stderr.write(f"error: {reason}\n")
             outcomes = []
             for job in jobs:
-                write_json(job.run_dir / "metrics.json", failure_record(job.run_dir, reason, job.info.choices, job.info.overrides))
-                outcomes.append({"status": "failed", "monitor": {}})
+                outcomes.append(failure_record(job.run_dir, reason, job.info.choices, job.info.overrides))
+                write_json(job.run_dir / "metrics.json", outcomes[-1])
+        else:
+            for job, outcome in zip(jobs, outcomes):
+                if outcome is not None:  # each job's summary in its own log, as a single run's
+                    log.info(summary_text(outcome), extra={"run_dir": job.run_dir, "file_only": True})
         finally:
             for handler in handlers:
                 logging.getLogger().removeHandler(handler)
                 handler.close()
         results = {}
         for i, job, outcome in zip(members, jobs, outcomes):
+            if outcome is None:  # never trained: the sweep stops at another job's mistake
+                discard(job.run_dir)
+                continue
             ret = JobReturn(overrides=list(job_overrides[i]), cfg=task_config(configs[i]), hydra_cfg=configs[i], working_dir=os.getcwd(), task_name=str(configs[i].hydra.job.name))
             ret.return_value = outcome["monitor"].get("best")
             ret.status = JobStatus.COMPLETED
             self.hydra_context.callbacks.on_job_end(config=configs[i], job_return=ret)
             results[i] = ret
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        if outcomes and any(o["status"] == "interrupted" for o in outcomes):
-            reason = next(o.get("reason") or "" for o in outcomes if o["status"] == "interrupted")
-            sys.exit(130 if "SIGINT" in reason else 1 if "fail_fast" in reason else 143)
-        if fail_fast and any(o["status"] != "finished" for o in outcomes):
+        interrupted = [o.get("reason") or "" for o in outcomes if o is not None and o["status"] == "interrupted"]
+        if interrupted:
+            sys.exit(130 if "SIGINT" in interrupted[0] else 1 if "fail_fast" in interrupted[0] else 143)
+        if fail_fast and any(o is None or o["status"] != "finished" for o in outcomes):
             sys.exit(1)
         return results
+
+
+def value_error(config: DictConfig) -> str | None:
+    """The sentence for a job whose values fail the checks that need no data, or None."""
+    from experiments.config import UserError, check_values
+
+    try:
+        check_values(task_config(config), list(config.hydra.overrides.task), dict(config.hydra.runtime.choices))
+    except UserError as error:
+        return str(error)
+    return None
 
 
 def task_config(config: DictConfig) -> DictConfig:
@@ -183,9 +217,24 @@ def save_hydra_files(config: DictConfig, overrides: Sequence[str]) -> None:
     OmegaConf.save(OmegaConf.create(list(config.hydra.overrides.task)), folder / "overrides.yaml")
 
 
+class OwnRecords(logging.Filter):
+    """A job's log file takes what concerns the whole group and what concerns that job (a record's
+    `run_dir`), not another job's lines; the console (`run_dir` None) takes all but `file_only` ones."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.run_dir is None:
+            return not getattr(record, "file_only", False)
+        return getattr(record, "run_dir", self.run_dir) == self.run_dir
+
+
 def job_log(path: Path) -> logging.Handler:
-    """A job's own log file, receiving what the group logs."""
+    """A job's own log file, receiving what the group logs and what concerns this job."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    handler.addFilter(OwnRecords(path.parent))
     logging.getLogger().addHandler(handler)
     return handler
