@@ -124,3 +124,50 @@ def test_a_schedule_changing_a_replicas_learning_rate_reaches_its_row():
         schedule.step()
         population.settings_changed()  # as the population module does after stepping schedules
     assert flat.detach()[0, 0].item() == pytest.approx(-0.3) and flat.detach()[1, 0].item() == pytest.approx(-(0.1 + 0.05 + 0.025))
+
+
+def stacked_case(model_class, **kwargs):
+    """A model, K = 3 replicas' stacked parameters (views of one flat tensor) and a batch."""
+    torch.manual_seed(0)
+    models = [model_class(**kwargs) for _ in range(3)]
+    names = [name for name, _ in models[0].named_parameters()]
+    params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]) for name in names}
+    return models[0], params
+
+
+def test_each_replicas_outputs_and_loss_are_its_single_runs_bit_for_bit_or_batched_within_rounding():
+    from experiments.models.linear import LinearRegression
+    from experiments.models.mlp import MLPClassifier
+    from experiments.population.stacked import batched_form, one_by_one_losses, one_by_one_outputs
+
+    cpu, accelerator = torch.device("cpu"), torch.device("cuda")  # only the device's type is read
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    model, params = stacked_case(MLPClassifier)
+    single = [model.loss(out, y) for out in (torch.func.functional_call(model, {k: v[i] for k, v in params.items()}, (x,)) for i in range(3))]
+    assert batched_form(model, cpu) is None  # no exact batched MLP: replica by replica
+    assert torch.equal(one_by_one_losses(model, one_by_one_outputs(model, params, x), y), torch.stack(single))
+    for form in (batched_form(model, cpu, exact=False), batched_form(model, accelerator)):
+        outputs, losses = form
+        assert torch.allclose(losses(outputs(model, params, x), y), torch.stack(single), rtol=1e-5)
+    line, line_params = stacked_case(LinearRegression)
+    outputs, losses = batched_form(line, cpu)  # a line of one input: batched, and exact
+    xs, ts = torch.randn(50, 1), torch.randn(50, 1)
+    singles = torch.stack([line.loss(torch.func.functional_call(line, {k: v[i] for k, v in line_params.items()}, (xs,)), ts) for i in range(3)])
+    assert torch.equal(losses(outputs(line, line_params, xs), ts), singles)
+    wide, _ = stacked_case(LinearRegression, input_shape=(3,))
+    assert batched_form(wide, cpu) is None  # several inputs: a sum whose order could differ
+
+
+def test_a_model_without_a_batched_formula_is_vmapped_on_an_accelerator():
+    from experiments.models.linear import LinearRegression
+    from experiments.population.stacked import batched_form
+
+    class Cubic(LinearRegression):
+        def forward(self, x):
+            return super().forward(x) ** 3
+
+    model, params = stacked_case(Cubic)
+    x, t = torch.randn(20, 1), torch.randn(20, 1)
+    outputs, losses = batched_form(model, torch.device("cuda"))
+    expected = torch.stack([model.loss(torch.func.functional_call(model, {k: v[i] for k, v in params.items()}, (x,)), t) for i in range(3)])
+    assert torch.allclose(losses(outputs(model, params, x), t), expected, rtol=1e-6)

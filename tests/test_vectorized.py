@@ -87,17 +87,19 @@ def test_a_jobs_own_mistake_fails_that_job_alone_and_the_others_train_as_they_wo
     assert capfd.readouterr().err.count("error: ") == 2
 
 
-def test_an_mlp_population_matches_its_single_runs(tmp_path: Path):
+def test_an_mlp_population_ends_bit_for_bit_as_its_single_runs(tmp_path: Path):
+    """RMSprop turns a rounding difference of 1e-8 in a gradient into 1e-3 in the weights: each
+    replica runs its own forward, so there is none."""
     root = fake_mnist(tmp_path / "digits")
     base = ["experiment=mnist", f"data.root={root}", "data.val_size=40", "data.batch_size=32", "trainer.max_epochs=2", "trainer.deterministic=true"]
-    jobs = [[*base, "optimizer=adam", "optimizer.lr=0.001"], [*base, "optimizer=sgd", "optimizer.lr=0.05"], [*base, "optimizer=rmsprop", "optimizer.lr=0.001"]]
+    jobs = [[*base, "optimizer=adam", "optimizer.lr=0.001"], [*base, "optimizer=sgd", "optimizer.lr=0.05"], [*base, "optimizer=rmsprop", "optimizer.lr=0.001", "scheduler=onecycle"]]
     together = population(jobs, tmp_path / "population")
     for i, (mine, overrides) in enumerate(zip(together, jobs)):
         single = train_in_process(overrides, tmp_path / f"alone{i}")
         assert mine["status"] == single["status"] == "finished"
-        assert mine["test"]["test/acc"] == single["test"]["test/acc"]
-        for name in ("val/loss", "val/acc", "train/loss"):
-            assert mine["metrics"][name]["final"] == pytest.approx(single["metrics"][name]["final"], rel=1e-5)
+        assert {k: mine[k] for k in SAME} == {k: single[k] for k in SAME}
+        weights = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for folder in (tmp_path / "population" / f"job{i}", tmp_path / f"alone{i}")]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
 
 
 def test_jobs_that_cannot_share_batches_are_grouped_apart(tmp_path: Path):

@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -40,15 +39,6 @@ class LinearRegression(ExperimentModule):
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.mse_loss(outputs, targets)
-
-    def stacked_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """Several lines at once (hydra/launcher=vectorized): weights (K, out, in), biases (K, out);
-        K x N x out predictions for the same N inputs."""
-        weight, bias = params["linear.weight"], params["linear.bias"]
-        return torch.baddbmm(bias.unsqueeze(1), x.flatten(1).expand(len(weight), -1, -1), weight.transpose(1, 2))
-
-    def stacked_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return (outputs - targets).square().mean(dim=tuple(range(1, outputs.ndim)))
 
     def path_points(self) -> list[tuple[float, float]] | None:
         if self.linear.weight.numel() != 1:

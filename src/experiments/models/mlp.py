@@ -9,7 +9,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -54,19 +53,3 @@ class MLPClassifier(ExperimentModule):
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs, targets)
-
-    def stacked_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """Several networks at once (hydra/launcher=vectorized): each layer's K weight matrices in
-        one batched product; K x N x 10 logits for the same N images."""
-        h = x.flatten(1)
-        for index, layer in enumerate(self.net):
-            if isinstance(layer, nn.Linear):
-                weight, bias = params[f"net.{index}.weight"], params[f"net.{index}.bias"]
-                h = torch.baddbmm(bias.unsqueeze(1), h if h.ndim == 3 else h.expand(len(weight), -1, -1), weight.transpose(1, 2))
-            elif not isinstance(layer, nn.Flatten):
-                h = layer(h)
-        return h
-
-    def stacked_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        k, n, classes = outputs.shape
-        return F.cross_entropy(outputs.reshape(k * n, classes), targets.repeat(k), reduction="none").view(k, n).mean(1)

@@ -72,10 +72,11 @@ def group_key(cfg: DictConfig, resume_step: int | None) -> tuple[str | None, str
     return json.dumps(shared, sort_keys=True, default=str), ""
 
 
-def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any] | None]:
+def train_group(jobs: list[Job], fail_fast: bool, exact: bool = True) -> list[dict[str, Any] | None]:
     """Train the jobs as one population: one fit over shared batches, then each run's test on
     its own best weights. Returns what each job's metrics.json holds (None for a job left
-    untrained because fail_fast=true stopped at another's mistake)."""
+    untrained because fail_fast=true stopped at another's mistake). `exact`: on the CPU, each
+    job's arithmetic is its single run's (experiments.population.stacked)."""
     from experiments.cli import quiet_lightning
     from experiments.config import check_values
     from experiments.state import failure_record, write_json
@@ -136,7 +137,7 @@ def train_group(jobs: list[Job], fail_fast: bool) -> list[dict[str, Any] | None]
         states.append(state)
         loggers.append([*instantiate_group(job.cfg.get("logger"), "logger"), MetricHistory(state, model.metric_directions())])
         checkpoints.append([c for c in instantiate_group(job.cfg.get("callbacks"), "callbacks") if isinstance(c, ModelCheckpoint)])
-    population = PopulationModule(models, [m.optimizer_factory for m in models], [m.scheduler_config for m in models], states, loggers, fail_fast)
+    population = PopulationModule(models, [m.optimizer_factory for m in models], [m.scheduler_config for m in models], states, loggers, fail_fast, exact)
     progress = [c for c in instantiate_group(first.get("callbacks"), "callbacks") if isinstance(c, ProgressLine)]
     saving = PopulationCheckpoints(checkpoints)
     pruning = [TrialPruning(states, [job.trial for job in trained])] if any(job.trial is not None for job in trained) else []

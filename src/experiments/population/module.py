@@ -1,9 +1,8 @@
 """K runs of one model class trained as one LightningModule, over the same batches.
 
-Their weights are the K rows of one flat parameter. Each step computes all K forward passes as
-one batched computation (the model's `stacked_forward`, or torch.func's vmap over its own forward
-when it has none), the K losses, and one backward of their sum, which gives each row its own
-gradient; PopulationOptimizer then applies each replica's own optimizer. A replica whose loss is
+Their weights are the K rows of one flat parameter. Each step computes all K forward passes
+(batched where that is exact, experiments.population.stacked), the K losses, and one backward of
+their sum, which gives each row its own gradient; PopulationOptimizer then applies each replica's own optimizer. A replica whose loss is
 no longer finite is marked diverged at that step, with the reason a single run would give, and
 keeps its weights from then on; no other replica's numbers depend on it.
 
@@ -28,6 +27,7 @@ from experiments import speedups
 from experiments.callbacks.interruption import Interruption
 from experiments.models.base import TRAIN_EPOCH, ExperimentModule, build_scheduler, resumed_outputs, start_train_epoch, train_epoch_record
 from experiments.population.optim import PopulationOptimizer
+from experiments.population.stacked import batched_form, one_by_one_losses, one_by_one_outputs
 from experiments.state import RunState
 
 log = logging.getLogger("experiments")
@@ -42,6 +42,7 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         states: list[RunState],
         loggers: list[list[Any]],
         fail_fast: bool = False,
+        exact: bool = True,
     ) -> None:
         super().__init__()
         self.models = models  # a plain list: their weights live in `flat`, not in this module's state
@@ -50,6 +51,7 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         self.states = states
         self.run_loggers = loggers
         self.fail_fast = fail_fast
+        self.exact = exact
         named = list(models[0].named_parameters())
         self.names = [name for name, _ in named]
         self.shapes = [p.shape for _, p in named]
@@ -57,6 +59,7 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         self.directions = models[0].metric_directions()
         self.schedules: list[Any] = []
         self._has_path: bool | None = None
+        self._batched: tuple[Any, Any] | None = None  # the model's batched formulas, where they are exact (population.stacked)
         self.tested: set[int] = set()  # replicas whose weights the test uses (not diverged)
         self._train_outputs: list[tuple[Tensor, Tensor, Tensor]] | None = []
         self._last_logged_step = -1
@@ -82,19 +85,14 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
 
     def stacked_forward(self, x: Tensor) -> Tensor:
         model, params = self.models[0], self.stacked_params()
-        if hasattr(model, "stacked_forward"):
-            return model.stacked_forward(params, x)
-        from torch.func import functional_call, vmap
-
-        return vmap(lambda p: functional_call(model, p, (x,)))(params)
+        if self._batched is not None:
+            return self._batched[0](model, params, x)
+        return one_by_one_outputs(model, params, x)
 
     def stacked_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        model = self.models[0]
-        if hasattr(model, "stacked_loss"):
-            return model.stacked_loss(outputs, targets)
-        from torch.func import vmap
-
-        return vmap(model.loss, in_dims=(0, None))(outputs, targets)
+        if self._batched is not None:
+            return self._batched[1](outputs, targets)
+        return one_by_one_losses(self.models[0], outputs, targets)
 
     def replica(self, index: int) -> ExperimentModule:
         """Run `index`'s own model, holding its current weights."""
@@ -236,6 +234,7 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         self.population_optimizer.settings_changed()  # a resumed schedule, or a resumed optimizer's settings
 
     def on_fit_start(self) -> None:
+        self._batched = batched_form(self.models[0], self.device, self.exact)
         self.diverged_step = self.diverged_step.to(self.device)
         self.diverged_epoch = self.diverged_epoch.to(self.device)
         self.diverged_loss = self.diverged_loss.to(self.device, self.flat.dtype)

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class VectorizedLauncher(Launcher):
-    def __init__(self) -> None:
+    def __init__(self, exact: bool = True) -> None:
+        self.exact = exact
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -127,7 +128,7 @@ class VectorizedLauncher(Launcher):
             self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
         fail_fast = bool(jobs[0].cfg.get("fail_fast"))
         try:
-            outcomes = train_group(jobs, fail_fast)
+            outcomes = train_group(jobs, fail_fast, exact=self.exact)
         except Exception as error:  # every job of the group failed the same way
             reason = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
             if not isinstance(error, UserError):
