@@ -75,6 +75,32 @@ def test_a_refused_resume_leaves_the_finished_run_byte_for_byte(extra: list[str]
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize("schedule, key", [(["scheduler=cosine"], "scheduler.T_max=${trainer.max_epochs}"), (["optimizer=momentum", "scheduler=onecycle"], "scheduler.total_steps=null")])
+def test_resuming_a_scheduled_run_for_more_epochs_is_refused_untouched(schedule: list[str], key: str, tmp_path: Path):
+    """Its schedule was laid out over its own length: torch would stop OneCycleLR with an error past
+    its last step, and cosine's state would climb back up while the records said otherwise."""
+    run = tmp_path / "run"
+    assert cli([*SHORT, *schedule, f"hydra.run.dir={run}"], tmp_path).returncode == 0
+    before = snapshot(run)
+    one_sentence(cli([f"resume={run}", "trainer.max_epochs=600"], tmp_path), "cannot continue its schedule, laid out over its 300 epochs", key)
+    assert snapshot(run) == before
+    done = cli([f"resume={run}", "--cfg", "job"], tmp_path)  # Hydra's flags go through with resume=
+    assert done.returncode == 0 and f"resume: {run}" in done.stdout
+
+
+def test_a_sweep_into_a_run_is_refused_and_a_folders_own_event_files_are_kept(finished_run: Path, tmp_path: Path):
+    before = snapshot(finished_run)
+    one_sentence(cli(["-m", *SHORT, "optimizer.lr=0.01,0.02", f"hydra.sweep.dir={finished_run}"], tmp_path), "holds a run", "pick another directory")
+    assert snapshot(finished_run) == before
+    logs = tmp_path / "mylogs"
+    logs.mkdir()
+    (logs / "events.out.tfevents.1.mine").write_bytes(b"kept")
+    for _ in range(2):  # run again into it: one experiment of the sweep's own, and the folder's file untouched
+        done = cli(["-m", *SHORT, "trainer.max_epochs=100", "optimizer.lr=0.01,0.02", f"hydra.sweep.dir={logs}"], tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert (logs / "events.out.tfevents.1.mine").read_bytes() == b"kept" and len(list(logs.glob("events.out.tfevents.*.sweep"))) == 1
+
+
 def test_a_run_whose_data_moved_is_refused_untouched_and_resumes_once_pointed_at_it(digits_run: Path, tmp_path: Path):
     record = read_metrics(digits_run)
     moved = tmp_path / "moved"
@@ -204,6 +230,17 @@ MISTAKES = [
     (["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize"], ["hydra.sweeper.direction=maximize contradicts val/loss, which is better when lower"]),
     (["-m", "hydra/sweeper=optuna", "optimized_metric=val/acc_best"], ["optimized_metric=val/acc_best names val/acc, which this model does not log"]),
     (["-m", "hydra/sweeper=optuna", "hydra.sweeper.max_failure_rate=2"], ["hydra.sweeper.max_failure_rate must be a number from 0 to 1"]),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=up"], ["hydra.sweeper.direction must be minimize, maximize or null", "got 'up'"]),
+    (["-m", "hydra/sweeper=optuna", "+hydra.sweeper.search_space={optimizer.lr:{type:float,low:0.001,high:0.1}}"], ["hydra.sweeper.search_space is the official plugin's old form"]),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.custom_search_space=nowhere.extend"], ["hydra.sweeper.custom_search_space=nowhere.extend cannot be imported"]),
+    (["-m", "optimizer=sgd,adam", "optimizer.momentum=0.5"], ["optimizer.momentum is not a key of optimizer (optimizer=adam)", "lr, betas"]),
+    (["scheduler.step_size=3"], ["scheduler.step_size is not a key of scheduler, which holds nothing with the option chosen"]),
+    (["scheduler=step", "scheduler.step_size=0"], ["scheduler.step_size must be a positive integer"]),
+    (["experiment=thermometer", "monitor=train/loss"], ["monitor=train/loss is not a validation metric", "val/loss"]),
+    (["experiment=thermometer", "scheduler=onecycle"], ["scheduler=onecycle cycles the momentum", "scheduler.cycle_momentum=false"]),
+    (["experiment=thermometer", "optimizer=adam", "scheduler=onecycle", "scheduler.total_steps=10"], ["scheduler.total_steps=10 is fewer than the fit's 5000 optimizer steps"]),
+    (["-m", "--cfg", "job"], ["Only one of --run, --multirun", "drop -m"]),
+    (["-m", "hydra/sweeper=optuna", "optimizer.lrr=interval(0.1,0.2)", "hydra.sweeper.storage=sqlite:///study.db"], ["optimizer.lrr is not a key of optimizer"]),
 ]
 
 
@@ -214,20 +251,24 @@ ENTRY_MISTAKES = [
     ("experiments.gradcheck", ["gradcheck.coordinates=0"], ["gradcheck.coordinates must be a positive integer"]),
     ("experiments.lr_find", ["lr_find.num_training=0"], ["lr_find.num_training must be an integer of at least 2"]),
     ("experiments.lr_find", ["experiment=thermometer", "trainer=ddp_cpu"], ["experiments.lr_find runs the range test in one process on one device"]),
+    ("experiments.lr_find", ["ckpt_path=outputs/runs/x/checkpoints/last.ckpt"], ["experiments.lr_find tests learning rates from the model's initial weights, so it takes no ckpt_path="]),
+    ("experiments.lr_find", ["-m", "hydra/launcher=vectorized", "optimizer=adam,sgd"], ["hydra/launcher=vectorized trains the jobs of experiments.train together"]),
+    ("experiments.gradcheck", ["-m", "optimizer=adam,sgd"], ["experiments.gradcheck checks the gradient of one configuration; run it without -m"]),
+    ("experiments.evaluate", ["-m", "run=outputs/runs/x", "checkpoint=best,last"], ["experiments.evaluate re-tests one run; run it without -m"]),
 ]
 
 
 @pytest.mark.parametrize("module, args, fragments", ENTRY_MISTAKES, ids=[f"{m} {' '.join(a)}" for m, a, _ in ENTRY_MISTAKES])
 def test_a_mistake_of_another_entry_point_is_one_sentence_and_leaves_nothing(module: str, args: list[str], fragments: list[str], tmp_path: Path):
     one_sentence(cli(args, tmp_path, module=module), *fragments)
-    assert not (tmp_path / "outputs").exists()
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 
 @pytest.mark.parametrize("args, fragments", MISTAKES, ids=[" ".join(a) for a, _ in MISTAKES])
 def test_a_mistake_is_one_sentence_and_leaves_nothing(args: list[str], fragments: list[str], finished_run: Path, tmp_path: Path):
     before = snapshot(finished_run)
     one_sentence(cli(args, tmp_path), *fragments)
-    assert not (tmp_path / "outputs").exists()
+    assert not (tmp_path / "outputs").exists() and not list(tmp_path.glob("*.db"))
     assert snapshot(finished_run) == before
 
 
@@ -248,8 +289,11 @@ def test_an_unwritable_cache_dir_is_one_sentence(tmp_path: Path):
     "args, fragments",
     [
         ([], ["run= is required"]),
-        (["run=nowhere", "inputs=[abc]"], ["inputs must be numbers"]),
-        (["run=nowhere", "accelerator=gpu"] if not torch.cuda.is_available() else ["run=nowhere"], ["run=nowhere"] if torch.cuda.is_available() else ["no usable GPU"]),
+        (["run=nowhere", "inputs=[abc]"], ["inputs must be one or more numbers"]),
+        (["run=nowhere", "inputs=[]"], ["inputs must be one or more numbers", "got []"]),
+        (["run=nowhere", "accelerator=tpu"], ["accelerator must be cpu, gpu, mps or auto, got 'tpu'"]),
+        (["run=nowhere", "checkpoint=middle"], ["checkpoint must be best or last"]),
+        (["run=nowhere", "accelerator=gpu"] if not torch.cuda.is_available() else ["run=nowhere"], ["run=nowhere"] if torch.cuda.is_available() else ["accelerator=gpu but this machine has no usable GPU; use accelerator=cpu."]),
     ],
 )
 def test_evaluate_mistakes_are_one_sentence(args: list[str], fragments: list[str], tmp_path: Path):
@@ -258,6 +302,8 @@ def test_evaluate_mistakes_are_one_sentence(args: list[str], fragments: list[str
 
 STARTS = {
     "run": (["trainer.max_epochs=1"], "outputs/runs/*/.hydra/overrides.yaml"),
+    "run, SIGTERM": (["trainer.max_epochs=1"], "outputs/runs/*/.hydra/overrides.yaml"),
+    "population, SIGTERM": (["-m", "hydra/launcher=vectorized", "trainer.max_epochs=1", "optimizer.lr=0.1,0.2"], "outputs/sweeps/*/*/.hydra/overrides.yaml"),
     "sweep": (["-m", "trainer.max_epochs=1", "optimizer.lr=0.1,0.2"], "outputs/sweeps/*/*/.hydra/overrides.yaml"),
     "optuna": (["-m", "trainer.max_epochs=1", "hydra/sweeper=optuna", "optimizer.lr=interval(0.1,0.2)", "hydra.sweeper.n_jobs=1"], "outputs/sweeps/*/*/.hydra/overrides.yaml"),
 }
@@ -265,8 +311,8 @@ STARTS = {
 
 @pytest.mark.parametrize("start", STARTS)
 def test_ctrl_c_while_starting_leaves_no_directory(start: str, tmp_path: Path):
-    """Ctrl-C while the first job loads torch: its directory goes, and so does a sweep's (with its
-    multirun.yaml and Optuna journal)."""
+    """Ctrl-C or SIGTERM while the first job loads torch: its directory goes, and so does a sweep's
+    (with its multirun.yaml and Optuna journal)."""
     args, made = STARTS[start]
     env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / ".cache")}
     process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -274,9 +320,10 @@ def test_ctrl_c_while_starting_leaves_no_directory(start: str, tmp_path: Path):
     while not list(tmp_path.glob(made)):  # Hydra made the run directory; torch is still loading
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
+    signum = signal.SIGTERM if "SIGTERM" in start else signal.SIGINT
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 128 + signum
     assert stderr.strip() == "interrupted before training started; nothing was kept"
     assert not (tmp_path / "outputs").exists()
 

@@ -40,7 +40,7 @@ def test_a_cosine_schedule_logs_a_falling_learning_rate(tmp_path: Path):
 @pytest.mark.parametrize("scheduler", ["step", "onecycle", "plateau"])
 def test_every_schedule_trains_and_logs_its_rate(scheduler: str, tmp_path: Path):
     # plateau: with a threshold of 100%, no validation counts as an improvement
-    extra = {"step": ["scheduler.step_size=100"], "onecycle": [], "plateau": ["scheduler.patience=0", "scheduler.threshold=1.0", "trainer.check_val_every_n_epoch=10"]}[scheduler]
+    extra = {"step": ["scheduler.step_size=100"], "onecycle": ["scheduler.cycle_momentum=false"], "plateau": ["scheduler.patience=0", "scheduler.threshold=1.0", "trainer.check_val_every_n_epoch=10"]}[scheduler]
     result = train_in_process(["experiment=thermometer", f"scheduler={scheduler}", "trainer.max_epochs=400", *extra], tmp_path)
     values = [v for _, v in lr_curve(tmp_path)]
     assert result["status"] == "finished" and result["hparams"]["scheduler"] == scheduler

@@ -166,9 +166,26 @@ def test_a_diverged_trial_is_failed_and_a_pruned_one_is_pruned_while_the_study_g
     assert sorted(r["status"] for r in records.values()) == ["diverged", "finished", "pruned"]
     pruned = next(r for r in records.values() if r["status"] == "pruned")
     assert pruned["reason"] == "pruned by ThresholdPruner at epoch 100, val/loss 44.7168" and pruned["epochs"] == 100
+    assert torch.load(Path(pruned["run_dir"], "checkpoints", "last.ckpt"), weights_only=True)["epoch"] == 99  # that validation's checkpoint
     assert "3 jobs: 1 finished, 1 pruned, 1 diverged" in done.stdout
     populations = [r["population"] for r in records.values()]  # vectorized: one population, pruned and diverged runs stop alone
     assert populations == ([{"size": 3, "jobs": sorted(records)}] * 3 if launcher == "vectorized" else [None] * 3)
+
+
+def test_a_continued_study_keeps_its_choices(tmp_path: Path):
+    args = ["-m", "experiment=thermometer", "trainer.max_epochs=50", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert cli([*args, "optimizer=choice(sgd,adam)"], tmp_path).returncode == 0
+    kept = {name: (tmp_path / "sweep" / name).read_bytes() for name in ("optuna.journal", "multirun.yaml")}
+    done = cli([*args, "optimizer=choice(sgd)"], tmp_path)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("error: optimizer chooses from other values than the study")
+    assert "optimizer=choice(sgd,adam)" in done.stderr and kept == {name: (tmp_path / "sweep" / name).read_bytes() for name in kept}
+
+
+def test_the_range_test_takes_its_steps_whatever_the_epochs(tmp_path: Path):
+    done = cli(["experiment=thermometer", "trainer.max_epochs=30", "lr_find.max_lr=0.01", "lr_find.num_training=50"], tmp_path, module="experiments.lr_find")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(next((tmp_path / "outputs" / "lr_find").glob("*/lr_find.json")).read_text())
+    assert len(result["lr"]) == 50 and result["lr"][-1] == pytest.approx(0.01, rel=0.2)
 
 
 def test_the_learning_rate_range_test_writes_its_curve_and_prints_the_command(tmp_path: Path):

@@ -102,6 +102,18 @@ def test_an_mlp_population_ends_bit_for_bit_as_its_single_runs(tmp_path: Path):
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
 
 
+def test_scheduled_jobs_of_a_population_record_the_learning_rates_their_single_runs_record(tmp_path: Path):
+    base = ["experiment=thermometer", "trainer.max_epochs=200", "trainer.check_val_every_n_epoch=20", "trainer.deterministic=true"]
+    schedules = [["scheduler=step", "scheduler.step_size=20"], ["scheduler=cosine"], ["scheduler=onecycle", "scheduler.cycle_momentum=false"], ["scheduler=plateau", "scheduler.patience=1"], ["scheduler=none"]]
+    jobs = [[*base, *schedule] for schedule in schedules]
+    together = population(jobs, tmp_path / "population")
+    for i, (mine, overrides) in enumerate(zip(together, jobs)):
+        single = train_in_process(overrides, tmp_path / f"alone{i}")
+        assert {k: mine[k] for k in SAME} == {k: single[k] for k in SAME}, overrides  # train/lr's history included
+        assert scalar_history(tmp_path / "population" / f"job{i}") == scalar_history(tmp_path / f"alone{i}")
+    assert "train/lr" not in together[-1]["metrics"]  # no schedule, no learning-rate curve
+
+
 def test_jobs_that_cannot_share_batches_are_grouped_apart(tmp_path: Path):
     def key(*overrides: str):
         return group_key(compose_train(list(overrides), tmp_path), None)[0]

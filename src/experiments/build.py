@@ -6,12 +6,14 @@ as it is built, so a user's mistake is one sentence naming its key, before anyth
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import UserError
+from experiments.signals import hand_sigterm_to_lightning
 
 # Keys of a `scheduler` option that are Lightning's (how to step it), not the torch scheduler's.
 LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor", "strict", "name")
@@ -50,15 +52,17 @@ def instantiate_group(group: DictConfig | None, key: str) -> list[Any]:
     return [instantiate(node, f"{key}.{name}") for name, node in (group or {}).items() if "_target_" in node]
 
 
-def check_accelerator(trainer: DictConfig) -> None:
-    """The accelerator and device count asked for exist on this machine."""
+def check_accelerator(trainer: DictConfig, key: str = "trainer.accelerator") -> None:
+    """The accelerator and device count asked for exist on this machine (`key`: where the
+    accelerator is set, for the sentence)."""
     import torch
 
     accelerator = str(trainer.get("accelerator") or "auto")
+    instead = "trainer=cpu (or trainer.accelerator=cpu)" if key == "trainer.accelerator" else f"{key}=cpu"
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(f"trainer.accelerator={accelerator} but this machine has no usable GPU; use trainer=cpu (or trainer.accelerator=cpu).")
+        raise UserError(f"{key}={accelerator} but this machine has no usable GPU; use {instead}.")
     if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise UserError("trainer.accelerator=mps but this machine has no Apple GPU; use trainer=cpu (or trainer.accelerator=cpu).")
+        raise UserError(f"{key}=mps but this machine has no Apple GPU; use {instead}.")
     gpu = accelerator in ("gpu", "cuda") or accelerator == "auto" and torch.cuda.is_available()
     available = torch.cuda.device_count() if gpu else 1 if accelerator == "mps" else len(os.sched_getaffinity(0))
     what = "GPUs" if gpu else "Apple GPU" if accelerator == "mps" else "CPU cores"
@@ -74,6 +78,17 @@ def check_accelerator(trainer: DictConfig) -> None:
         raise UserError(f"trainer.devices must be a number of devices, a list of GPU indices, -1 or auto, got {devices!r}.")
 
 
+def check_monitored(key: str, metric: str, directions: dict[str, bool]) -> None:
+    """A metric that picks checkpoints or steps a schedule is one the model validates: both act at a
+    validation, when only validation metrics are current (training metrics are logged when an
+    epoch ends, after it, and only every log_every_n_steps)."""
+    validated = [name for name in directions if name.startswith("val/")]
+    if metric in directions and metric not in validated:
+        raise UserError(f"{key}={metric} is not a validation metric: it is logged after the validation at which {key} is read; pick one of {', '.join(validated)}.")
+    if metric not in validated:
+        raise UserError(f"{key}={metric} is not a metric this model logs; pick one of {', '.join(validated)}.")
+
+
 def build_scheduler_config(cfg: DictConfig, directions: dict[str, bool]) -> dict[str, Any] | None:
     """Lightning's lr_scheduler dict for `scheduler`: the torch scheduler as a partial, and how to
     step it; `directions` are the model's metrics (higher is better?), which `monitor` must name."""
@@ -87,11 +102,13 @@ def build_scheduler_config(cfg: DictConfig, directions: dict[str, bool]) -> dict
     frequency = stepping.get("frequency", 1)
     if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
         raise UserError(f"scheduler.frequency must be a positive integer (the schedule steps every that many {interval}s), got {frequency!r}.")
+    for key in ("step_size", "T_max"):  # StepLR's and CosineAnnealingLR's periods, in steps of the schedule
+        value = node.get(key)
+        if key in node and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"scheduler.{key} must be a positive integer (a number of {interval}s), got {value!r}.")
     monitor = stepping.get("monitor")
     if monitor is not None:  # what ReduceLROnPlateau watches
-        monitorable = [name for name in directions if not name.startswith("test/")]
-        if monitor not in monitorable:
-            raise UserError(f"scheduler.monitor={monitor} is not a metric this model logs; pick one of {', '.join(monitorable)}.")
+        check_monitored("scheduler.monitor", monitor, directions)
         mode, better = node.get("mode"), "max" if directions[monitor] else "min"
         if mode in ("min", "max") and mode != better:
             raise UserError(f"scheduler.mode={mode} but {monitor} is better when {'higher' if better == 'max' else 'lower'}; set scheduler.mode={better}.")
@@ -110,6 +127,7 @@ def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> tuple[Any, 
     datamodule = instantiate(cfg.data, "data")
     model = build_model(cfg, datamodule, choices)
     datamodule.load()  # a missing or damaged file stops the run here, before anything is written
+    check_schedule_length(cfg, model, datamodule)
     return datamodule, model
 
 
@@ -131,9 +149,7 @@ def build_model(cfg: DictConfig, datamodule: Any, choices: dict[str, str]) -> An
     optimizer = instantiate(cfg.optimizer, "optimizer")
     model = instantiate(cfg.model, "model", input_shape=list(datamodule.input_shape), num_outputs=datamodule.num_outputs, optimizer=optimizer)
     directions = model.metric_directions()
-    monitorable = [name for name in directions if not name.startswith("test/")]
-    if cfg.monitor not in monitorable:
-        raise UserError(f"monitor={cfg.monitor} is not a metric this model logs; pick one of {', '.join(monitorable)}.")
+    check_monitored("monitor", cfg.monitor, directions)
     if cfg.monitor_mode == "auto":
         cfg.monitor_mode = "max" if directions[cfg.monitor] else "min"
     model.scheduler_config = build_scheduler_config(cfg, directions)
@@ -157,6 +173,12 @@ def check_optimizer(cfg: DictConfig, model: Any, torch: Any) -> None:
             schedule = None
             if model.scheduler_config:
                 key, target = "scheduler", cfg.scheduler._target_
+                cycled = target.endswith("OneCycleLR") and getattr(model.scheduler_config["scheduler"], "keywords", {}).get("cycle_momentum", True)
+                if cycled and isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0:
+                    raise UserError(
+                        "scheduler=onecycle cycles the momentum between 0.85 and 0.95 (scheduler.cycle_momentum=true), which would make "
+                        "plain SGD a momentum method; set scheduler.cycle_momentum=false, or use optimizer=momentum."
+                    )
                 schedule = build_scheduler(model.scheduler_config["scheduler"], optimizer, None)
             key, target = "optimizer", cfg.optimizer._target_
             for p in probe:
@@ -165,8 +187,24 @@ def check_optimizer(cfg: DictConfig, model: Any, torch: Any) -> None:
             if schedule is not None:
                 key, target = "scheduler", cfg.scheduler._target_
                 schedule.step(*([0.0] if "ReduceLROnPlateau" in target else []))
+    except UserError:
+        raise
     except Exception as error:  # torch raises ValueError, TypeError, IndexError, KeyError ...
-        raise UserError(f"{key} settings rejected by {target}: {error}.") from None
+        hint = "; scheduler.cycle_momentum=false turns that off" if "cycle_momentum" in str(error) else ""
+        raise UserError(f"{key} settings rejected by {target}: {error}{hint}.") from None
+
+
+def check_schedule_length(cfg: DictConfig, model: Any, datamodule: Any) -> None:
+    """A OneCycleLR given total_steps has at least the fit's optimizer steps (torch stops the run
+    with an error at the step after its last)."""
+    total = (cfg.get("scheduler") or {}).get("total_steps")
+    epochs = cfg.trainer.get("max_epochs")
+    if not model.scheduler_config or total is None or epochs in (None, -1) or not str(cfg.scheduler._target_).endswith("OneCycleLR"):
+        return
+    batches = max(1, math.ceil(datamodule.train_size / (datamodule.batch_size or datamodule.train_size)))
+    steps = math.ceil(batches / int(cfg.trainer.get("accumulate_grad_batches") or 1)) * epochs
+    if total < steps:
+        raise UserError(f"scheduler.total_steps={total} is fewer than the fit's {steps} optimizer steps ({epochs} epochs of {steps // epochs}); leave it null to take the fit's steps, or give at least {steps}.")
 
 
 def make_trainer(cfg: DictConfig, run_callbacks: list[Any], loggers: list[Any], plugins: list[Any], run_dir: Any) -> Any:
@@ -186,4 +224,5 @@ def make_trainer(cfg: DictConfig, run_callbacks: list[Any], loggers: list[Any], 
         from experiments import speedups
 
         defaults["profiler"] = speedups.quiet_profiler()
+    hand_sigterm_to_lightning()
     return instantiate(cfg.trainer, "trainer", callbacks=[*callbacks, *run_callbacks], logger=loggers, plugins=plugins, default_root_dir=str(run_dir), **defaults)

@@ -11,12 +11,13 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from experiments import speedups
 from experiments.config import UserError
+from experiments.signals import exit_code, stop_on_sigterm_while_starting
 
 log = logging.getLogger("experiments")
 
@@ -80,9 +81,10 @@ def prepare_arguments(argv: list[str]) -> list[str]:
         from omegaconf import OmegaConf
 
         original = [str(o) for o in OmegaConf.load(saved) if not str(o).startswith(("sweep=", "fail_fast="))]  # how it was swept
-    rest = [a for a in argv if a is not resume]
+    rest = overrides_of([a for a in argv if a is not resume])
+    flags = [a for a in argv if a is not resume and a not in rest]  # Hydra's flags (-m, --cfg job) stay first
     given = {key_of(a) for a in rest}
-    return [*(o for o in original if key_of(o) not in given), *rest, f"resume={quote_value(run_dir)}"]
+    return [*flags, *(o for o in original if key_of(o) not in given), *rest, f"resume={quote_value(run_dir)}"]
 
 
 def key_of(override: str) -> str:
@@ -91,29 +93,43 @@ def key_of(override: str) -> str:
 
 def run_cli(entry: Callable[[], Any], config_name: str) -> None:
     """Run a Hydra entry point as this process's whole life: its mistakes as one sentence and exit 1."""
+    from experiments.rundir import discard_claimed
+
     # Hydra's own error printing spans several lines; with this set its exceptions reach us.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = [sys.argv[0], *prepare_arguments(sys.argv[1:])]
-    from experiments.rundir import discard_claimed
-
+    stop_on_sigterm_while_starting()
     code: int | str | None = 0
     try:
+        if config_name in ONE_JOB and any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in sys.argv[1:]):
+            raise UserError(f"experiments.{config_name} {ONE_JOB[config_name]}; run it without -m (once per setting).")
         entry()
     except SystemExit as done:
         code = done.code
     except UserError as error:
         code = f"error: {error}"
-    except KeyboardInterrupt:  # before the run's own handler was reached (Hydra still setting up)
-        code = 130
+    except KeyboardInterrupt as interrupt:  # before the run's own handler was reached (Hydra still setting up)
+        code = exit_code(interrupt)
         sys.stderr.write("interrupted before training started; nothing was kept\n")
     except Exception as error:
-        message = config_error(error, sys.argv[1:], config_name) or disk_full(error)
+        message = config_error(error, sys.argv[1:], config_name) or disk_full(error) or flag_error(error)
         if message is None:
             raise
         code = f"error: {message}"
-    if isinstance(code, str) or code == 130:  # a refused or interrupted start leaves nothing behind
+    if isinstance(code, str) or code in (130, 143):  # a refused or interrupted start leaves nothing behind
         discard_claimed()
     speedups.exit_now(code)
+
+
+# Entry points that act on one configuration: a sweep of them would write nothing useful.
+ONE_JOB = {"evaluate": "re-tests one run", "gradcheck": "checks the gradient of one configuration"}
+
+
+def flag_error(error: BaseException) -> str | None:
+    """One sentence for Hydra's refusal of two of its flags together (`-m --cfg job`)."""
+    if isinstance(error, ValueError) and str(error).startswith("Only one of --run, --multirun"):
+        return f"{error}; to see one job's config, drop -m and give one value per key with --cfg job."
+    return None
 
 
 def disk_full(error: BaseException) -> str | None:
@@ -180,18 +196,17 @@ def instantiation_error(error: Exception, overrides: list[str]) -> str:
     return f"{given}: {message}; give a class that exists, with arguments it takes." if given else f"{message}."
 
 
-def one_job(overrides: list[str]) -> list[str]:
-    """A sweep's overrides as one of its jobs has them (the first value of each list), which
-    Hydra's compose API takes."""
+def some_jobs(overrides: list[str], limit: int = 32) -> Iterator[list[str]]:
+    """A sweep's first jobs, each as the single-valued overrides Hydra's compose API takes."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    single = []
+    axes = []
     for override in OverridesParser.create().parse_overrides(overrides):
         if not override.is_sweep_override():
-            single.append(override.input_line)
+            axes.append([override.input_line])
         elif override.is_discrete_sweep():
-            single += [f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()][:1]
-    return single
+            axes.append([f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()])
+    return (list(job) for job in itertools.islice(itertools.product(*axes), limit))
 
 
 # Keys a lightning-hydra-template config (or search) brings, and where the setting lives here.
@@ -226,17 +241,25 @@ def unknown_key(key: str, others: list[str], config_name: str) -> str:
     from experiments.config import CONF_DIR
 
     parent, _, leaf = key.rpartition(".")
+    where, node = parent or "the config", None
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name, overrides=one_job([o for o in others if not o.startswith(("hydra.", "hydra/"))]))
-        node = OmegaConf.select(cfg, parent) if parent else cfg
+            for job in some_jobs([o for o in others if not o.startswith(("hydra.", "hydra/"))]):  # the job that lacks the key
+                node = OmegaConf.select(compose(config_name, overrides=job), parent) if parent else None
+                if isinstance(node, DictConfig) and leaf not in node:
+                    choice = next((o for o in job if key_of(o) == parent), None)
+                    where = f"{parent} ({choice})" if choice and len(list(some_jobs(others, 2))) > 1 else where
+                    break
+            if not parent:
+                node = compose(config_name, overrides=next(some_jobs([o for o in others if not o.startswith(("hydra.", "hydra/"))])))
     except Exception:  # the rest of the command line has its own mistake: name this one plainly
         node = None
-    where = parent or "the config"
     if not isinstance(node, DictConfig):
         return f"{key} is not a key of {where}; `--cfg job` shows the keys there are."
     names = [str(k) for k in node.keys() if not str(k).startswith("_")]
+    if not names:
+        return f"{key} is not a key of {where}, which holds nothing with the option chosen; pick an option for {parent or 'it'} first (`--help` lists them)."
     initials = {name: "".join(word[0] for word in name.split("_") if word) for name in names + [leaf]}
     close = [n for n in names if initials[n] == leaf or initials[leaf] == n] or difflib.get_close_matches(leaf, names, n=1, cutoff=0.5)
     guess = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
-    return f"{key} is not a key of {where}: {guess}{where} has {', '.join(names)}."
+    return f"{key} is not a key of {where}: {guess}{parent or 'the config'} has {', '.join(names)}."

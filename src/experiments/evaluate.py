@@ -56,10 +56,11 @@ def evaluate(run: str, which: str = "best", inputs: list[float] | None = None, d
     """Test the checkpoint's model on its data; return test metrics and, given inputs, predictions."""
     from experiments.build import check_accelerator
 
-    check_accelerator(OmegaConf.create({"accelerator": accelerator, "devices": 1}))
+    check_accelerator(OmegaConf.create({"accelerator": accelerator, "devices": 1}), key="accelerator")
     path = find_checkpoint(run, which)
     from experiments.callbacks.checkpoint import read_checkpoint
     from experiments.cli import quiet_lightning
+    from experiments.signals import hand_sigterm_to_lightning
 
     quiet_lightning()
     import lightning.pytorch as pl
@@ -80,6 +81,7 @@ def evaluate(run: str, which: str = "best", inputs: list[float] | None = None, d
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError:  # the weights are another model's than the one its config names
         raise UserError(f"{path} holds weights that do not fit the {model_class.__name__} its config names; pass a checkpoint written by experiments.train.") from None
+    hand_sigterm_to_lightning()
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(model, datamodule=datamodule, verbose=False)
     result: dict[str, Any] = {
@@ -120,8 +122,16 @@ def main(cfg: DictConfig) -> None:
         try:
             inputs = [float(v) for v in inputs]
         except (TypeError, ValueError):
-            sys.stderr.write(f"error: inputs must be numbers, such as inputs=[35.7,81.9], got {list(inputs)}.\n")
+            inputs = None
+        if not inputs:
+            sys.stderr.write(f"error: inputs must be one or more numbers, such as inputs=[35.7,81.9], got {OmegaConf.to_container(cfg.inputs) if OmegaConf.is_list(cfg.inputs) else cfg.inputs!r}.\n")
             sys.exit(1)
+    if cfg.checkpoint not in ("best", "last"):
+        sys.stderr.write(f"error: checkpoint must be best or last (which of the run's checkpoints to test), got {cfg.checkpoint!r}.\n")
+        sys.exit(1)
+    if cfg.accelerator not in ("cpu", "gpu", "cuda", "mps", "auto"):
+        sys.stderr.write(f"error: accelerator must be cpu, gpu, mps or auto, got {cfg.accelerator!r}.\n")
+        sys.exit(1)
     try:
         result = evaluate(str(cfg.run), cfg.checkpoint, inputs, OmegaConf.to_container(cfg.data), cfg.accelerator)
     except UserError as error:

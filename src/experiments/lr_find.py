@@ -75,6 +75,9 @@ def find_lr(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
         raise UserError(f"lr_find.mode must be exponential or linear, got {settings.mode!r}.")
     if settings.suggest not in ("steepest", "lightning"):
         raise UserError(f"lr_find.suggest must be steepest or lightning, got {settings.suggest!r}.")
+    for key in ("resume", "ckpt_path"):
+        if cfg.get(key):
+            raise UserError(f"experiments.lr_find tests learning rates from the model's initial weights, so it takes no {key}=; leave it out (train from there with experiments.train).")
     quiet_lightning()
     import lightning.pytorch as pl
     from lightning.pytorch.tuner import Tuner
@@ -82,13 +85,16 @@ def find_lr(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
 
     from experiments import speedups
     from experiments.build import build, check_accelerator, instantiate
+    from experiments.signals import hand_sigterm_to_lightning
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     check_accelerator(cfg.trainer)
     datamodule, model = build(cfg, info.choices)
+    hand_sigterm_to_lightning()
+    # The test takes num_training steps however many epochs that is (trainer.max_epochs would cut it short).
     trainer = instantiate(
         cfg.trainer, "trainer", callbacks=[], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        default_root_dir=str(info.run_dir), profiler=speedups.quiet_profiler(),
+        default_root_dir=str(info.run_dir), profiler=speedups.quiet_profiler(), max_epochs=-1,
     )
     finder = Tuner(trainer).lr_find(
         model, datamodule=datamodule, min_lr=settings.min_lr, max_lr=settings.max_lr,

@@ -99,6 +99,11 @@ def check_continuation(cfg: DictConfig, run_dir: Path) -> None:
             f"{', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)} may change (to train from its weights with other "
             f"settings, start a new run with ckpt_path={run_dir}/checkpoints/last.ckpt)."
         )
+    if (key := schedule_fixed_to_length(saved, now)) is not None:
+        raise UserError(
+            f"resume={run_dir} with trainer.max_epochs={now.get('trainer.max_epochs')} cannot continue its schedule, laid out over its "
+            f"{saved.get('trainer.max_epochs')} epochs ({key}); train a new run with trainer.max_epochs={now.get('trainer.max_epochs')} instead."
+        )
     record = read_json(run_dir / "metrics.json") or {}
     if record.get("status") == "diverged":
         raise UserError(f"resume={run_dir} diverged ({record.get('reason')}); continuing it would diverge again: start a new run with other settings.")
@@ -110,6 +115,19 @@ def check_continuation(cfg: DictConfig, run_dir: Path) -> None:
     if max_epochs is not None and max_epochs != -1 and max_epochs <= done:
         what = f"finished its {done} epochs" if record.get("status") == "finished" else f"reached epoch {done + 1}"
         raise UserError(f"resume={run_dir} {what}; pass trainer.max_epochs above {done} to train longer.")
+
+
+def schedule_fixed_to_length(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """The scheduler key that ties a run's schedule to its length, when resume= changes the length:
+    a value taken from trainer.max_epochs (cosine's T_max), or OneCycleLR's steps left to the fit."""
+    if saved.get("trainer.max_epochs") == now.get("trainer.max_epochs"):
+        return None
+    for key, value in saved.items():
+        if key.startswith("scheduler.") and "trainer.max_epochs" in str(value):
+            return f"{key}={value}"
+    if str(saved.get("scheduler._target_", "")).endswith("OneCycleLR") and saved.get("scheduler.total_steps") is None and saved.get("scheduler.epochs") is None:
+        return "scheduler.total_steps=null, the fit's steps"
+    return None
 
 
 def first_missing(folder: Path) -> Path | None:
@@ -208,6 +226,8 @@ def check_launcher(config: DictConfig) -> None:
     if target.endswith("VectorizedLauncher"):
         from experiments.population.group import check_launchable
 
+        if config.hydra.job.name != "train":
+            raise UserError(f"hydra/launcher=vectorized trains the jobs of experiments.train together; experiments.{config.hydra.job.name} runs each job on its own: use hydra/launcher=basic (the default) or parallel.")
         check_launchable(config)
 
 
@@ -228,6 +248,8 @@ class RunDirectoryCheck(Callback):
             check_launcher(config)
             if (top := first_missing(sweep_dir)) is not None:
                 _created[str(sweep_dir.absolute())] = top.absolute()
+            if traces := [t for t in run_traces(sweep_dir) if not t.startswith("events.out")]:
+                raise UserError(f"hydra.sweep.dir={sweep_dir} holds a run ({', '.join(traces)}), not a sweep; a sweep writes each job into a folder of its own: pick another directory.")
             check_writable("hydra.sweep.dir", sweep_dir)
             own(sweep_dir, "hydra.sweep.dir")  # run again later into the same directory, a sweep resumes
         except UserError as error:

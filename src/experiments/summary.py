@@ -18,6 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+SWEEP_EVENTS = ".sweep"  # the suffix of the sweep's own event file, the only one it replaces
 STATUS_ORDER = {"finished": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
 
 
@@ -136,9 +137,9 @@ def write_hparams_experiment(sweep_dir: Path, rows: list[dict[str, Any]]) -> Non
     domains = {k: sorted({str(r["hparams"][k]) for r in rows if k in r["hparams"]}) for k, v in params.items() if isinstance(v, str)}
     metrics = sorted({k for r in rows for k, v in r["best_metrics"].items() if v is not None} | {k for r in rows for k in r["test"]})
     experiment, _, _ = summaries(params, metrics, domains=domains)
-    for earlier in sweep_dir.glob("events.out.tfevents.*"):  # a sweep run again: one experiment, not two
+    for earlier in sweep_dir.glob(f"events.out.tfevents.*{SWEEP_EVENTS}"):  # a sweep run again: one experiment, not two
         earlier.unlink()
-    with SummaryWriter(log_dir=str(sweep_dir)) as writer:
+    with SummaryWriter(log_dir=str(sweep_dir), filename_suffix=SWEEP_EVENTS) as writer:
         writer.file_writer.add_summary(experiment)
 
 

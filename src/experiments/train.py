@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from experiments.cli import run_cli
 from experiments.config import CONF_DIR, UserError
 from experiments.rundir import RESUME_ONE_RUN, check_continuation, discard_claimed, own
+from experiments.signals import exit_code
 from experiments.state import RunInfo, failure_record, summary_text, write_json
 
 log = logging.getLogger("experiments")
@@ -136,10 +137,10 @@ def main(cfg: DictConfig) -> float | None:
             if (sentence := disk_full(error, info.run_dir)) is None:
                 raise
             raise UserError(sentence) from error
-    except KeyboardInterrupt:  # Ctrl-C before training started (once it has, a run stops at a step boundary)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM before training started (once it has, a run stops at a step boundary)
         discard_claimed()  # this run's directory, and a sweep's made for it, if nothing else is there yet
         sys.stderr.write("interrupted before training started; nothing was kept\n")
-        sys.exit(130)
+        sys.exit(exit_code(interrupt))
     except UserError as error:
         sys.stderr.write(f"error: {error}\n")
         log.debug("error: %s", error)

@@ -1,6 +1,7 @@
 """Optuna's pruning for the jobs of hydra/sweeper=optuna with `hydra.sweeper.pruner` set: each
 validation reports the run's monitored metric to its trial, and a run whose trial the study's
-pruner stops ends there as `pruned` (a population's other runs go on)."""
+pruner stops ends there as `pruned`, with the checkpoints of that validation (a population's other
+runs go on). A run is never pruned at its last validation: it trained to its end."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ class TrialPruning(pl.Callback):
         self.states = states
         self.trials = trials
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn != "fit" or trainer.sanity_checking:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the epoch's validation and its checkpoints: a pruned run keeps its last.ckpt.
+        if trainer.sanity_checking:
             return
         for i, (state, trial) in enumerate(zip(self.states, self.trials)):
             metric = state.metrics.get(state.monitor)

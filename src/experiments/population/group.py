@@ -102,12 +102,13 @@ def train_group(jobs: list[Job], fail_fast: bool, exact: bool = True) -> list[di
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from experiments import speedups
-    from experiments.build import build_model, check_accelerator, instantiate, instantiate_group
+    from experiments.build import build_model, check_accelerator, check_schedule_length, instantiate, instantiate_group
     from experiments.callbacks.progress import ProgressLine
     from experiments.callbacks.pruning import TrialPruning
     from experiments.callbacks.recorder import MetricHistory
     from experiments.population.checkpoints import PopulationCheckpointIO, PopulationCheckpoints
     from experiments.population.module import PopulationModule
+    from experiments.signals import hand_sigterm_to_lightning
     from experiments.run import new_state, run_callbacks
 
     first = next(job.cfg for k, job in enumerate(jobs) if k not in refused)
@@ -121,7 +122,9 @@ def train_group(jobs: list[Job], fail_fast: bool, exact: bool = True) -> list[di
         if k not in refused:
             pl.seed_everything(job.cfg.seed, workers=True, verbose=False)  # each replica starts where its single run would
             try:
-                built.append((k, job, build_model(job.cfg, datamodule, job.info.choices)))
+                model = build_model(job.cfg, datamodule, job.info.choices)
+                check_schedule_length(job.cfg, model, datamodule)
+                built.append((k, job, model))
             except UserError as error:
                 refuse(k, error)
     if not built or (fail_fast and refused):  # fail_fast=true: the sweep stops at its first failed job, before any trains
@@ -142,6 +145,7 @@ def train_group(jobs: list[Job], fail_fast: bool, exact: bool = True) -> list[di
     saving = PopulationCheckpoints(checkpoints)
     pruning = [TrialPruning(states, [job.trial for job in trained])] if any(job.trial is not None for job in trained) else []
     resume = [job.run_dir / "checkpoints" / "last.ckpt" for job in trained] if trained[0].resume_step is not None else None
+    hand_sigterm_to_lightning()
     trainer = instantiate(
         first.trainer,
         "trainer",

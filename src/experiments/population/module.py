@@ -240,9 +240,10 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         self.diverged_loss = self.diverged_loss.to(self.device, self.flat.dtype)
         for model in self.models:
             model.to(self.device)
+        data = self.trainer.datamodule.hparams_initial if self.trainer.datamodule is not None else {}
         for model, loggers in zip(self.models, self.run_loggers):
             for logger in loggers:
-                logger.log_hyperparams(model.hparams)
+                logger.log_hyperparams({**model.hparams_initial, **data})  # as Lightning logs a single run's
                 logger.save()
 
     def on_train_epoch_start(self) -> None:

@@ -106,17 +106,15 @@ class GridSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else max(len(jobs), 1)
         returns: list[Sequence[JobReturn]] = []
-        skipped = 0
         for first in range(0, len(jobs), size):
             batch = jobs[first : first + size]
             todo = [i for i, overrides in enumerate(batch) if not final_status(self.job_dir(overrides, first + i))]
-            skipped += len(batch) - len(todo)
+            if len(todo) < len(batch):
+                log.info(f"{len(batch) - len(todo)} of {len(jobs)} jobs already have a final result in {sweep_dir} and are not run again")
             if not todo:
                 continue
             results = self.launcher.launch([batch[i] for i in todo], initial_job_idx=first)
             for result in results:
                 _ = result.return_value  # raises if the job raised, as Hydra's basic sweeper does
             returns.append(results)
-        if skipped:
-            log.info(f"{skipped} of {len(jobs)} jobs already have a final result in {sweep_dir} and were not run again")
         return returns

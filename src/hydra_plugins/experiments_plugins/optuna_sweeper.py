@@ -112,6 +112,26 @@ def objective_value(record: dict[str, Any], metric: str, which: str) -> float | 
     return ((record.get("metrics") or {}).get(metric) or {}).get(which)
 
 
+def check_continuation(study: Any, space: dict[str, Any], direction: str, sweep_dir: Path) -> None:
+    """A continued study keeps its direction and each choice's options (Optuna cannot draw a
+    categorical value from a list that changed)."""
+    from optuna.distributions import CategoricalDistribution
+
+    from experiments.config import UserError
+
+    if study.direction.name.lower() != direction:
+        raise UserError(f"the study in {sweep_dir} was asked to {study.direction.name.lower()}, this search to {direction}; continue it as it was, or start a new study in another hydra.sweep.dir.")
+    for trial in study.get_trials(deepcopy=False):
+        for name, earlier in trial.distributions.items():
+            now = space.get(name)
+            if isinstance(earlier, CategoricalDistribution) and now is not None and now != earlier:
+                before = ",".join(map(str, earlier.choices))
+                raise UserError(
+                    f"{name} chooses from other values than the study in {sweep_dir} did (choice({before})); a continued study keeps its "
+                    f"choices: give {name}=choice({before}), or start a new study in another hydra.sweep.dir."
+                )
+
+
 def continued_sampler(setting: Any, sampler: Any, trials: int) -> Any:
     """The sampler for a study that already holds `trials` trials: a seeded one seeded anew from
     its seed and that count (repeatable, yet not the first run's draws again)."""
@@ -122,6 +142,11 @@ def continued_sampler(setting: Any, sampler: Any, trials: int) -> Any:
     if sampler is not None and hasattr(sampler, "reseed_rng"):
         sampler.reseed_rng()
     return sampler
+
+
+def first_value(distribution: Any) -> Any:
+    """A value the search may draw: the first choice, or the low end of a range."""
+    return distribution.choices[0] if hasattr(distribution, "choices") else distribution.low
 
 
 def literal(value: Any) -> str:
@@ -145,6 +170,20 @@ def check_settings(config: DictConfig) -> None:
         value = config.hydra.sweeper.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"hydra.sweeper.{key} must be a positive integer, got {value!r}.")
+    sweeper_config = config.hydra.sweeper
+    if sweeper_config.get("search_space"):
+        raise UserError("hydra.sweeper.search_space is the official plugin's old form; write the same ranges under hydra.sweeper.params, as interval(a, b) or choice(...).")
+    direction = sweeper_config.get("direction")
+    for value in direction if OmegaConf.is_list(direction) else [direction]:
+        if value is not None and str(value).rsplit(".", 1)[-1] not in ("minimize", "maximize"):
+            raise UserError(f"hydra.sweeper.direction must be minimize, maximize or null (the objective metric's own direction), got {value!r}.")
+    if custom := sweeper_config.get("custom_search_space"):
+        from hydra.utils import get_method
+
+        try:
+            get_method(str(custom))
+        except Exception as error:
+            raise UserError(f"hydra.sweeper.custom_search_space={custom} cannot be imported ({str(error).splitlines()[0]}); give a function (cfg, trial) whose module is on PYTHONPATH.") from None
     rate = config.hydra.sweeper.get("max_failure_rate")
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1):
         raise UserError(f"hydra.sweeper.max_failure_rate must be a number from 0 to 1 (the share of a batch's trials that may fail), or null to go on whatever fails, got {rate!r}.")
@@ -179,7 +218,7 @@ class OptunaSweeper(Sweeper):
         params: dict[str, str] | None = None,
         custom_search_space: str | None = None,
         pruner: Any = None,
-        search_space: Any = None,
+        search_space: Any = None,  # the official plugin's old form, refused by check_settings
         max_failure_rate: float | None = None,
     ) -> None:
         self.settings = {"sampler": sampler, "direction": direction, "storage": storage, "study_name": study_name, "pruner": pruner}
@@ -187,10 +226,6 @@ class OptunaSweeper(Sweeper):
         self.max_failure_rate = max_failure_rate
         self.params = dict(params or {})
         self.custom_search_space = custom_search_space
-        if search_space:
-            from experiments.config import UserError
-
-            raise UserError("hydra.sweeper.search_space is the official plugin's old form; write the same ranges under hydra.sweeper.params.")
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context = hydra_context
@@ -245,6 +280,7 @@ class OptunaSweeper(Sweeper):
         direction, sampler, pruner = self.direction(), built("sampler", settings["sampler"]), built("pruner", settings["pruner"])
         extend = get_method(self.custom_search_space) if self.custom_search_space else None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        self.validate_batch_is_legal([[*fixed, *(f"{key}={literal(first_value(d))}" for key, d in space.items())]])  # one job of the search
         storage = None
         if settings["storage"]:  # a database of the user's: opened before anything is written
             try:
@@ -254,15 +290,13 @@ class OptunaSweeper(Sweeper):
                 first = (str(error).splitlines() or [type(error).__name__])[0]
                 raise UserError(f"hydra.sweeper.storage={settings['storage']} cannot be opened ({first}); give a database URL Optuna can open, such as sqlite:///study.db, or leave it null to keep the study in the sweep directory.") from None
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        storage, name = storage or study_storage(None, sweep_dir), settings["study_name"] or DEFAULT_STUDY
+        if name in optuna.study.get_all_study_names(storage):  # continued: checked before anything is written to it
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+            check_continuation(study, space, direction, sweep_dir)
+        else:
+            study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=direction)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        study = optuna.create_study(
-            study_name=settings["study_name"] or DEFAULT_STUDY,
-            storage=storage or study_storage(None, sweep_dir),
-            sampler=sampler,
-            pruner=pruner,
-            direction=direction,
-            load_if_exists=True,
-        )
         for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # a run of this sweep killed earlier
         if study.trials:  # a continued study: a seeded sampler must not draw its first trials again

@@ -70,7 +70,12 @@ class VectorizedLauncher(Launcher):
                 alone.append((i, reason))
             else:
                 groups.setdefault(key, []).append(i)
-        alone += [(members[0], "no other job shares its data, model and trainer settings") for members in groups.values() if len(members) == 1]
+        fresh_keys = {i: group_key(task_config(configs[i]), None)[0] for members in groups.values() for i in members}
+        for members in groups.values():
+            if len(members) == 1:
+                i = members[0]
+                resumes_apart = any(fresh_keys.get(j) == fresh_keys[i] for j in fresh_keys if j != i)
+                alone.append((i, "the jobs that share its settings continue from another step of their last.ckpt" if resumes_apart else "no other job shares its data, model and trainer settings"))
         together = [members for members in groups.values() if len(members) > 1]
         log.info(f"hydra/launcher=vectorized: {len(configs)} jobs, {sum(map(len, together))} of them in {len(together)} group(s) trained together")
         for n, members in enumerate(together, 1):
@@ -142,6 +147,9 @@ class VectorizedLauncher(Launcher):
             for job, outcome in zip(jobs, outcomes):
                 if outcome is not None:  # each job's summary in its own log, as a single run's
                     log.info(summary_text(outcome), extra={"run_dir": job.run_dir, "file_only": True})
+            stopped = [o for o in outcomes if o is not None and o["status"] == "interrupted"]
+            if stopped:
+                log.info(f"{len(stopped)} jobs {stopped[0]['reason'].split(';')[0]}, each with its checkpoints/last.ckpt; the same command with hydra.sweep.dir={jobs[0].run_dir.parent} resumes them")
         finally:
             for handler in handlers:
                 logging.getLogger().removeHandler(handler)
