@@ -16,7 +16,8 @@ sizes once (the smoke test of this script). With a GPU, cases 1 to 3 also run on
      another and on the parallel launcher, and benchmarks/plain_sweep.py.
   4. Start-up: `--help` and a 1-epoch run against `python -c "import torch"`.
   5. A Fashion-MNIST sweep of 6 jobs (adam, sgd x lr 1e-4, 1e-3, 1e-2; 2 epochs): the basic launcher
-     against hydra/launcher=vectorized, and whether each job's test accuracy is its solo run's.
+     against hydra/launcher=vectorized (exact, and with hydra.launcher.exact=false), and whether
+     each job's test accuracy is its solo run's.
   6. How a population's cost grows: thermometer sweeps of K = 1, 4, 16, 64 Adam learning rates on
      hydra/launcher=vectorized, seconds per job and peak memory.
 Case 3 also runs the 15 jobs on hydra/launcher=vectorized.
@@ -154,6 +155,7 @@ def cases(args: argparse.Namespace, work: Path, data: Path | None, device: str) 
         found["5 " + experiment + " sweep of 6" + suffix] = [
             Variant("package, sequential", [*TRAIN, "-m", *common], "sweep", jobs=6),
             Variant("package, vectorized launcher", [*TRAIN, "-m", "hydra/launcher=vectorized", *common], "sweep", jobs=6),
+            Variant("package, vectorized, exact=false", [*TRAIN, "-m", "hydra/launcher=vectorized", "hydra.launcher.exact=false", *common], "sweep", jobs=6),
         ]
     sizes_k = (1, 4) if quick else (1, 4, 16, 64)
     found["6 population size" + suffix] = [

@@ -11,7 +11,7 @@ import torch
 
 from conftest import IDX_NAMES, fake_mnist
 from experiments.config import UserError
-from experiments.data.batching import TensorLoader
+from experiments.data.batching import TensorDataModule, TensorLoader
 from experiments.data.idx_files import write_idx
 from experiments.data.mnist import FashionMNISTDataModule, MNISTDataModule
 from experiments.data.synthetic import SyntheticLineDataModule
@@ -214,3 +214,35 @@ def test_damaged_idx_files_are_named_with_what_is_wrong(mnist_root: Path, damage
     with pytest.raises(UserError, match=message) as error:
         MNISTDataModule(root=str(mnist_root), download=False).setup()
     assert str(images.name) in str(error.value) or str(labels.name) in str(error.value)
+
+
+class Points(TensorDataModule):
+    """Tensors a subclass may get wrong: `inputs` and `targets` shapes, as given."""
+
+    task = "regression"
+    input_shape = (2,)
+    num_outputs = 1
+
+    def __init__(self, inputs: tuple[int, ...], targets: tuple[int, ...], task: str = "regression") -> None:
+        super().__init__(None, None, 0)
+        self.shapes, self.task = (inputs, targets), task
+
+    def load_splits(self):
+        x, y = torch.zeros(10, *self.shapes[0]), torch.zeros(10, *self.shapes[1])
+        if self.task == "classification":
+            y = torch.full((10,), 3)
+        return {split: (x, y) for split in ("train", "val", "test")}
+
+
+@pytest.mark.parametrize(
+    "inputs, targets, task, message",
+    [
+        ((1,), (1,), "regression", r"Points.input_shape is \(2,\), but load_splits\(\) returns train inputs of shape \(1,\) per sample"),
+        ((2,), (3,), "regression", r"Points.num_outputs is 1, but load_splits\(\) returns train targets of shape \(3,\)"),
+        ((2,), (), "classification", r"not class indices from 0 to 0 \(num_outputs\)"),
+    ],
+)
+def test_a_data_module_whose_tensors_disagree_with_what_it_promises_is_one_sentence(inputs, targets, task, message):
+    with pytest.raises(UserError, match=message):
+        Points(inputs, targets, task).load()
+    assert Points((2,), (1,)).load() is None  # what it promises: loads
