@@ -37,7 +37,10 @@ def load(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 train_x, train_y = load(train=True)
 order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(args.seed)).to(device)
-train_x, train_y = train_x[order[: len(order) - args.val_size]], train_y[order[: len(order) - args.val_size]]
+train_x, train_y = (
+    train_x[order[: len(order) - args.val_size]],
+    train_y[order[: len(order) - args.val_size]],
+)
 test_x, test_y = load(train=False)
 
 net = nn.Sequential(nn.Flatten(), nn.Linear(784, 28), nn.ReLU(), nn.Linear(28, 10)).to(device)
@@ -47,7 +50,9 @@ for epoch in range(args.epochs):
     if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    permutation = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch)).to(device)
+    permutation = torch.randperm(
+        len(train_x), generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+    ).to(device)
     for batch in permutation.split(128):
         loss = F.cross_entropy(net(train_x[batch]), train_y[batch])
         optimizer.zero_grad()
@@ -58,4 +63,12 @@ for epoch in range(args.epochs):
     epoch_seconds.append(time.perf_counter() - started)
 with torch.no_grad():
     accuracy = (net(test_x).argmax(1) == test_y).float().mean().item()
-print(json.dumps({"epoch_seconds": epoch_seconds, "steps_per_epoch": -(-len(train_x) // 128), "test_acc": accuracy}))
+print(
+    json.dumps(
+        {
+            "epoch_seconds": epoch_seconds,
+            "steps_per_epoch": -(-len(train_x) // 128),
+            "test_acc": accuracy,
+        }
+    )
+)

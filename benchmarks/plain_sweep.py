@@ -19,8 +19,12 @@ parser.add_argument("--device", default="cpu")
 args = parser.parse_args()
 device = torch.device(args.device)
 
-t_c = torch.tensor([0.5, 14.0, 15.0, 28.0, 11.0, 8.0, 3.0, -4.0, 6.0, 13.0, 21.0], device=device).unsqueeze(1)
-t_un = 0.1 * torch.tensor([35.7, 55.9, 58.2, 81.9, 56.3, 48.9, 33.9, 21.8, 48.4, 60.4, 68.4], device=device).unsqueeze(1)
+t_c = torch.tensor(
+    [0.5, 14.0, 15.0, 28.0, 11.0, 8.0, 3.0, -4.0, 6.0, 13.0, 21.0], device=device
+).unsqueeze(1)
+t_un = 0.1 * torch.tensor(
+    [35.7, 55.9, 58.2, 81.9, 56.3, 48.9, 33.9, 21.8, 48.4, 60.4, 68.4], device=device
+).unsqueeze(1)
 optimizers = {
     "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
     "momentum": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
@@ -46,4 +50,12 @@ for name, make in optimizers.items():
             loss.backward()
             optimizer.step()
         results.append({"optimizer": name, "lr": lr, "status": status, "loss": loss.item()})
-print(json.dumps({"jobs": len(results), "diverged": sum(r["status"] == "diverged" for r in results), "results": results}))
+print(
+    json.dumps(
+        {
+            "jobs": len(results),
+            "diverged": sum(r["status"] == "diverged" for r in results),
+            "results": results,
+        }
+    )
+)

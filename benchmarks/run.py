@@ -58,12 +58,16 @@ def run(command: list[str], workdir: Path) -> dict:
     out, err = workdir / "stdout", workdir / "stderr"
     with out.open("w") as stdout, err.open("w") as stderr:
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=workdir, stdout=stdout, stderr=stderr, env={**os.environ, "CI": "true"})
+        process = subprocess.Popen(
+            command, cwd=workdir, stdout=stdout, stderr=stderr, env={**os.environ, "CI": "true"}
+        )
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        raise SystemExit(f"benchmark command failed ({code}): {' '.join(command)}\n{err.read_text()[-3000:]}")
+        raise SystemExit(
+            f"benchmark command failed ({code}): {' '.join(command)}\n{err.read_text()[-3000:]}"
+        )
     return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024, "stdout": out.read_text()}
 
 
@@ -74,10 +78,17 @@ def measure(variant: Variant, workdir: Path) -> None:
         result["json"] = json.loads(result["stdout"].strip().splitlines()[-1])
     elif variant.reads == "package":
         metrics = sorted(workdir.glob("**/metrics.json"))
-        result["json"] = json.loads(metrics[0].read_text()) if len(metrics) == 1 else {"jobs": len(metrics)}
+        result["json"] = (
+            json.loads(metrics[0].read_text()) if len(metrics) == 1 else {"jobs": len(metrics)}
+        )
     elif variant.reads == "sweep":
         records = [json.loads(path.read_text()) for path in sorted(workdir.glob("**/metrics.json"))]
-        result["json"] = {"test_acc_by_job": {Path(r["run_dir"]).name: (r.get("test") or {}).get("test/acc") for r in records}, "statuses": sorted(r["status"] for r in records)}
+        result["json"] = {
+            "test_acc_by_job": {
+                Path(r["run_dir"]).name: (r.get("test") or {}).get("test/acc") for r in records
+            },
+            "statuses": sorted(r["status"] for r in records),
+        }
     result.pop("stdout")
     variant.runs.append(result)
 
@@ -89,6 +100,7 @@ def median(values: list[float | None]) -> float | None:
 
 def summary(variant: Variant) -> dict:
     """Medians over the repetitions: wall time, peak memory, per-epoch training time, test accuracy."""
+
     def epoch(run: dict) -> float | None:
         data = run.get("json") or {}
         if "epoch_seconds" in data:
@@ -104,7 +116,9 @@ def summary(variant: Variant) -> dict:
         "command": " ".join(variant.command).replace(PY, "python"),
         "jobs": variant.jobs,
         "per_job_s": median([r["seconds"] / variant.jobs for r in variant.runs]),
-        "accuracies": (variant.runs[-1].get("json") or {}).get("test_acc_by_job") if variant.runs else None,
+        "accuracies": (variant.runs[-1].get("json") or {}).get("test_acc_by_job")
+        if variant.runs
+        else None,
         "repetitions": len(variant.runs),
         "wall_s": median([r["seconds"] for r in variant.runs]),
         "wall_s_all": [round(r["seconds"], 3) for r in variant.runs],
@@ -114,7 +128,9 @@ def summary(variant: Variant) -> dict:
     }
 
 
-def cases(args: argparse.Namespace, work: Path, data: Path | None, device: str) -> dict[str, list[Variant]]:
+def cases(
+    args: argparse.Namespace, work: Path, data: Path | None, device: str
+) -> dict[str, list[Variant]]:
     gpu = device == "cuda"
     accelerator = [f"trainer.accelerator={'gpu' if gpu else 'cpu'}"]
     plain_device = ["--device", device]
@@ -133,40 +149,132 @@ def cases(args: argparse.Namespace, work: Path, data: Path | None, device: str) 
         flag = ["--fashion"] if fashion else []
         sizes = ["data.val_size=100"] if quick else []
         found["1 " + experiment + suffix] = [
-            Variant("package", [*TRAIN, f"experiment={experiment}", f"data.root={data}", *sizes, *accelerator], "package"),
-            Variant("seed loop", [PY, str(HERE / "seed_loop.py"), str(torchvision_root), *flag, *plain_device], "json"),
-            Variant("preloaded loop", [PY, str(HERE / "plain_preloaded.py"), str(torchvision_root), *flag, *plain_device, *(["--val-size", "100"] if quick else [])], "json"),
+            Variant(
+                "package",
+                [*TRAIN, f"experiment={experiment}", f"data.root={data}", *sizes, *accelerator],
+                "package",
+            ),
+            Variant(
+                "seed loop",
+                [PY, str(HERE / "seed_loop.py"), str(torchvision_root), *flag, *plain_device],
+                "json",
+            ),
+            Variant(
+                "preloaded loop",
+                [
+                    PY,
+                    str(HERE / "plain_preloaded.py"),
+                    str(torchvision_root),
+                    *flag,
+                    *plain_device,
+                    *(["--val-size", "100"] if quick else []),
+                ],
+                "json",
+            ),
         ]
     found["2 thermometer" + suffix] = [
         Variant("package", [*TRAIN, "experiment=thermometer", *epochs, *accelerator], "package"),
-        Variant("plain script", [PY, str(HERE / "plain_thermometer.py"), *plain_epochs, *plain_device], "json"),
+        Variant(
+            "plain script",
+            [PY, str(HERE / "plain_thermometer.py"), *plain_epochs, *plain_device],
+            "json",
+        ),
     ]
     sweep = ["optimizer=sgd,adam", "optimizer.lr=0.01"] if quick else ["sweep=optimizers"]
     jobs = 2 if quick else 15
     found["3 sweep of 15" + suffix] = [
-        Variant("package, sequential", [*TRAIN, "-m", "experiment=thermometer", *sweep, *epochs, *accelerator], "package", jobs=jobs),
-        Variant("package, parallel launcher", [*TRAIN, "-m", "hydra/launcher=parallel", "experiment=thermometer", *sweep, *epochs, *accelerator], "package", jobs=jobs),
-        Variant("package, vectorized launcher", [*TRAIN, "-m", "hydra/launcher=vectorized", "experiment=thermometer", *sweep, *epochs, *accelerator], "package", jobs=jobs),
-        Variant("plain script", [PY, str(HERE / "plain_sweep.py"), *plain_epochs, *plain_device], "json", jobs=15),
+        Variant(
+            "package, sequential",
+            [*TRAIN, "-m", "experiment=thermometer", *sweep, *epochs, *accelerator],
+            "package",
+            jobs=jobs,
+        ),
+        Variant(
+            "package, parallel launcher",
+            [
+                *TRAIN,
+                "-m",
+                "hydra/launcher=parallel",
+                "experiment=thermometer",
+                *sweep,
+                *epochs,
+                *accelerator,
+            ],
+            "package",
+            jobs=jobs,
+        ),
+        Variant(
+            "package, vectorized launcher",
+            [
+                *TRAIN,
+                "-m",
+                "hydra/launcher=vectorized",
+                "experiment=thermometer",
+                *sweep,
+                *epochs,
+                *accelerator,
+            ],
+            "package",
+            jobs=jobs,
+        ),
+        Variant(
+            "plain script",
+            [PY, str(HERE / "plain_sweep.py"), *plain_epochs, *plain_device],
+            "json",
+            jobs=15,
+        ),
     ]
     if data is not None:
         grid = ["optimizer=adam,sgd", "optimizer.lr=1e-4,1e-3,1e-2"]
-        common = [f"experiment={experiment}", f"data.root={data}", *grid, *(["data.val_size=100", "trainer.max_epochs=1"] if quick else []), *accelerator]
+        common = [
+            f"experiment={experiment}",
+            f"data.root={data}",
+            *grid,
+            *(["data.val_size=100", "trainer.max_epochs=1"] if quick else []),
+            *accelerator,
+        ]
         found["5 " + experiment + " sweep of 6" + suffix] = [
             Variant("package, sequential", [*TRAIN, "-m", *common], "sweep", jobs=6),
-            Variant("package, vectorized launcher", [*TRAIN, "-m", "hydra/launcher=vectorized", *common], "sweep", jobs=6),
-            Variant("package, vectorized, exact=false", [*TRAIN, "-m", "hydra/launcher=vectorized", "hydra.launcher.exact=false", *common], "sweep", jobs=6),
+            Variant(
+                "package, vectorized launcher",
+                [*TRAIN, "-m", "hydra/launcher=vectorized", *common],
+                "sweep",
+                jobs=6,
+            ),
+            Variant(
+                "package, vectorized, exact=false",
+                [*TRAIN, "-m", "hydra/launcher=vectorized", "hydra.launcher.exact=false", *common],
+                "sweep",
+                jobs=6,
+            ),
         ]
     sizes_k = (1, 4) if quick else (1, 4, 16, 64)
     found["6 population size" + suffix] = [
-        Variant(f"K={k}", [*TRAIN, "-m", "hydra/launcher=vectorized", "experiment=thermometer", "optimizer=adam", "optimizer.lr=" + ",".join(f"{10 ** (-3 + 2 * i / max(k - 1, 1)):.6g}" for i in range(k)), *epochs, *accelerator], "package", jobs=k)
+        Variant(
+            f"K={k}",
+            [
+                *TRAIN,
+                "-m",
+                "hydra/launcher=vectorized",
+                "experiment=thermometer",
+                "optimizer=adam",
+                "optimizer.lr="
+                + ",".join(f"{10 ** (-3 + 2 * i / max(k - 1, 1)):.6g}" for i in range(k)),
+                *epochs,
+                *accelerator,
+            ],
+            "package",
+            jobs=k,
+        )
         for k in sizes_k
     ]
     if not gpu:
         found["4 start-up"] = [
             Variant("python -c 'import torch'", [PY, "-c", "import torch"]),
             Variant("package --help", [*TRAIN, "--help"]),
-            Variant("package, 1-epoch run", [*TRAIN, "trainer.max_epochs=1", *accelerator], "package"),
+            Variant(
+                "package, 1-epoch run", [*TRAIN, "trainer.max_epochs=1", *accelerator], "package"
+            ),
         ]
     return found
 
@@ -181,32 +289,140 @@ def targets(results: dict[str, list[dict]]) -> list[dict]:
     for case, variants in results.items():
         by_name = {v["variant"]: v for v in variants}
         if case.startswith("1 "):
-            package, seed, preloaded = by_name["package"], by_name["seed loop"], by_name["preloaded loop"]
-            rows.append({"case": case, "target": "per training epoch <= 1.5x the preloaded loop", "value": ratio(package["epoch_s"], preloaded["epoch_s"]), "limit": 1.5, "better": "lower"})
-            rows.append({"case": case, "target": "end to end >= 3x faster than the seed's loop", "value": ratio(seed["wall_s"], package["wall_s"]), "limit": 3.0, "better": "higher"})
-            gap = None if package["test_acc"] is None or seed["test_acc"] is None else abs(package["test_acc"] - seed["test_acc"]) * 100
-            rows.append({"case": case, "target": "test accuracy within 0.5 points of the seed's loop", "value": gap, "limit": 0.5, "better": "lower", "unit": "points"})
+            package, seed, preloaded = (
+                by_name["package"],
+                by_name["seed loop"],
+                by_name["preloaded loop"],
+            )
+            rows.append(
+                {
+                    "case": case,
+                    "target": "per training epoch <= 1.5x the preloaded loop",
+                    "value": ratio(package["epoch_s"], preloaded["epoch_s"]),
+                    "limit": 1.5,
+                    "better": "lower",
+                }
+            )
+            rows.append(
+                {
+                    "case": case,
+                    "target": "end to end >= 3x faster than the seed's loop",
+                    "value": ratio(seed["wall_s"], package["wall_s"]),
+                    "limit": 3.0,
+                    "better": "higher",
+                }
+            )
+            gap = (
+                None
+                if package["test_acc"] is None or seed["test_acc"] is None
+                else abs(package["test_acc"] - seed["test_acc"]) * 100
+            )
+            rows.append(
+                {
+                    "case": case,
+                    "target": "test accuracy within 0.5 points of the seed's loop",
+                    "value": gap,
+                    "limit": 0.5,
+                    "better": "lower",
+                    "unit": "points",
+                }
+            )
         elif case.startswith("2 "):
-            rows.append({"case": case, "target": "end to end <= 2x the plain script", "value": ratio(by_name["package"]["wall_s"], by_name["plain script"]["wall_s"]), "limit": 2.0, "better": "lower"})
+            rows.append(
+                {
+                    "case": case,
+                    "target": "end to end <= 2x the plain script",
+                    "value": ratio(by_name["package"]["wall_s"], by_name["plain script"]["wall_s"]),
+                    "limit": 2.0,
+                    "better": "lower",
+                }
+            )
         elif case.startswith("3 "):
             for name in ("package, parallel launcher", "package, sequential"):
-                rows.append({"case": case, "target": f"{name}: end to end <= 2x the plain script", "value": ratio(by_name[name]["wall_s"], by_name["plain script"]["wall_s"]), "limit": 2.0, "better": "lower"})
+                rows.append(
+                    {
+                        "case": case,
+                        "target": f"{name}: end to end <= 2x the plain script",
+                        "value": ratio(by_name[name]["wall_s"], by_name["plain script"]["wall_s"]),
+                        "limit": 2.0,
+                        "better": "lower",
+                    }
+                )
             vectorized = by_name["package, vectorized launcher"]["wall_s"]
-            rows.append({"case": case, "target": "vectorized launcher: end to end <= 0.5x the plain script", "value": ratio(vectorized, by_name["plain script"]["wall_s"]), "limit": 0.5, "better": "lower"})
-            rows.append({"case": case, "target": "vectorized launcher: >= 5x faster than the basic launcher", "value": ratio(by_name["package, sequential"]["wall_s"], vectorized), "limit": 5.0, "better": "higher"})
+            rows.append(
+                {
+                    "case": case,
+                    "target": "vectorized launcher: end to end <= 0.5x the plain script",
+                    "value": ratio(vectorized, by_name["plain script"]["wall_s"]),
+                    "limit": 0.5,
+                    "better": "lower",
+                }
+            )
+            rows.append(
+                {
+                    "case": case,
+                    "target": "vectorized launcher: >= 5x faster than the basic launcher",
+                    "value": ratio(by_name["package, sequential"]["wall_s"], vectorized),
+                    "limit": 5.0,
+                    "better": "higher",
+                }
+            )
         elif case.startswith("5 "):
-            basic, vectorized = by_name["package, sequential"], by_name["package, vectorized launcher"]
-            rows.append({"case": case, "target": "vectorized launcher: >= 3x faster than the basic launcher", "value": ratio(basic["wall_s"], vectorized["wall_s"]), "limit": 3.0, "better": "higher"})
-            same = basic["accuracies"] is not None and basic["accuracies"] == vectorized["accuracies"]
-            rows.append({"case": case, "target": "each job's test accuracy equal to its solo run's", "value": float(same), "limit": 1.0, "better": "higher", "unit": "(1: all equal)"})
+            basic, vectorized = (
+                by_name["package, sequential"],
+                by_name["package, vectorized launcher"],
+            )
+            rows.append(
+                {
+                    "case": case,
+                    "target": "vectorized launcher: >= 3x faster than the basic launcher",
+                    "value": ratio(basic["wall_s"], vectorized["wall_s"]),
+                    "limit": 3.0,
+                    "better": "higher",
+                }
+            )
+            same = (
+                basic["accuracies"] is not None and basic["accuracies"] == vectorized["accuracies"]
+            )
+            rows.append(
+                {
+                    "case": case,
+                    "target": "each job's test accuracy equal to its solo run's",
+                    "value": float(same),
+                    "limit": 1.0,
+                    "better": "higher",
+                    "unit": "(1: all equal)",
+                }
+            )
         elif case.startswith("6 "):
             first, last = variants[0], variants[-1]
-            rows.append({"case": case, "target": f"seconds per job at {last['variant']} vs {first['variant']} (1/K would be {1 / last['jobs']:.3g})", "value": ratio(last["per_job_s"], first["per_job_s"]), "limit": 4 / last["jobs"], "better": "lower"})
+            rows.append(
+                {
+                    "case": case,
+                    "target": f"seconds per job at {last['variant']} vs {first['variant']} (1/K would be {1 / last['jobs']:.3g})",
+                    "value": ratio(last["per_job_s"], first["per_job_s"]),
+                    "limit": 4 / last["jobs"],
+                    "better": "lower",
+                }
+            )
         elif case.startswith("4 "):
-            rows.append({"case": case, "target": "--help < 1.5x `import torch`", "value": ratio(by_name["package --help"]["wall_s"], by_name["python -c 'import torch'"]["wall_s"]), "limit": 1.5, "better": "lower"})
+            rows.append(
+                {
+                    "case": case,
+                    "target": "--help < 1.5x `import torch`",
+                    "value": ratio(
+                        by_name["package --help"]["wall_s"],
+                        by_name["python -c 'import torch'"]["wall_s"],
+                    ),
+                    "limit": 1.5,
+                    "better": "lower",
+                }
+            )
     for row in rows:
         value = row["value"]
-        row["met"] = value is not None and (value <= row["limit"] if row["better"] == "lower" else value >= row["limit"])
+        row["met"] = value is not None and (
+            value <= row["limit"] if row["better"] == "lower" else value >= row["limit"]
+        )
     return rows
 
 
@@ -214,8 +430,30 @@ def machine() -> dict:
     import lightning
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    memory = next((int(line.split()[1]) // 1024**2 for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), None) if Path("/proc/meminfo").exists() else None
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    memory = (
+        next(
+            (
+                int(line.split()[1]) // 1024**2
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            ),
+            None,
+        )
+        if Path("/proc/meminfo").exists()
+        else None
+    )
     return {
         "date": date.today().isoformat(),
         "cpu": cpu,
@@ -250,11 +488,21 @@ def markdown(report: dict) -> str:
     ]
     for row in report["targets"]:
         unit = row.get("unit", "x")
-        lines.append(f"| {row['case']} | {row['target']} | {number(row['value'])} {unit} | {'yes' if row['met'] else 'no'} |")
+        lines.append(
+            f"| {row['case']} | {row['target']} | {number(row['value'])} {unit} | {'yes' if row['met'] else 'no'} |"
+        )
     for case, variants in report["results"].items():
-        lines += ["", f"## Case {case}", "", "| variant | jobs | wall s | s per job | per-epoch s | test acc | peak MB | wall s, each run |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Case {case}",
+            "",
+            "| variant | jobs | wall s | s per job | per-epoch s | test acc | peak MB | wall s, each run |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for v in variants:
-            lines.append(f"| {v['variant']} | {v['jobs']} | {number(v['wall_s'])} | {number(v['per_job_s'])} | {number(v['epoch_s'])} | {number(v['test_acc'], 4)} | {number(v['peak_mb'])} | {v['wall_s_all']} |")
+            lines.append(
+                f"| {v['variant']} | {v['jobs']} | {number(v['wall_s'])} | {number(v['per_job_s'])} | {number(v['epoch_s'])} | {number(v['test_acc'], 4)} | {number(v['peak_mb'])} | {v['wall_s_all']} |"
+            )
         lines += ["", "Commands:", ""] + [f"- {v['variant']}: `{v['command']}`" for v in variants]
     return "\n".join(lines) + "\n"
 
@@ -269,13 +517,36 @@ def output_dir(args: argparse.Namespace) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=3, help="repetitions of each command (at least 3 for the published table)")
-    parser.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"), help="a folder with the four MNIST-style IDX files")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: checks the benchmark runs")
-    parser.add_argument("--out", type=Path, default=None, help="where RESULTS.md and results.json go (default: benchmarks/ for a full run, benchmarks/out/ otherwise)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=3,
+        help="repetitions of each command (at least 3 for the published table)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("/usr/share/datasets/fashion-mnist"),
+        help="a folder with the four MNIST-style IDX files",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes, one repetition: checks the benchmark runs"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where RESULTS.md and results.json go (default: benchmarks/ for a full run, benchmarks/out/ otherwise)",
+    )
     parser.add_argument("--cases", default=ALL_CASES, help="which cases to run, e.g. 2,3")
-    parser.add_argument("--devices", default="auto", help="cpu, cuda, or cpu,cuda; auto: cpu, and cuda when there is a GPU")
+    parser.add_argument(
+        "--devices",
+        default="auto",
+        help="cpu, cuda, or cpu,cuda; auto: cpu, and cuda when there is a GPU",
+    )
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
     with tempfile.TemporaryDirectory(prefix="experiments-bench-") as tmp:
@@ -286,18 +557,44 @@ def main() -> None:
 
             data = write_fake_set(work / "fake-mnist", 600, 100)
         elif data is None:
-            print(f"no MNIST-style files in {args.data}: case 1 is skipped (pass --data DIR)", file=sys.stderr)
+            print(
+                f"no MNIST-style files in {args.data}: case 1 is skipped (pass --data DIR)",
+                file=sys.stderr,
+            )
         import torch
 
-        devices = (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]) if args.devices == "auto" else args.devices.split(",")
-        plan = dict(sorted((name, variants) for device in devices for name, variants in cases(args, work, data, device).items() if name[0] in args.cases.split(",")))
+        devices = (
+            (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+            if args.devices == "auto"
+            else args.devices.split(",")
+        )
+        plan = dict(
+            sorted(
+                (name, variants)
+                for device in devices
+                for name, variants in cases(args, work, data, device).items()
+                if name[0] in args.cases.split(",")
+            )
+        )
         for rep in range(reps):
             for name, variants in plan.items():
                 for variant in variants:
                     print(f"[{rep + 1}/{reps}] case {name}: {variant.name}", flush=True)
-                    measure(variant, work / f"{name}-{variant.name}-{rep}".replace(" ", "_").replace(",", "").replace("'", ""))
+                    measure(
+                        variant,
+                        work
+                        / f"{name}-{variant.name}-{rep}".replace(" ", "_")
+                        .replace(",", "")
+                        .replace("'", ""),
+                    )
     results = {name: [summary(v) for v in variants] for name, variants in plan.items()}
-    report = {"machine": machine(), "reps": reps, "quick": args.quick, "targets": targets(results), "results": results}
+    report = {
+        "machine": machine(),
+        "reps": reps,
+        "quick": args.quick,
+        "targets": targets(results),
+        "results": results,
+    }
     out = output_dir(args)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -83,4 +83,8 @@ for epoch in range(args.epochs):
         optimizer.step()
     epoch_seconds.append(time.perf_counter() - t)
 accuracy = test()
-print(json.dumps({"epoch_seconds": epoch_seconds, "steps_per_epoch": len(train_loader), "test_acc": accuracy}))
+print(
+    json.dumps(
+        {"epoch_seconds": epoch_seconds, "steps_per_epoch": len(train_loader), "test_acc": accuracy}
+    )
+)
