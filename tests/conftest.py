@@ -18,31 +18,48 @@ from omegaconf import DictConfig
 from experiments.config import CONF_DIR
 from experiments.data.idx_files import FILES, write_fake_set
 
-IDX_NAMES = {(split, kind): FILES[f"{split}_{kind}"] for split in ("train", "test") for kind in ("images", "labels")}
+IDX_NAMES = {
+    (split, kind): FILES[f"{split}_{kind}"]
+    for split in ("train", "test")
+    for kind in ("images", "labels")
+}
 
 
 def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train") -> DictConfig:
     """The config `python -m experiments.train OVERRIDES` would run, writing into run_dir."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=[*overrides, f"run_dir={run_dir}"], return_hydra_config=True)
+        cfg = compose(
+            config_name, overrides=[*overrides, f"run_dir={run_dir}"], return_hydra_config=True
+        )
     HydraConfig.instance().set_config(cfg)
     return cfg
 
 
 def train_in_process(overrides: list[str], run_dir: Path) -> dict:
     """What `python -m experiments.train OVERRIDES` does, in this process, writing into run_dir."""
-    from experiments.run import train
+    from experiments.run import train_and_test
     from experiments.train import run_info
 
     cfg = compose_train(overrides, run_dir)
-    return train(cfg, run_info(cfg))
+    return train_and_test(cfg, run_info(cfg))
 
 
-def cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None, module: str = "experiments.train") -> subprocess.CompletedProcess:
+def cli(
+    args: list[str],
+    cwd: Path,
+    timeout: float = 300,
+    env: dict | None = None,
+    module: str = "experiments.train",
+) -> subprocess.CompletedProcess:
     """Run `python -m experiments.train ARGS` for real, as a user would, with CI=true."""
     full_env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(cwd / ".cache"), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -50,7 +67,14 @@ def terminate_at_epoch(args: list[str], cwd: Path, epoch: int) -> int:
     """Start `python -m experiments.train ARGS` for real, SIGTERM it once its progress line shows
     `epoch` (args set a max_epochs and a frequent plain progress line); its exit code."""
     env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(cwd / ".cache")}
-    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in process.stdout:
         if (match := re.search(r"epoch (\d+)/\d+", line)) and int(match[1]) >= epoch:
             process.send_signal(signal.SIGTERM)
@@ -72,15 +96,23 @@ def read_metrics(run_dir: Path) -> dict:
 def scalar_history(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar a run logged as it trained, as TensorBoard's own reader reads its event files:
     tag -> (step, value). (The HParams `best/*` values are left out: a run resumed writes them
-    again when it ends, and the HParams tab shows the last.)"""
+    again when it ends, and the HParams tab shows the last.) Points are in step order: the reader
+    takes a run's files in name order, and a file opened for the test phase in the same second
+    as the fit's can sort first (`...<pid>.10` before `...<pid>.9`)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"] if not tag.startswith("best/")}
+    return {
+        tag: sorted(((e.step, e.value) for e in events.Scalars(tag)), key=lambda point: point[0])
+        for tag in events.Tags()["scalars"]
+        if not tag.startswith("best/")
+    }
 
 
-def fake_mnist(folder: Path, n_train: int = 300, n_test: int = 60, gz: bool = True, seed: int = 0) -> Path:
+def fake_mnist(
+    folder: Path, n_train: int = 300, n_test: int = 60, gz: bool = True, seed: int = 0
+) -> Path:
     return write_fake_set(folder, n_train, n_test, gz, seed)
 
 

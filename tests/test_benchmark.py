@@ -18,21 +18,52 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_quick_benchmark_runs_every_case_and_writes_its_tables(tmp_path: Path):
     data = fake_mnist(tmp_path / "digits")
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--data", str(data), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--quick",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert sorted(report["results"]) == ["1 mnist", "2 thermometer", "3 sweep of 15", "4 start-up", "5 mnist sweep of 6", "6 population size"]
+    assert sorted(report["results"]) == [
+        "1 mnist",
+        "2 thermometer",
+        "3 sweep of 15",
+        "4 start-up",
+        "5 mnist sweep of 6",
+        "6 population size",
+    ]
     for variants in report["results"].values():
         assert all(v["repetitions"] == 1 and v["wall_s"] > 0 for v in variants)
     package = report["results"]["1 mnist"][0]
-    assert package["variant"] == "package" and 0 <= package["test_acc"] <= 1 and package["epoch_s"] > 0
+    assert (
+        package["variant"] == "package" and 0 <= package["test_acc"] <= 1 and package["epoch_s"] > 0
+    )
     sweeps = {v["variant"]: v for v in report["results"]["3 sweep of 15"]}
-    assert set(sweeps) == {"package, sequential", "package, parallel launcher", "package, vectorized launcher", "plain script"}
+    assert set(sweeps) == {
+        "package, sequential",
+        "package, parallel launcher",
+        "package, vectorized launcher",
+        "plain script",
+    }
     fashion = {v["variant"]: v for v in report["results"]["5 mnist sweep of 6"]}
-    assert fashion["package, sequential"]["accuracies"] == fashion["package, vectorized launcher"]["accuracies"] and len(fashion["package, sequential"]["accuracies"]) == 6
+    assert (
+        fashion["package, sequential"]["accuracies"]
+        == fashion["package, vectorized launcher"]["accuracies"]
+        and len(fashion["package, sequential"]["accuracies"]) == 6
+    )
     assert [v["jobs"] for v in report["results"]["6 population size"]] == [1, 4]
     assert {row["case"] for row in report["targets"]} == set(report["results"])
     table = (tmp_path / "out" / "RESULTS.md").read_text()
-    assert "## Targets" in table and "| 2 thermometer | end to end <= 2x the plain script |" in table
+    assert (
+        "## Targets" in table and "| 2 thermometer | end to end <= 2x the plain script |" in table
+    )

@@ -33,7 +33,9 @@ def test_thermometer_ends_at_the_seeds_fit(thermometer_run):
 def test_a_run_directory_holds_config_events_checkpoints_and_metrics(thermometer_run):
     run_dir, _ = thermometer_run
     assert run_dir.parent.name == "runs" and run_dir.parent.parent.name == "outputs"
-    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (
+        run_dir / ".hydra" / "overrides.yaml"
+    ).is_file()
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert (run_dir / "train.log").is_file()
     for name in ("best.ckpt", "last.ckpt"):
@@ -68,7 +70,10 @@ def test_evaluate_retests_the_run_and_reads_new_values_in_celsius(thermometer_ru
 def test_evaluate_a_missing_run_is_one_sentence(tmp_path: Path):
     done = cli(["run=nowhere"], tmp_path, module="experiments.evaluate")
     assert done.returncode == 1
-    assert done.stderr.strip() == "error: run=nowhere does not exist; pass a run directory under outputs/ or a .ckpt file."
+    assert (
+        done.stderr.strip()
+        == "error: run=nowhere does not exist; pass a run directory under outputs/ or a .ckpt file."
+    )
 
 
 def test_thermometer_with_adam_on_raw_readings(tmp_path: Path):
@@ -88,19 +93,34 @@ def test_linear_2x1_ends_near_w2_b1_from_another_directory(tmp_path: Path):
 
 
 def test_multirun_over_two_learning_rates_runs_both_jobs(tmp_path: Path):
-    done = cli(["-m", "experiment=thermometer", "trainer.max_epochs=100", "optimizer.lr=0.001,0.01"], tmp_path)
+    done = cli(
+        ["-m", "experiment=thermometer", "trainer.max_epochs=100", "optimizer.lr=0.001,0.01"],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
     assert len(sweeps) == 1
     jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
-    assert jobs == ["experiment=thermometer,optimizer.lr=0.001,trainer.max_epochs=100", "experiment=thermometer,optimizer.lr=0.01,trainer.max_epochs=100"]
+    assert jobs == [
+        "experiment=thermometer,optimizer.lr=0.001,trainer.max_epochs=100",
+        "experiment=thermometer,optimizer.lr=0.01,trainer.max_epochs=100",
+    ]
     losses = {job: read_metrics(sweeps[0] / job)["metrics"]["train/loss"]["final"] for job in jobs}
     assert losses[jobs[1]] < losses[jobs[0]]  # the larger step gets further in 100 epochs
 
 
 def test_mnist_experiment_on_small_idx_files(tmp_path: Path):
     root = fake_mnist(tmp_path / "digits", gz=False)
-    done = cli(["experiment=mnist", f"data.root={root}", "data.val_size=40", "trainer.max_epochs=3", "data.batch_size=32"], tmp_path)
+    done = cli(
+        [
+            "experiment=mnist",
+            f"data.root={root}",
+            "data.val_size=40",
+            "trainer.max_epochs=3",
+            "data.batch_size=32",
+        ],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     metrics = read_metrics(only_run_dir(tmp_path))
     assert metrics["test"]["test/acc"] > 0.8
@@ -110,7 +130,12 @@ def test_mnist_experiment_on_small_idx_files(tmp_path: Path):
 def test_help_lists_the_groups_and_cfg_job_shows_overrides_without_running(tmp_path: Path):
     done = cli(["--help"], tmp_path)
     assert done.returncode == 0
-    for group in ("optimizer: adagrad, adam, adamw, momentum, rmsprop, sgd", "experiment:", "trainer: cpu, ddp, ddp_cpu, default, gpu, gpu_per_job", "logger: csv, none, tensorboard"):
+    for group in (
+        "optimizer: adagrad, adam, adamw, momentum, rmsprop, sgd",
+        "experiment:",
+        "trainer: cpu, ddp, ddp_cpu, default, gpu, gpu_per_job",
+        "logger: csv, none, tensorboard",
+    ):
         assert group in done.stdout
     done = cli(["--cfg", "job", "optimizer=adam", "optimizer.lr=0.1"], tmp_path)
     assert done.returncode == 0
@@ -123,10 +148,17 @@ def test_help_lists_the_groups_and_cfg_job_shows_overrides_without_running(tmp_p
     [
         (["optimizer.lr=-1"], "error: optimizer.lr must be a positive number, got -1."),
         (["model=mlp", "data=thermometer"], "error: model=mlp needs image classification data"),
-        (["trainer.accelerator=gpu"] if not torch.cuda.is_available() else ["trainer.accelerator=mps"], "use trainer=cpu"),
+        (
+            ["trainer.accelerator=gpu"]
+            if not torch.cuda.is_available()
+            else ["trainer.accelerator=mps"],
+            "use trainer=cpu",
+        ),
     ],
 )
-def test_a_bad_value_exits_non_zero_with_one_line_and_leaves_no_run(args: list[str], message: str, tmp_path: Path):
+def test_a_bad_value_exits_non_zero_with_one_line_and_leaves_no_run(
+    args: list[str], message: str, tmp_path: Path
+):
     done = cli(args, tmp_path)
     assert done.returncode == 1
     assert done.stderr.startswith(message) or message in done.stderr

@@ -10,8 +10,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from conftest import compose_train
-from experiments.config import CONF_DIR, UserError, check_values
 from experiments.build import build
+from experiments.config import CONF_DIR, UserError, check_values
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 OPTIMIZERS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
@@ -19,7 +19,14 @@ OPTIMIZERS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
 
 def test_the_groups_users_are_promised_exist():
     assert set(OPTIMIZERS) >= {"sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"}
-    assert set(EXPERIMENTS) >= {"linear_synthetic", "linear_2x1", "thermometer", "thermometer_adam", "mnist", "fashion_mnist"}
+    assert set(EXPERIMENTS) >= {
+        "linear_synthetic",
+        "linear_2x1",
+        "thermometer",
+        "thermometer_adam",
+        "mnist",
+        "fashion_mnist",
+    }
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -32,17 +39,31 @@ def test_every_experiment_composes_and_builds(experiment: str, tmp_path: Path, m
     assert model(x[:2]).shape[0] == 2
 
 
-@pytest.mark.parametrize("overrides, sweeper", [
-    ([], "experiments_plugins.grid_sweeper.GridSweeper"),  # Hydra's basic sweeper's place, for every -m
-    (["hydra/sweeper=basic"], "experiments_plugins.grid_sweeper.GridSweeper"),
-    (["hydra/sweeper=optuna"], "experiments_plugins.optuna_sweeper.OptunaSweeper"),
-    (["sweep=optuna_lr"], "experiments_plugins.optuna_sweeper.OptunaSweeper"),  # a preset's override /hydra/sweeper wins
-])
-def test_the_sweeper_composes_without_hydras_schema_warning(overrides: list[str], sweeper: str, tmp_path: Path):
+@pytest.mark.parametrize(
+    "overrides, sweeper",
+    [
+        # Hydra's basic sweeper's place, for every -m
+        (
+            [],
+            "experiments_plugins.grid_sweeper.GridSweeper",
+        ),
+        (["hydra/sweeper=basic"], "experiments_plugins.grid_sweeper.GridSweeper"),
+        (["hydra/sweeper=optuna"], "experiments_plugins.optuna_sweeper.OptunaSweeper"),
+        # a preset's override /hydra/sweeper wins
+        (
+            ["sweep=optuna_lr"],
+            "experiments_plugins.optuna_sweeper.OptunaSweeper",
+        ),
+    ],
+)
+def test_the_sweeper_composes_without_hydras_schema_warning(
+    overrides: list[str], sweeper: str, tmp_path: Path
+):
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # Hydra warns when a config file shadows one of its own schemas
+        # Hydra warns when a config file shadows one of its own schemas
+        warnings.simplefilter("error")
         cfg = compose_train(overrides, tmp_path)
     assert cfg.hydra.sweeper._target_ == f"hydra_plugins.{sweeper}"
 
@@ -56,7 +77,9 @@ def test_default_experiment_is_linear_regression_on_synthetic_data(tmp_path: Pat
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_instantiates_with_overridden_settings(optimizer: str, tmp_path: Path):
-    cfg = compose_train([f"optimizer={optimizer}", "optimizer.lr=0.05", "optimizer.weight_decay=0.001"], tmp_path)
+    cfg = compose_train(
+        [f"optimizer={optimizer}", "optimizer.lr=0.05", "optimizer.weight_decay=0.001"], tmp_path
+    )
     factory = instantiate(cfg.optimizer, _convert_="all")
     opt = factory([torch.nn.Parameter(torch.zeros(2))])
     assert opt.param_groups[0]["lr"] == 0.05 and opt.param_groups[0]["weight_decay"] == 0.001
@@ -64,7 +87,15 @@ def test_every_optimizer_instantiates_with_overridden_settings(optimizer: str, t
 
 def test_momentum_preset_reproduces_seed_000s_update_with_dampening(tmp_path: Path):
     """v = 0.8 v + 0.2 g from the second step on, as the momentum file documents."""
-    cfg = compose_train(["optimizer=momentum", "optimizer.momentum=0.8", "optimizer.dampening=0.8", "optimizer.lr=1.0"], tmp_path)
+    cfg = compose_train(
+        [
+            "optimizer=momentum",
+            "optimizer.momentum=0.8",
+            "optimizer.dampening=0.8",
+            "optimizer.lr=1.0",
+        ],
+        tmp_path,
+    )
     w = torch.nn.Parameter(torch.zeros(1))
     opt = instantiate(cfg.optimizer, _convert_="all")([w])
     grads = [1.0, 3.0]
@@ -84,7 +115,9 @@ def test_momentum_preset_reproduces_seed_000s_update_with_dampening(tmp_path: Pa
         (["optimizer.lrr=0.1"], "optimizer.lrr"),
     ],
 )
-def test_bad_group_names_and_keys_fail_at_composition(overrides: list[str], match: str, tmp_path: Path):
+def test_bad_group_names_and_keys_fail_at_composition(
+    overrides: list[str], match: str, tmp_path: Path
+):
     with pytest.raises(ConfigCompositionException, match=match):
         compose_train(overrides, tmp_path)
 
@@ -99,13 +132,21 @@ def test_bad_group_names_and_keys_fail_at_composition(overrides: list[str], matc
         (["data.batch_size=-5"], r"data.batch_size"),
         (["data.val_fraction=1.2"], r"data.val_fraction must be a number strictly between 0 and 1"),
         (["experiment=thermometer", "data.val_fraction=0"], r"data.val_fraction"),
-        (["model=mlp", "data=thermometer"], r"model=mlp needs image classification data .* data=thermometer holds regression data"),
+        (
+            ["model=mlp", "data=thermometer"],
+            r"model=mlp needs image classification data .* data=thermometer holds regression data",
+        ),
         (["model=linear", "experiment=mnist"], r"model=linear needs regression data"),
-        (["optimizer=adam", "optimizer.betas=[1.5,0.9]"], r"optimizer settings rejected by torch.optim.Adam"),
+        (
+            ["optimizer=adam", "optimizer.betas=[1.5,0.9]"],
+            r"optimizer settings rejected by torch.optim.Adam",
+        ),
         (["+data.batchsize=3"], r"data: .*batchsize.* takes .*batch_size"),
     ],
 )
-def test_bad_values_fail_with_one_sentence_naming_the_key(overrides: list[str], match: str, tmp_path: Path):
+def test_bad_values_fail_with_one_sentence_naming_the_key(
+    overrides: list[str], match: str, tmp_path: Path
+):
     cfg = compose_train(overrides, tmp_path)
     with pytest.raises(UserError, match=match) as error:
         check_values(cfg)

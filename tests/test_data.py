@@ -24,7 +24,9 @@ def sizes(dm) -> dict[str, int]:
 
 
 def test_synthetic_splits_follow_the_fractions_and_the_line():
-    dm = SyntheticLineDataModule(n_samples=500, weight=3.0, bias=0.8, val_fraction=0.1, test_fraction=0.2)
+    dm = SyntheticLineDataModule(
+        n_samples=500, weight=3.0, bias=0.8, val_fraction=0.1, test_fraction=0.2
+    )
     assert sizes(dm) == {"train": 350, "val": 50, "test": 100}
     x, y = dm.splits["train"]
     assert torch.allclose(y, 3.0 * x + 0.8)
@@ -95,12 +97,16 @@ def test_minibatches_cover_every_sample_once_and_reshuffle_per_epoch():
     assert sorted(epoch0.tolist()) == sorted(epoch1.tolist()) == x.flatten().tolist()
     assert not torch.equal(epoch0, epoch1)
     loader.sampler.set_epoch(0)
-    assert torch.equal(torch.cat([b for b, _ in loader]).flatten(), epoch0)  # an epoch's order is replayable
+    # an epoch's order is replayable
+    assert torch.equal(torch.cat([b for b, _ in loader]).flatten(), epoch0)
 
 
 def test_shards_of_two_processes_see_each_sample_once_in_equal_step_counts():
     x = torch.arange(101.0).unsqueeze(1)
-    shards = [TensorLoader((x, x), batch_size=10, shuffle=True, seed=1, rank=r, world_size=2) for r in range(2)]
+    shards = [
+        TensorLoader((x, x), batch_size=10, shuffle=True, seed=1, rank=r, world_size=2)
+        for r in range(2)
+    ]
     seen = [torch.cat([b for b, _ in loader]).flatten() for loader in shards]
     assert len(shards[0]) == len(shards[1]) == len(list(shards[0])) == len(list(shards[1]))
     assert sorted(torch.cat(seen).tolist()) == x.flatten().tolist()
@@ -200,7 +206,9 @@ def test_missing_files_without_download_say_so(tmp_path: Path):
         ("gzip", "gzip"),
     ],
 )
-def test_damaged_idx_files_are_named_with_what_is_wrong(mnist_root: Path, damage: str, message: str):
+def test_damaged_idx_files_are_named_with_what_is_wrong(
+    mnist_root: Path, damage: str, message: str
+):
     images = mnist_root / f"{IDX_NAMES['train', 'images']}.gz"
     labels = mnist_root / f"{IDX_NAMES['train', 'labels']}.gz"
     if damage == "truncate":
@@ -223,7 +231,9 @@ class Points(TensorDataModule):
     input_shape = (2,)
     num_outputs = 1
 
-    def __init__(self, inputs: tuple[int, ...], targets: tuple[int, ...], task: str = "regression") -> None:
+    def __init__(
+        self, inputs: tuple[int, ...], targets: tuple[int, ...], task: str = "regression"
+    ) -> None:
         super().__init__(None, None, 0)
         self.shapes, self.task = (inputs, targets), task
 
@@ -237,12 +247,24 @@ class Points(TensorDataModule):
 @pytest.mark.parametrize(
     "inputs, targets, task, message",
     [
-        ((1,), (1,), "regression", r"Points.input_shape is \(2,\), but load_splits\(\) returns train inputs of shape \(1,\) per sample"),
-        ((2,), (3,), "regression", r"Points.num_outputs is 1, but load_splits\(\) returns train targets of shape \(3,\)"),
+        (
+            (1,),
+            (1,),
+            "regression",
+            r"Points.input_shape is \(2,\), but load_splits\(\) returns train inputs of shape \(1,\) per sample",
+        ),
+        (
+            (2,),
+            (3,),
+            "regression",
+            r"Points.num_outputs is 1, but load_splits\(\) returns train targets of shape \(3,\)",
+        ),
         ((2,), (), "classification", r"not class indices from 0 to 0 \(num_outputs\)"),
     ],
 )
-def test_a_data_module_whose_tensors_disagree_with_what_it_promises_is_one_sentence(inputs, targets, task, message):
+def test_a_data_module_whose_tensors_disagree_with_what_it_promises_is_one_sentence(
+    inputs, targets, task, message
+):
     with pytest.raises(UserError, match=message):
         Points(inputs, targets, task).load()
     assert Points((2,), (1,)).load() is None  # what it promises: loads

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli, compose_train, fake_mnist, only_run_dir, read_metrics, terminate_at_epoch, train_in_process
+from conftest import (
+    cli,
+    compose_train,
+    fake_mnist,
+    only_run_dir,
+    read_metrics,
+    terminate_at_epoch,
+    train_in_process,
+)
 from experiments.config import gpu_for_job
 from experiments.data.mnist import MNISTDataModule
 from experiments.data.thermometer import ThermometerDataModule
@@ -21,7 +29,15 @@ def event_file_pids(run_dir: Path) -> set[str]:
 
 
 def test_ddp_on_two_cpu_processes_keeps_one_run_directory_and_synced_metrics(tmp_path: Path):
-    done = cli(["experiment=thermometer", "trainer=ddp_cpu", "trainer.max_epochs=300", "trainer.check_val_every_n_epoch=100"], tmp_path)
+    done = cli(
+        [
+            "experiment=thermometer",
+            "trainer=ddp_cpu",
+            "trainer.max_epochs=300",
+            "trainer.check_val_every_n_epoch=100",
+        ],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)  # the second process used the first one's directory
     assert (run_dir / "train_ddp_process_1.log").is_file()
@@ -31,7 +47,9 @@ def test_ddp_on_two_cpu_processes_keeps_one_run_directory_and_synced_metrics(tmp
     assert done.stdout.count("Finished in") == 1  # one summary, from rank 0
     # The validation loss DDP logged equals what one process computes with the same weights.
     model = LinearRegression()
-    model.load_state_dict(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    model.load_state_dict(
+        torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    )
     data = ThermometerDataModule(fit_all_readings=True)
     data.setup()
     x, y = data.splits["val"]
@@ -42,7 +60,17 @@ def test_ddp_on_two_cpu_processes_keeps_one_run_directory_and_synced_metrics(tmp
 
 def test_ddp_splits_each_epoch_across_processes_and_syncs_test_accuracy(tmp_path: Path):
     root = fake_mnist(tmp_path / "digits")
-    done = cli(["experiment=mnist", f"data.root={root}", "data.val_size=40", "data.batch_size=16", "trainer.max_epochs=2", "trainer=ddp_cpu"], tmp_path)
+    done = cli(
+        [
+            "experiment=mnist",
+            f"data.root={root}",
+            "data.val_size=40",
+            "data.batch_size=16",
+            "trainer.max_epochs=2",
+            "trainer=ddp_cpu",
+        ],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)
     metrics = read_metrics(run_dir)
@@ -52,7 +80,9 @@ def test_ddp_splits_each_epoch_across_processes_and_syncs_test_accuracy(tmp_path
     checkpoint = torch.load(metrics["checkpoints"]["best"], weights_only=True)
     model = MLPClassifier()
     model.load_state_dict(checkpoint["state_dict"])
-    data = MNISTDataModule(root=str(root), val_size=40, download=False, cache_dir=str(tmp_path / ".cache"))
+    data = MNISTDataModule(
+        root=str(root), val_size=40, download=False, cache_dir=str(tmp_path / ".cache")
+    )
     data.setup()
     x, y = data.splits["test"]
     with torch.no_grad():
@@ -61,12 +91,25 @@ def test_ddp_splits_each_epoch_across_processes_and_syncs_test_accuracy(tmp_path
 
 
 def test_a_sweep_of_ddp_jobs_runs_each_job_once_in_its_own_directory(tmp_path: Path):
-    done = cli(["-m", "experiment=thermometer", "trainer=ddp_cpu", "trainer.max_epochs=50", "optimizer.lr=0.001,0.01"], tmp_path, timeout=600)
+    done = cli(
+        [
+            "-m",
+            "experiment=thermometer",
+            "trainer=ddp_cpu",
+            "trainer.max_epochs=50",
+            "optimizer.lr=0.001,0.01",
+        ],
+        tmp_path,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
     assert len(sweeps) == 1 and not (tmp_path / "outputs" / "runs").exists()
     jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [p.name for p in jobs] == ["experiment=thermometer,optimizer.lr=0.001,trainer.max_epochs=50,trainer=ddp_cpu", "experiment=thermometer,optimizer.lr=0.01,trainer.max_epochs=50,trainer=ddp_cpu"]
+    assert [p.name for p in jobs] == [
+        "experiment=thermometer,optimizer.lr=0.001,trainer.max_epochs=50,trainer=ddp_cpu",
+        "experiment=thermometer,optimizer.lr=0.01,trainer.max_epochs=50,trainer=ddp_cpu",
+    ]
     for job in jobs:
         assert read_metrics(job)["status"] == "finished" and read_metrics(job)["steps"] == 50
         assert (job / "train_ddp_process_1.log").is_file() and len(event_file_pids(job)) == 1
@@ -74,22 +117,49 @@ def test_a_sweep_of_ddp_jobs_runs_each_job_once_in_its_own_directory(tmp_path: P
 
 
 def test_the_slurm_preset_composes_with_the_usual_settings(tmp_path: Path):
-    cfg = compose_train(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"], tmp_path)
+    cfg = compose_train(
+        ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"],
+        tmp_path,
+    )
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min, launcher.cpus_per_task) == ("gpu", 2, 60, 4)
+    assert (
+        launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    )
+    assert (
+        launcher.partition,
+        launcher.gpus_per_node,
+        launcher.timeout_min,
+        launcher.cpus_per_task,
+    ) == ("gpu", 2, 60, 4)
     assert launcher.max_num_timeout == 3 and launcher.signal_delay_s == 120
 
 
 def test_cfg_hydra_shows_the_slurm_launcher_settings(tmp_path: Path):
     done = cli(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra"], tmp_path)
     assert done.returncode == 0, done.stderr
-    for line in ("SlurmLauncher", "partition: gpu", "gpus_per_node: 1", "cpus_per_task: 4", "timeout_min: 60", "array_parallelism: 64"):
+    for line in (
+        "SlurmLauncher",
+        "partition: gpu",
+        "gpus_per_node: 1",
+        "cpus_per_task: 4",
+        "timeout_min: 60",
+        "array_parallelism: 64",
+    ):
         assert line in done.stdout
 
 
 def test_submitit_local_executor_runs_a_two_job_sweep(tmp_path: Path):
-    done = cli(["-m", "hydra/launcher=submitit_local", "experiment=thermometer", "trainer.max_epochs=50", "optimizer.lr=0.001,0.01"], tmp_path, timeout=600)
+    done = cli(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            "experiment=thermometer",
+            "trainer.max_epochs=50",
+            "optimizer.lr=0.001,0.01",
+        ],
+        tmp_path,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
     jobs = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -99,7 +169,14 @@ def test_submitit_local_executor_runs_a_two_job_sweep(tmp_path: Path):
 
 def test_a_sweep_job_run_again_after_preemption_resumes_from_its_checkpoint(tmp_path: Path):
     """What a SLURM requeue does: the same job, in the same directory, after a SIGTERM."""
-    args = ["-m", "experiment=thermometer", "trainer.max_epochs=3000", "trainer.check_val_every_n_epoch=100", "optimizer.lr=0.01", "callbacks.progress.plain_every_seconds=0.05"]
+    args = [
+        "-m",
+        "experiment=thermometer",
+        "trainer.max_epochs=3000",
+        "trainer.check_val_every_n_epoch=100",
+        "optimizer.lr=0.01",
+        "callbacks.progress.plain_every_seconds=0.05",
+    ]
     assert terminate_at_epoch(args, tmp_path, 700) == 143
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
     job = next(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -110,7 +187,15 @@ def test_a_sweep_job_run_again_after_preemption_resumes_from_its_checkpoint(tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     finished = read_metrics(job)
     assert finished["status"] == "finished" and finished["steps"] == 3000
-    straight = train_in_process(["experiment=thermometer", "trainer.max_epochs=3000", "trainer.check_val_every_n_epoch=100", "optimizer.lr=0.01"], tmp_path / "straight")
+    straight = train_in_process(
+        [
+            "experiment=thermometer",
+            "trainer.max_epochs=3000",
+            "trainer.check_val_every_n_epoch=100",
+            "optimizer.lr=0.01",
+        ],
+        tmp_path / "straight",
+    )
     assert finished["parameters"] == straight["parameters"]  # exactly where an unstopped job ends
     assert finished["metrics"]["val/loss"]["best_epoch"] == 3000
 

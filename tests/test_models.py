@@ -51,9 +51,12 @@ def test_autograd_gradient_of_the_thermometer_loss_is_the_seeds_analytic_one():
     loss = model.loss(model(t_u), t_c)
     loss.backward()
     t_p = 1.0 * t_u + 0.0
-    assert model.linear.weight.grad.item() == pytest.approx((2 * (t_p - t_c) * t_u).mean().item(), rel=1e-6)
+    assert model.linear.weight.grad.item() == pytest.approx(
+        (2 * (t_p - t_c) * t_u).mean().item(), rel=1e-6
+    )
     assert model.linear.bias.grad.item() == pytest.approx((2 * (t_p - t_c)).mean().item(), rel=1e-6)
-    assert model.linear.weight.grad.item() == pytest.approx(-77.6140, rel=1e-4)  # the seed's first gradient
+    # the seed's first gradient
+    assert model.linear.weight.grad.item() == pytest.approx(-77.6140, rel=1e-4)
 
 
 def test_hyperparameters_hold_plain_data_and_no_optimizer():
@@ -91,6 +94,13 @@ def test_a_callback_on_the_backward_hooks_still_sees_every_backward_pass():
             CountBackward.calls += 1
 
     model = LinearRegression(optimizer=functools.partial(torch.optim.SGD, lr=1e-2))
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[CountBackward()])
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[CountBackward()],
+    )
     trainer.fit(model, datamodule=ThermometerDataModule())
     assert CountBackward.calls == 3

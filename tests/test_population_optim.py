@@ -15,17 +15,44 @@ from experiments.population.optim import AdamRule, PopulationOptimizer, TorchRul
 SHAPES = [torch.Size([3, 2]), torch.Size([3])]
 SETTINGS = {
     "sgd": [dict(lr=0.1), dict(lr=0.01, weight_decay=0.1), dict(lr=0.03, maximize=True)],
-    "momentum": [dict(lr=0.01, momentum=0.9), dict(lr=0.05, momentum=0.8, dampening=0.8), dict(lr=0.02, momentum=0.9, nesterov=True, weight_decay=0.01)],
-    "adagrad": [dict(lr=0.1), dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1, eps=1e-8), dict(lr=0.2, weight_decay=0.05)],
-    "rmsprop": [dict(lr=0.01), dict(lr=0.01, alpha=0.8, momentum=0.9), dict(lr=0.003, centered=True, weight_decay=0.01, eps=1e-6)],
-    "adam": [dict(lr=0.1), dict(lr=0.01, betas=(0.8, 0.99), amsgrad=True), dict(lr=0.001, weight_decay=0.1)],
+    "momentum": [
+        dict(lr=0.01, momentum=0.9),
+        dict(lr=0.05, momentum=0.8, dampening=0.8),
+        dict(lr=0.02, momentum=0.9, nesterov=True, weight_decay=0.01),
+    ],
+    "adagrad": [
+        dict(lr=0.1),
+        dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1, eps=1e-8),
+        dict(lr=0.2, weight_decay=0.05),
+    ],
+    "rmsprop": [
+        dict(lr=0.01),
+        dict(lr=0.01, alpha=0.8, momentum=0.9),
+        dict(lr=0.003, centered=True, weight_decay=0.01, eps=1e-6),
+    ],
+    "adam": [
+        dict(lr=0.1),
+        dict(lr=0.01, betas=(0.8, 0.99), amsgrad=True),
+        dict(lr=0.001, weight_decay=0.1),
+    ],
     "adamw": [dict(lr=0.1), dict(lr=0.01, weight_decay=0.05, amsgrad=True)],
 }
-CLASSES = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+CLASSES = {
+    "sgd": torch.optim.SGD,
+    "momentum": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rmsprop": torch.optim.RMSprop,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
 
 
 def factories(names: list[str]) -> list:
-    return [functools.partial(CLASSES[name], **settings) for name in names for settings in SETTINGS[name]]
+    return [
+        functools.partial(CLASSES[name], **settings)
+        for name in names
+        for settings in SETTINGS[name]
+    ]
 
 
 def run_both(makers: list, steps: int = 30, seed: int = 0):
@@ -35,8 +62,14 @@ def run_both(makers: list, steps: int = 30, seed: int = 0):
     start = torch.randn(k, sum(s.numel() for s in SHAPES), generator=generator)
     flat = nn.Parameter(start.clone())
     population = PopulationOptimizer(flat, SHAPES, makers)
-    singles = [[nn.Parameter(t.clone()) for t in torch.split(start[i], [s.numel() for s in SHAPES])] for i in range(k)]
-    singles = [[p.view(s).detach().clone().requires_grad_() for p, s in zip(params, SHAPES)] for params in singles]
+    singles = [
+        [nn.Parameter(t.clone()) for t in torch.split(start[i], [s.numel() for s in SHAPES])]
+        for i in range(k)
+    ]
+    singles = [
+        [p.view(s).detach().clone().requires_grad_() for p, s in zip(params, SHAPES)]
+        for params in singles
+    ]
     references = [make(params) for make, params in zip(makers, singles)]
     for _ in range(steps):
         grad = torch.randn(k, flat.shape[1], generator=generator)
@@ -49,30 +82,59 @@ def run_both(makers: list, steps: int = 30, seed: int = 0):
     return flat, population, singles, references
 
 
-@pytest.mark.parametrize("names", [["sgd"], ["momentum"], ["adagrad"], ["rmsprop"], ["adam"], ["adamw"], ["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]])
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["sgd"],
+        ["momentum"],
+        ["adagrad"],
+        ["rmsprop"],
+        ["adam"],
+        ["adamw"],
+        ["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"],
+    ],
+)
 def test_every_row_is_its_own_torch_optimizer_bit_for_bit(names: list[str]):
     flat, population, singles, references = run_both(factories(names))
     for i, params in enumerate(singles):
-        assert torch.equal(flat.detach()[i], torch.cat([p.detach().reshape(-1) for p in params])), (names, i)
+        assert torch.equal(flat.detach()[i], torch.cat([p.detach().reshape(-1) for p in params])), (
+            names,
+            i,
+        )
         mine, theirs = population.replica_state_dict(i), references[i].state_dict()
         assert mine["param_groups"] == theirs["param_groups"]
         assert mine["state"].keys() == theirs["state"].keys()
         for key, state in theirs["state"].items():
             assert state.keys() == mine["state"][key].keys()
             for name, value in state.items():
-                assert torch.equal(torch.as_tensor(mine["state"][key][name]), torch.as_tensor(value)), (names, i, name)
+                assert torch.equal(
+                    torch.as_tensor(mine["state"][key][name]), torch.as_tensor(value)
+                ), (names, i, name)
 
 
 def test_vectorised_classes_share_a_rule_and_others_step_through_torch():
     flat = nn.Parameter(torch.zeros(4, 9))
-    population = PopulationOptimizer(flat, SHAPES, [functools.partial(torch.optim.Adam, lr=0.1), functools.partial(torch.optim.Adam, lr=0.01), functools.partial(torch.optim.Adamax, lr=0.1), functools.partial(torch.optim.Adam, lr=0.1, capturable=False, differentiable=True)])
+    population = PopulationOptimizer(
+        flat,
+        SHAPES,
+        [
+            functools.partial(torch.optim.Adam, lr=0.1),
+            functools.partial(torch.optim.Adam, lr=0.01),
+            functools.partial(torch.optim.Adamax, lr=0.1),
+            functools.partial(torch.optim.Adam, lr=0.1, capturable=False, differentiable=True),
+        ],
+    )
     assert [type(rule) for rule in population.rules] == [AdamRule, TorchRule, TorchRule]
     assert [(rule.start, rule.stop) for rule in population.rules] == [(0, 2), (2, 3), (3, 4)]
     assert rule_for(torch.optim.LBFGS([nn.Parameter(torch.zeros(1))])) is TorchRule
 
 
 def test_an_optimizer_without_a_rule_is_still_exactly_torchs():
-    makers = [functools.partial(torch.optim.Adamax, lr=0.05), functools.partial(torch.optim.NAdam, lr=0.01), functools.partial(torch.optim.Adam, lr=0.02)]
+    makers = [
+        functools.partial(torch.optim.Adamax, lr=0.05),
+        functools.partial(torch.optim.NAdam, lr=0.01),
+        functools.partial(torch.optim.Adam, lr=0.02),
+    ]
     flat, _, singles, _ = run_both(makers)
     for i, params in enumerate(singles):
         assert torch.equal(flat.detach()[i], torch.cat([p.detach().reshape(-1) for p in params]))
@@ -100,7 +162,9 @@ def test_a_frozen_row_keeps_its_weights_and_no_other_row_moves_by_a_bit():
 def test_state_saved_per_replica_loads_back_and_continues_identically():
     makers = factories(["momentum", "adam", "adagrad", "rmsprop"])
     flat, population, _, _ = run_both(makers, steps=12)
-    saved = {"replicas": [population.replica_state_dict(k) for k in range(len(makers))]}  # what the runs' checkpoints hold
+    saved = {
+        "replicas": [population.replica_state_dict(k) for k in range(len(makers))]
+    }  # what the runs' checkpoints hold
     twin = nn.Parameter(flat.detach().clone())
     resumed = PopulationOptimizer(twin, SHAPES, makers)
     resumed.load_state_dict(saved)
@@ -114,7 +178,10 @@ def test_state_saved_per_replica_loads_back_and_continues_identically():
 
 
 def test_a_schedule_changing_a_replicas_learning_rate_reaches_its_row():
-    makers = [functools.partial(torch.optim.SGD, lr=0.1), functools.partial(torch.optim.SGD, lr=0.1)]
+    makers = [
+        functools.partial(torch.optim.SGD, lr=0.1),
+        functools.partial(torch.optim.SGD, lr=0.1),
+    ]
     flat = nn.Parameter(torch.zeros(2, 9))
     population = PopulationOptimizer(flat, SHAPES, makers)
     schedule = torch.optim.lr_scheduler.StepLR(population.replicas[1], step_size=1, gamma=0.5)
@@ -123,7 +190,9 @@ def test_a_schedule_changing_a_replicas_learning_rate_reaches_its_row():
         population.step()
         schedule.step()
         population.settings_changed()  # as the population module does after stepping schedules
-    assert flat.detach()[0, 0].item() == pytest.approx(-0.3) and flat.detach()[1, 0].item() == pytest.approx(-(0.1 + 0.05 + 0.025))
+    assert flat.detach()[0, 0].item() == pytest.approx(-0.3) and flat.detach()[
+        1, 0
+    ].item() == pytest.approx(-(0.1 + 0.05 + 0.025))
 
 
 def stacked_case(model_class, **kwargs):
@@ -131,7 +200,10 @@ def stacked_case(model_class, **kwargs):
     torch.manual_seed(0)
     models = [model_class(**kwargs) for _ in range(3)]
     names = [name for name, _ in models[0].named_parameters()]
-    params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]) for name in names}
+    params = {
+        name: torch.stack([dict(m.named_parameters())[name].detach() for m in models])
+        for name in names
+    }
     return models[0], params
 
 
@@ -143,16 +215,32 @@ def test_each_replicas_outputs_and_loss_are_its_single_runs_bit_for_bit_or_batch
     cpu, accelerator = torch.device("cpu"), torch.device("cuda")  # only the device's type is read
     x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
     model, params = stacked_case(MLPClassifier)
-    single = [model.loss(out, y) for out in (torch.func.functional_call(model, {k: v[i] for k, v in params.items()}, (x,)) for i in range(3))]
+    single = [
+        model.loss(out, y)
+        for out in (
+            torch.func.functional_call(model, {k: v[i] for k, v in params.items()}, (x,))
+            for i in range(3)
+        )
+    ]
     assert batched_form(model, cpu) is None  # no exact batched MLP: replica by replica
-    assert torch.equal(one_by_one_losses(model, one_by_one_outputs(model, params, x), y), torch.stack(single))
+    assert torch.equal(
+        one_by_one_losses(model, one_by_one_outputs(model, params, x), y), torch.stack(single)
+    )
     for form in (batched_form(model, cpu, exact=False), batched_form(model, accelerator)):
         outputs, losses = form
         assert torch.allclose(losses(outputs(model, params, x), y), torch.stack(single), rtol=1e-5)
     line, line_params = stacked_case(LinearRegression)
     outputs, losses = batched_form(line, cpu)  # a line of one input: batched, and exact
     xs, ts = torch.randn(50, 1), torch.randn(50, 1)
-    singles = torch.stack([line.loss(torch.func.functional_call(line, {k: v[i] for k, v in line_params.items()}, (xs,)), ts) for i in range(3)])
+    singles = torch.stack(
+        [
+            line.loss(
+                torch.func.functional_call(line, {k: v[i] for k, v in line_params.items()}, (xs,)),
+                ts,
+            )
+            for i in range(3)
+        ]
+    )
     assert torch.equal(losses(outputs(line, line_params, xs), ts), singles)
     wide, _ = stacked_case(LinearRegression, input_shape=(3,))
     assert batched_form(wide, cpu) is None  # several inputs: a sum whose order could differ
@@ -169,5 +257,12 @@ def test_a_model_without_a_batched_formula_is_vmapped_on_an_accelerator():
     model, params = stacked_case(Cubic)
     x, t = torch.randn(20, 1), torch.randn(20, 1)
     outputs, losses = batched_form(model, torch.device("cuda"))
-    expected = torch.stack([model.loss(torch.func.functional_call(model, {k: v[i] for k, v in params.items()}, (x,)), t) for i in range(3)])
+    expected = torch.stack(
+        [
+            model.loss(
+                torch.func.functional_call(model, {k: v[i] for k, v in params.items()}, (x,)), t
+            )
+            for i in range(3)
+        ]
+    )
     assert torch.allclose(losses(outputs(model, params, x), t), expected, rtol=1e-6)

@@ -3,7 +3,6 @@ that are data and never code."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -19,7 +18,14 @@ import torch
 from conftest import cli, fake_mnist, only_run_dir, read_metrics, scalar_history, train_in_process
 
 # Mini-batches with shuffling, Adam's state, validation: all of what a resume must restore.
-KILLABLE = ["experiment=mnist", "data.val_size=40", "data.batch_size=8", "trainer.max_epochs=60", "trainer.deterministic=true", "callbacks.progress.plain_every_seconds=0.05"]
+KILLABLE = [
+    "experiment=mnist",
+    "data.val_size=40",
+    "data.batch_size=8",
+    "trainer.max_epochs=60",
+    "trainer.deterministic=true",
+    "callbacks.progress.plain_every_seconds=0.05",
+]
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -40,12 +46,23 @@ def uninterrupted(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(signum: int, digits: Path, uninterrupted: Path, tmp_path: Path):
+def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(
+    signum: int, digits: Path, uninterrupted: Path, tmp_path: Path
+):
     env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / ".cache")}
-    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *KILLABLE, f"data.root={digits}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", *KILLABLE, f"data.root={digits}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     target = random.randint(40, 1500)  # of 60 epochs x 33 steps
     for line in process.stdout:
-        if (match := re.search(r"epoch (\d+)/60 · step (\d+)/33", line)) and (int(match[1]) - 1) * 33 + int(match[2]) >= target:
+        if (match := re.search(r"epoch (\d+)/60 · step (\d+)/33", line)) and (
+            int(match[1]) - 1
+        ) * 33 + int(match[2]) >= target:
             process.send_signal(signum)
             break
     else:
@@ -54,9 +71,14 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(signum: int, 
     assert process.wait(timeout=30) == 128 + signum
     run_dir = only_run_dir(tmp_path)
     metrics = read_metrics(run_dir)
-    assert metrics["status"] == "interrupted" and metrics["reason"].startswith(f"interrupted by {signal.Signals(signum).name}")
+    assert metrics["status"] == "interrupted" and metrics["reason"].startswith(
+        f"interrupted by {signal.Signals(signum).name}"
+    )
     assert 0 < metrics["steps"] < 60 * 33 and "Interrupted" in output
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == metrics["steps"]
+    assert (
+        torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        == metrics["steps"]
+    )
 
     done = cli([f"resume={run_dir}"], tmp_path)
     assert done.returncode == 0, done.stderr
@@ -66,14 +88,20 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(signum: int, 
     final = read_metrics(run_dir)
     assert final["status"] == "finished" and final["steps"] == 60 * 33
     assert final["metrics"] == read_metrics(uninterrupted)["metrics"]
-    assert scalar_history(run_dir) == scalar_history(uninterrupted)  # every logged value at its step, the interrupted epoch's included
-    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == (uninterrupted / ".hydra" / "overrides.yaml").read_text()
+    # every logged value at its step, the interrupted epoch's included
+    assert scalar_history(run_dir) == scalar_history(uninterrupted)
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == (
+        uninterrupted / ".hydra" / "overrides.yaml"
+    ).read_text()
 
 
 def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path: Path):
     done = cli([f"resume={tmp_path}"], tmp_path)
     assert done.returncode == 1
-    assert done.stderr.strip() == f"error: resume={tmp_path} is not a run directory written by experiments.train (no .hydra/overrides.yaml); pass one under outputs/runs/."
+    assert (
+        done.stderr.strip()
+        == f"error: resume={tmp_path} is not a run directory written by experiments.train (no .hydra/overrides.yaml); pass one under outputs/runs/."
+    )
     assert [p.name for p in tmp_path.iterdir()] == []  # nothing written into it
 
 
@@ -99,7 +127,14 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_pat
 
 
 def test_the_same_seed_gives_identical_metrics_and_weights(tmp_path: Path, mnist_root: Path):
-    overrides = ["experiment=mnist", f"data.root={mnist_root}", "data.val_size=40", "data.batch_size=16", "trainer.max_epochs=3", "trainer.deterministic=true"]
+    overrides = [
+        "experiment=mnist",
+        f"data.root={mnist_root}",
+        "data.val_size=40",
+        "data.batch_size=16",
+        "trainer.max_epochs=3",
+        "trainer.deterministic=true",
+    ]
     first = train_in_process(overrides, tmp_path / "a")
     second = train_in_process(overrides, tmp_path / "b")
     assert first["metrics"] == second["metrics"] and first["test"] == second["test"]
@@ -112,9 +147,13 @@ def test_the_same_seed_gives_identical_metrics_and_weights(tmp_path: Path, mnist
 def test_a_run_records_versions_commit_and_its_resolved_config(tmp_path: Path):
     result = train_in_process(["trainer.max_epochs=1"], tmp_path)
     versions = result["versions"]
-    assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"].startswith(torch.__version__.split("+")[0])
+    assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"].startswith(
+        torch.__version__.split("+")[0]
+    )
     assert versions["lightning"] and versions["hydra"] and versions["experiments"]
-    assert versions["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", versions["git_commit"])
+    assert versions["git_commit"] is None or re.fullmatch(
+        r"[0-9a-f]{40}(-dirty)?", versions["git_commit"]
+    )
     resolved = (tmp_path / "config.resolved.yaml").read_text()
     assert "${" not in resolved and f"run_dir: {tmp_path}" in resolved and "lr: 0.2" in resolved
 
@@ -139,7 +178,10 @@ def test_evaluate_refuses_a_checkpoint_naming_code_outside_the_package(tmp_path:
     torch.save(checkpoint, tmp_path / "evil.ckpt")
     done = cli([f"run={tmp_path / 'evil.ckpt'}"], tmp_path, module="experiments.evaluate")
     assert done.returncode == 1
-    assert "names data 'os.system', which is not one of this package's TensorDataModule classes" in done.stderr
+    assert (
+        "names data 'os.system', which is not one of this package's TensorDataModule classes"
+        in done.stderr
+    )
     assert not (tmp_path / "pwned").exists()
 
 
@@ -148,9 +190,13 @@ def test_nested_targets_in_a_checkpoint_config_are_plain_values(tmp_path: Path):
 
     train_in_process(["trainer.max_epochs=1"], tmp_path / "run")
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    checkpoint["run_config"]["data"]["noise"] = {"_target_": "os.system", "command": f"touch {tmp_path / 'pwned'}"}
+    checkpoint["run_config"]["data"]["noise"] = {
+        "_target_": "os.system",
+        "command": f"touch {tmp_path / 'pwned'}",
+    }
     torch.save(checkpoint, tmp_path / "nested.ckpt")
-    with pytest.raises(TypeError):  # a dict where a number belongs: refused by the data module, never called
+    # a dict where a number belongs: refused by the data module, never called
+    with pytest.raises(TypeError):
         evaluate(str(tmp_path / "nested.ckpt"))
     assert not (tmp_path / "pwned").exists()
 
@@ -158,16 +204,29 @@ def test_nested_targets_in_a_checkpoint_config_are_plain_values(tmp_path: Path):
 @pytest.mark.parametrize(
     "make_bad, message",
     [
-        (lambda tmp: ["ckpt_path=" + str(tmp / "missing.ckpt")], "ckpt_path={tmp}/missing.ckpt does not exist"),
-        (lambda tmp: (tmp / "notes.txt").write_text("hello") and ["ckpt_path=" + str(tmp / "notes.txt")], "ckpt_path={tmp}/notes.txt is not a checkpoint torch.load can read safely"),
+        (
+            lambda tmp: ["ckpt_path=" + str(tmp / "missing.ckpt")],
+            "ckpt_path={tmp}/missing.ckpt does not exist",
+        ),
+        (
+            lambda tmp: (
+                (tmp / "notes.txt").write_text("hello") and ["ckpt_path=" + str(tmp / "notes.txt")]
+            ),
+            "ckpt_path={tmp}/notes.txt is not a checkpoint torch.load can read safely",
+        ),
     ],
 )
-def test_a_bad_ckpt_path_is_one_sentence_and_leaves_other_runs_untouched(make_bad, message: str, tmp_path: Path):
+def test_a_bad_ckpt_path_is_one_sentence_and_leaves_other_runs_untouched(
+    make_bad, message: str, tmp_path: Path
+):
     earlier = train_in_process(["trainer.max_epochs=1"], tmp_path / "outputs" / "runs" / "earlier")
     before = {p: p.read_bytes() for p in Path(earlier["run_dir"]).rglob("*") if p.is_file()}
     done = cli(make_bad(tmp_path), tmp_path)
     assert done.returncode == 1
-    assert done.stderr.startswith("error: " + message.format(tmp=tmp_path)) and len(done.stderr.strip().splitlines()) == 1
+    assert (
+        done.stderr.startswith("error: " + message.format(tmp=tmp_path))
+        and len(done.stderr.strip().splitlines()) == 1
+    )
     assert {p: p.read_bytes() for p in Path(earlier["run_dir"]).rglob("*") if p.is_file()} == before
     assert [p.name for p in (tmp_path / "outputs" / "runs").iterdir()] == ["earlier"]
 

@@ -4,8 +4,8 @@ of the package reaches into a library's private names."""
 from __future__ import annotations
 
 import ast
-import os
 import functools
+import os
 import subprocess
 import sys
 import textwrap
@@ -26,16 +26,29 @@ def private_names(path: Path) -> list[str]:
     """`obj._name` on anything but self/cls, and `from x import _name`, in one source file."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") and node.attr not in HYDRA_KEYS:
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and node.attr not in HYDRA_KEYS
+        ):
             if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
                 found.append(f"{path.name}:{node.lineno} .{node.attr}")
         if isinstance(node, ast.ImportFrom):
-            found += [f"{path.name}:{node.lineno} import {a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            found += [
+                f"{path.name}:{node.lineno} import {a.name}"
+                for a in node.names
+                if a.name.startswith("_") and not a.name.startswith("__")
+            ]
     return found
 
 
 def test_private_names_of_libraries_live_only_in_the_speedups_module():
-    offenders = {str(p.relative_to(SOURCE)): private_names(p) for p in SOURCE.rglob("*.py") if p.name != "speedups.py"}
+    offenders = {
+        str(p.relative_to(SOURCE)): private_names(p)
+        for p in SOURCE.rglob("*.py")
+        if p.name != "speedups.py"
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
@@ -48,10 +61,20 @@ def test_lightning_still_names_the_running_hook_on_the_module():
             seen.append(getattr(pl_module, speedups.HOOK_NAME_ATTRIBUTE))
 
     model = LinearRegression(optimizer=functools.partial(torch.optim.SGD, lr=1e-2))
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[Watch()])
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[Watch()],
+    )
     trainer.fit(model, datamodule=ThermometerDataModule())
     assert seen == ["on_train_batch_end"] * 2
-    assert speedups.HOOK_NAME_ATTRIBUTE not in model._modules and speedups.HOOK_NAME_ATTRIBUTE in vars(model)
+    assert (
+        speedups.HOOK_NAME_ATTRIBUTE not in model._modules
+        and speedups.HOOK_NAME_ATTRIBUTE in vars(model)
+    )
 
 
 def test_exit_now_still_waits_for_threads_and_runs_exit_hooks(tmp_path: Path):
@@ -68,9 +91,13 @@ def test_exit_now_still_waits_for_threads_and_runs_exit_hooks(tmp_path: Path):
         exit_now(3)
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 3 and done.stdout == "flushed"
-    assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "done"
+    assert (tmp_path / "thread").read_text() == "done" and (
+        tmp_path / "atexit"
+    ).read_text() == "done"
 
 
 def test_lightning_still_wraps_each_hook_in_the_profilers_profile():
@@ -85,7 +112,14 @@ def test_lightning_still_wraps_each_hook_in_the_profilers_profile():
 
     type(profiler).profile = counting
     model = LinearRegression(optimizer=functools.partial(torch.optim.SGD, lr=1e-2))
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, profiler=profiler)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        profiler=profiler,
+    )
     trainer.fit(model, datamodule=ThermometerDataModule())
     assert any("training_step" in name for name in entered) and len(entered) > 50
 
@@ -96,16 +130,24 @@ def test_lightning_still_sets_the_nvml_check_and_the_package_removes_it_again():
     script = textwrap.dedent(
         f"""
         import os, inspect, torch
-        from experiments import cli, speedups
+        from experiments import quiet, speedups
         import lightning.pytorch
         assert os.environ.get({speedups.NVML_CHECK!r}) == "1", "Lightning no longer sets it"
-        cli.quiet_lightning()
+        quiet.quiet_lightning()
         print(os.environ.get({speedups.NVML_CHECK!r}), "check_available=True" in inspect.getsource(torch.optim.Optimizer))
         """
     )
     env = {k: v for k, v in os.environ.items() if k != speedups.NVML_CHECK}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["None", "True"]
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env={**env, speedups.NVML_CHECK: "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, speedups.NVML_CHECK: "1"},
+    )
     assert done.stdout.split() == ["1", "True"]

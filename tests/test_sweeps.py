@@ -45,18 +45,28 @@ def test_all_15_jobs_run_each_in_a_directory_named_by_its_overrides(optimizer_sw
     sweep, _ = optimizer_sweep
     names = [p.name for p in job_dirs(sweep)]
     assert len(names) == 15
-    assert "experiment=thermometer,optimizer.lr=0.01,optimizer=adam,trainer.check_val_every_n_epoch=100,trainer.max_epochs=300" in names
+    assert (
+        "experiment=thermometer,optimizer.lr=0.01,optimizer=adam,trainer.check_val_every_n_epoch=100,trainer.max_epochs=300"
+        in names
+    )
     assert all((sweep / name / "metrics.json").is_file() for name in names)
 
 
 def test_diverging_jobs_are_stopped_and_reported_while_the_sweep_goes_on(optimizer_sweep):
     sweep, _ = optimizer_sweep
-    statuses = {(m["hparams"]["optimizer"], m["hparams"]["optimizer.lr"]): m for m in map(read_metrics, job_dirs(sweep))}
+    statuses = {
+        (m["hparams"]["optimizer"], m["hparams"]["optimizer.lr"]): m
+        for m in map(read_metrics, job_dirs(sweep))
+    }
     for key in [("sgd", 0.1), ("momentum", 0.1)]:
         assert statuses[key]["status"] == "diverged"
         assert "train loss became" in statuses[key]["reason"] and statuses[key]["epochs"] < 300
     assert sum(m["status"] == "finished" for m in statuses.values()) == 13
-    log = (sweep / [p.name for p in job_dirs(sweep) if "lr=0.1,optimizer=sgd," in p.name][0] / "train.log").read_text()
+    log = (
+        sweep
+        / [p.name for p in job_dirs(sweep) if "lr=0.1,optimizer=sgd," in p.name][0]
+        / "train.log"
+    ).read_text()
     assert "Diverged" in log
 
 
@@ -64,7 +74,15 @@ def test_summary_table_lists_every_job_best_first_in_csv_md_and_print(optimizer_
     sweep, stdout = optimizer_sweep
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert len(rows) == 15
-    assert set(rows[0]) >= {"job", "status", "best val/loss", "test/loss", "epochs", "wall_time_s", "reason"}
+    assert set(rows[0]) >= {
+        "job",
+        "status",
+        "best val/loss",
+        "test/loss",
+        "epochs",
+        "wall_time_s",
+        "reason",
+    }
     finished = [float(r["best val/loss"]) for r in rows if r["status"] == "finished"]
     assert finished == sorted(finished) and len(finished) == 13
     assert [r["status"] for r in rows[-2:]] == ["diverged", "diverged"]
@@ -91,7 +109,9 @@ def test_each_job_records_its_parameter_path(optimizer_sweep):
     assert len(trajectory["x"]) == len(trajectory["y"]) == 11
 
 
-def test_tensorboard_shows_every_job_as_a_run_with_the_same_hparams_and_real_metrics(optimizer_sweep):
+def test_tensorboard_shows_every_job_as_a_run_with_the_same_hparams_and_real_metrics(
+    optimizer_sweep,
+):
     sweep, _ = optimizer_sweep
     multiplexer = EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(sweep))
@@ -110,7 +130,13 @@ def test_tensorboard_shows_every_job_as_a_run_with_the_same_hparams_and_real_met
                 experiments[run] = parsed.experiment
     assert set(sessions) == job_names
     key_sets = {frozenset(s.hparams) for s in sessions.values()}
-    assert len(key_sets) == 1 and {"optimizer", "optimizer.lr", "optimizer.momentum", "optimizer.betas", "batch_size"} <= next(iter(key_sets))
+    assert len(key_sets) == 1 and {
+        "optimizer",
+        "optimizer.lr",
+        "optimizer.momentum",
+        "optimizer.betas",
+        "batch_size",
+    } <= next(iter(key_sets))
     adam = next(s for run, s in sessions.items() if "optimizer=adam" in run)
     assert adam.hparams["optimizer.momentum"].number_value == 0.0  # neutral, not dropped
     assert list(experiments) == ["."]  # one experiment, at the sweep's root, for the whole table
@@ -125,10 +151,26 @@ def test_tensorboard_shows_every_job_as_a_run_with_the_same_hparams_and_real_met
 
 def test_parallel_launcher_gives_the_sequential_results(optimizer_sweep, tmp_path: Path):
     sweep, _ = optimizer_sweep
-    done = cli(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *SHORT, "optimizer=adagrad,adam", "optimizer.lr=0.01,0.1"], tmp_path)
+    done = cli(
+        [
+            "-m",
+            "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=2",
+            *SHORT,
+            "optimizer=adagrad,adam",
+            "optimizer.lr=0.01,0.1",
+        ],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    parallel = {(m["hparams"]["optimizer"], m["hparams"]["optimizer.lr"]): m for m in map(read_metrics, job_dirs(only_sweep(tmp_path)))}
-    sequential = {(m["hparams"]["optimizer"], m["hparams"]["optimizer.lr"]): m for m in map(read_metrics, job_dirs(sweep))}
+    parallel = {
+        (m["hparams"]["optimizer"], m["hparams"]["optimizer.lr"]): m
+        for m in map(read_metrics, job_dirs(only_sweep(tmp_path)))
+    }
+    sequential = {
+        (m["hparams"]["optimizer"], m["hparams"]["optimizer.lr"]): m
+        for m in map(read_metrics, job_dirs(sweep))
+    }
     assert len(parallel) == 4
     for key, metrics in parallel.items():
         assert metrics["parameters"] == sequential[key]["parameters"]
@@ -136,32 +178,59 @@ def test_parallel_launcher_gives_the_sequential_results(optimizer_sweep, tmp_pat
 
 
 def test_a_failing_job_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path: Path):
-    stop = ["+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.stop.monitor=val/loss,nonexistent"]
+    stop = [
+        "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+        "+callbacks.stop.monitor=val/loss,nonexistent",
+    ]
     done = cli(["-m", *SHORT, *stop, "data.batch_size=null,0"], tmp_path)
     assert done.returncode == 1  # some job failed: the sweep says so once it has finished
-    results = {tuple(o for o in m["overrides"] if "monitor" in o or "batch_size" in o): m for m in map(read_metrics, job_dirs(only_sweep(tmp_path)))}
+    results = {
+        tuple(o for o in m["overrides"] if "monitor" in o or "batch_size" in o): m
+        for m in map(read_metrics, job_dirs(only_sweep(tmp_path)))
+    }
     assert len(results) == 4
-    assert results["+callbacks.stop.monitor=val/loss", "data.batch_size=null"]["status"] == "finished"
+    assert (
+        results["+callbacks.stop.monitor=val/loss", "data.batch_size=null"]["status"] == "finished"
+    )
     raised = results["+callbacks.stop.monitor=nonexistent", "data.batch_size=null"]
-    assert raised["status"] == "failed" and "RuntimeError: Early stopping conditioned on metric `nonexistent`" in raised["reason"]
+    assert (
+        raised["status"] == "failed"
+        and "RuntimeError: Early stopping conditioned on metric `nonexistent`" in raised["reason"]
+    )
     refused = results["+callbacks.stop.monitor=val/loss", "data.batch_size=0"]
-    assert refused["status"] == "failed" and "data.batch_size must be a positive integer" in refused["reason"]
-    failed_dir = next(p for p in job_dirs(only_sweep(tmp_path)) if "nonexistent,data.batch_size=null" in p.name)
+    assert (
+        refused["status"] == "failed"
+        and "data.batch_size must be a positive integer" in refused["reason"]
+    )
+    failed_dir = next(
+        p for p in job_dirs(only_sweep(tmp_path)) if "nonexistent,data.batch_size=null" in p.name
+    )
     assert "Traceback" in (failed_dir / "train.log").read_text()
     assert "4 jobs: 1 finished, 3 failed" in done.stdout
 
 
 def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path: Path):
-    stop = ["+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.stop.monitor=nonexistent,val/loss"]
+    stop = [
+        "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+        "+callbacks.stop.monitor=nonexistent,val/loss",
+    ]
     done = cli(["-m", *SHORT, *stop, "fail_fast=true"], tmp_path)
     assert done.returncode == 1
     assert "Early stopping conditioned on metric `nonexistent`" in done.stdout + done.stderr
-    assert len(job_dirs(only_sweep(tmp_path))) == 1 and not (only_sweep(tmp_path) / "summary.csv").exists()
+    assert (
+        len(job_dirs(only_sweep(tmp_path))) == 1
+        and not (only_sweep(tmp_path) / "summary.csv").exists()
+    )
 
 
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path: Path):
     command = [sys.executable, "-m", "experiments.train", "trainer.max_epochs=1"]
-    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(2)
+    ]
     assert [p.wait(timeout=300) for p in processes] == [0, 0]
     runs = list((tmp_path / "outputs" / "runs").iterdir())
     assert len(runs) == 2 and all((run / "metrics.json").is_file() for run in runs)
@@ -178,8 +247,13 @@ def test_job_directory_names_are_one_safe_path_component():
 def write_job(folder: Path, status: str, best: float | None, reason: str = "") -> None:
     folder.mkdir(parents=True)
     metrics = {
-        "status": status, "reason": reason, "epochs": 10, "wall_time_s": 1.0,
-        "monitor": {"name": "val/loss", "mode": "min", "best": best}, "metrics": {}, "test": {"test/loss": best} if best else {},
+        "status": status,
+        "reason": reason,
+        "epochs": 10,
+        "wall_time_s": 1.0,
+        "monitor": {"name": "val/loss", "mode": "min", "best": best},
+        "metrics": {},
+        "test": {"test/loss": best} if best else {},
         "hparams": {"optimizer": "sgd", "optimizer.lr": 0.1},
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -193,5 +267,13 @@ def test_collect_orders_best_first_then_diverged_then_failed(tmp_path: Path):
     rows = collect(tmp_path)
     assert [r["job"] for r in rows] == ["b", "a", "d", "c"]
     header, body = table(rows)
-    assert header == ["job", "status", "best val/loss", "test/loss", "epochs", "wall_time_s", "reason"]
+    assert header == [
+        "job",
+        "status",
+        "best val/loss",
+        "test/loss",
+        "epochs",
+        "wall_time_s",
+        "reason",
+    ]
     assert body[0][:4] == ["b", "finished", "2", "2"] and body[-1][-1] == "ValueError: boom"

@@ -13,13 +13,22 @@ from conftest import train_in_process
 
 def hparams_data(accumulator: EventAccumulator) -> dict[str, plugin_data_pb2.HParamsPluginData]:
     content = accumulator.PluginTagToContent("hparams")
-    return {tag: plugin_data_pb2.HParamsPluginData.FromString(data) for tag, data in content.items()}
+    return {
+        tag: plugin_data_pb2.HParamsPluginData.FromString(data) for tag, data in content.items()
+    }
 
 
 @pytest.fixture(scope="module")
 def thermometer_events(tmp_path_factory: pytest.TempPathFactory) -> EventAccumulator:
     run_dir = tmp_path_factory.mktemp("tb")
-    train_in_process(["experiment=thermometer", "trainer.max_epochs=1000", "trainer.check_val_every_n_epoch=100"], run_dir)
+    train_in_process(
+        [
+            "experiment=thermometer",
+            "trainer.max_epochs=1000",
+            "trainer.check_val_every_n_epoch=100",
+        ],
+        run_dir,
+    )
     accumulator = EventAccumulator(str(run_dir))
     accumulator.Reload()
     return accumulator
@@ -39,7 +48,11 @@ def test_hparams_hold_flat_settings_and_real_metric_values(thermometer_events: E
     start = next(d.session_start_info for d in data.values() if d.HasField("session_start_info"))
     hparams = {k: v.ListFields()[0][1] for k, v in start.hparams.items()}
     assert hparams["optimizer"] == "sgd" and hparams["optimizer.lr"] == pytest.approx(0.01)
-    assert hparams["experiment"] == "thermometer" and hparams["data"] == "thermometer" and hparams["model"] == "linear"
+    assert (
+        hparams["experiment"] == "thermometer"
+        and hparams["data"] == "thermometer"
+        and hparams["model"] == "linear"
+    )
     assert hparams["batch_size"] == 11 and hparams["seed"] == 0
     experiment = next(d.experiment for d in data.values() if d.HasField("experiment"))
     metric_tags = {m.name.tag for m in experiment.metric_infos}
@@ -55,24 +68,42 @@ def test_a_line_fit_logs_the_data_and_fitted_line_as_a_figure(thermometer_events
     assert image.width >= 400 and image.height >= 300
 
 
-def test_a_classifier_logs_a_confusion_matrix_and_misclassified_test_images(tmp_path: Path, mnist_root: Path):
-    train_in_process(["experiment=mnist", f"data.root={mnist_root}", "data.val_size=40", "trainer.max_epochs=1"], tmp_path)
+def test_a_classifier_logs_a_confusion_matrix_and_misclassified_test_images(
+    tmp_path: Path, mnist_root: Path
+):
+    train_in_process(
+        ["experiment=mnist", f"data.root={mnist_root}", "data.val_size=40", "trainer.max_epochs=1"],
+        tmp_path,
+    )
     accumulator = EventAccumulator(str(tmp_path))
     accumulator.Reload()
     assert {"test/confusion_matrix", "test/misclassified"} <= set(accumulator.Tags()["images"])
-    assert {"train/acc", "val/acc", "test/acc", "best/val_acc"} <= set(accumulator.Tags()["scalars"])
+    assert {"train/acc", "val/acc", "test/acc", "best/val_acc"} <= set(
+        accumulator.Tags()["scalars"]
+    )
 
 
 def test_every_run_has_every_optimizer_setting_with_neutral_fill(tmp_path: Path):
     def session_hparams(optimizer: str) -> dict:
         run_dir = tmp_path / optimizer
-        train_in_process(["experiment=thermometer", f"optimizer={optimizer}", "trainer.max_epochs=5"], run_dir)
+        train_in_process(
+            ["experiment=thermometer", f"optimizer={optimizer}", "trainer.max_epochs=5"], run_dir
+        )
         accumulator = EventAccumulator(str(run_dir))
         accumulator.Reload()
-        start = next(d.session_start_info for d in hparams_data(accumulator).values() if d.HasField("session_start_info"))
+        start = next(
+            d.session_start_info
+            for d in hparams_data(accumulator).values()
+            if d.HasField("session_start_info")
+        )
         return dict(start.hparams)
 
     adam, sgd = session_hparams("adam"), session_hparams("sgd")
     assert set(adam) == set(sgd)
-    assert adam["optimizer.momentum"].number_value == 0.0 and adam["optimizer.betas"].string_value == "[0.9, 0.999]"
-    assert sgd["optimizer.betas"].string_value == "" and sgd["optimizer.nesterov"].number_value == 0.0
+    assert (
+        adam["optimizer.momentum"].number_value == 0.0
+        and adam["optimizer.betas"].string_value == "[0.9, 0.999]"
+    )
+    assert (
+        sgd["optimizer.betas"].string_value == "" and sgd["optimizer.nesterov"].number_value == 0.0
+    )

@@ -19,8 +19,9 @@ from experiments.signals import hand_sigterm_to_lightning
 LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor", "strict", "name")
 
 
-def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, with a user's mistake reported as one sentence naming `key`."""
+def build_node(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """What a config node's `_target_` builds (hydra.utils.instantiate), a user's mistake reported
+    as one sentence naming `key`."""
     from hydra.errors import InstantiationException
     from hydra.utils import get_method, instantiate
 
@@ -32,7 +33,11 @@ def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
             raise cause from None
         if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
             target = get_method(node._target_)
-            valid = [p for p in inspect.signature(target).parameters if p not in ("self", "kwargs", "optimizer", "scheduler")]
+            valid = [
+                p
+                for p in inspect.signature(target).parameters
+                if p not in ("self", "kwargs", "optimizer", "scheduler")
+            ]
             raise UserError(f"{key}: {cause}; {node._target_} takes {', '.join(valid)}.") from None
         raise UserError(f"{key} could not be built: {cause or error}.") from None
 
@@ -45,11 +50,17 @@ def import_class(target: str, key: str) -> Any:
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as error:
-        raise UserError(f"{key}._target_={target} cannot be imported ({type(error).__name__}: {error}); give a class that exists, with its module on PYTHONPATH.") from None
+        raise UserError(
+            f"{key}._target_={target} cannot be imported ({type(error).__name__}: {error}); give a class that exists, with its module on PYTHONPATH."
+        ) from None
 
 
 def instantiate_group(group: DictConfig | None, key: str) -> list[Any]:
-    return [instantiate(node, f"{key}.{name}") for name, node in (group or {}).items() if "_target_" in node]
+    return [
+        build_node(node, f"{key}.{name}")
+        for name, node in (group or {}).items()
+        if "_target_" in node
+    ]
 
 
 def check_accelerator(trainer: DictConfig, key: str = "trainer.accelerator") -> None:
@@ -58,24 +69,42 @@ def check_accelerator(trainer: DictConfig, key: str = "trainer.accelerator") -> 
     import torch
 
     accelerator = str(trainer.get("accelerator") or "auto")
-    instead = "trainer=cpu (or trainer.accelerator=cpu)" if key == "trainer.accelerator" else f"{key}=cpu"
+    instead = (
+        "trainer=cpu (or trainer.accelerator=cpu)" if key == "trainer.accelerator" else f"{key}=cpu"
+    )
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(f"{key}={accelerator} but this machine has no usable GPU; use {instead}.")
     if accelerator == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"{key}=mps but this machine has no Apple GPU; use {instead}.")
     gpu = accelerator in ("gpu", "cuda") or accelerator == "auto" and torch.cuda.is_available()
-    available = torch.cuda.device_count() if gpu else 1 if accelerator == "mps" else len(os.sched_getaffinity(0))
+    available = (
+        torch.cuda.device_count()
+        if gpu
+        else 1
+        if accelerator == "mps"
+        else len(os.sched_getaffinity(0))
+    )
     what = "GPUs" if gpu else "Apple GPU" if accelerator == "mps" else "CPU cores"
     devices = trainer.get("devices", "auto")
     if OmegaConf.is_list(devices) or isinstance(devices, list):
-        wrong = [d for d in devices if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < available]
+        wrong = [
+            d
+            for d in devices
+            if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < available
+        ]
         if not gpu or wrong or not devices:
-            raise UserError(f"trainer.devices={list(devices)} names devices this machine lacks: it has {available} {what} (indices 0 to {available - 1}); pass a count instead, or indices of GPUs that exist.")
+            raise UserError(
+                f"trainer.devices={list(devices)} names devices this machine lacks: it has {available} {what} (indices 0 to {available - 1}); pass a count instead, or indices of GPUs that exist."
+            )
     elif isinstance(devices, int) and not isinstance(devices, bool):
         if devices == 0 or devices < -1 or devices > available:
-            raise UserError(f"trainer.devices={devices} but this machine has {available} {what}; pick 1 to {available}, or -1 for all of them.")
+            raise UserError(
+                f"trainer.devices={devices} but this machine has {available} {what}; pick 1 to {available}, or -1 for all of them."
+            )
     elif devices != "auto":
-        raise UserError(f"trainer.devices must be a number of devices, a list of GPU indices, -1 or auto, got {devices!r}.")
+        raise UserError(
+            f"trainer.devices must be a number of devices, a list of GPU indices, -1 or auto, got {devices!r}."
+        )
 
 
 def check_monitored(key: str, metric: str, directions: dict[str, bool]) -> None:
@@ -84,9 +113,13 @@ def check_monitored(key: str, metric: str, directions: dict[str, bool]) -> None:
     epoch ends, after it, and only every log_every_n_steps)."""
     validated = [name for name in directions if name.startswith("val/")]
     if metric in directions and metric not in validated:
-        raise UserError(f"{key}={metric} is not a validation metric: it is logged after the validation at which {key} is read; pick one of {', '.join(validated)}.")
+        raise UserError(
+            f"{key}={metric} is not a validation metric: it is logged after the validation at which {key} is read; pick one of {', '.join(validated)}."
+        )
     if metric not in validated:
-        raise UserError(f"{key}={metric} is not a metric this model logs; pick one of {', '.join(validated)}.")
+        raise UserError(
+            f"{key}={metric} is not a metric this model logs; pick one of {', '.join(validated)}."
+        )
 
 
 def build_scheduler_config(cfg: DictConfig, directions: dict[str, bool]) -> dict[str, Any] | None:
@@ -101,18 +134,28 @@ def build_scheduler_config(cfg: DictConfig, directions: dict[str, bool]) -> dict
         raise UserError(f"scheduler.interval must be epoch or step, got {interval!r}.")
     frequency = stepping.get("frequency", 1)
     if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-        raise UserError(f"scheduler.frequency must be a positive integer (the schedule steps every that many {interval}s), got {frequency!r}.")
-    for key in ("step_size", "T_max"):  # StepLR's and CosineAnnealingLR's periods, in steps of the schedule
+        raise UserError(
+            f"scheduler.frequency must be a positive integer (the schedule steps every that many {interval}s), got {frequency!r}."
+        )
+    # StepLR's and CosineAnnealingLR's periods, in steps of the schedule
+    for key in ("step_size", "T_max"):
         value = node.get(key)
         if key in node and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UserError(f"scheduler.{key} must be a positive integer (a number of {interval}s), got {value!r}.")
+            raise UserError(
+                f"scheduler.{key} must be a positive integer (a number of {interval}s), got {value!r}."
+            )
     monitor = stepping.get("monitor")
     if monitor is not None:  # what ReduceLROnPlateau watches
         check_monitored("scheduler.monitor", monitor, directions)
         mode, better = node.get("mode"), "max" if directions[monitor] else "min"
         if mode in ("min", "max") and mode != better:
-            raise UserError(f"scheduler.mode={mode} but {monitor} is better when {'higher' if better == 'max' else 'lower'}; set scheduler.mode={better}.")
-    make = instantiate(OmegaConf.create({k: v for k, v in node.items() if k not in LIGHTNING_SCHEDULER_KEYS}), "scheduler")
+            raise UserError(
+                f"scheduler.mode={mode} but {monitor} is better when {'higher' if better == 'max' else 'lower'}; set scheduler.mode={better}."
+            )
+    make = build_node(
+        OmegaConf.create({k: v for k, v in node.items() if k not in LIGHTNING_SCHEDULER_KEYS}),
+        "scheduler",
+    )
     return {"scheduler": make, "name": "train/lr", **stepping}
 
 
@@ -124,7 +167,7 @@ def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> tuple[Any, 
         from experiments.state import RunInfo
 
         choices = RunInfo.from_hydra(Path(".")).choices
-    datamodule = instantiate(cfg.data, "data")
+    datamodule = build_node(cfg.data, "data")
     model = build_model(cfg, datamodule, choices)
     datamodule.load()  # a missing or damaged file stops the run here, before anything is written
     check_schedule_length(cfg, model, datamodule)
@@ -140,14 +183,22 @@ def build_model(cfg: DictConfig, datamodule: Any, choices: dict[str, str]) -> An
 
     model_class = import_class(cfg.model._target_, "model")
     if not (isinstance(model_class, type) and issubclass(model_class, ExperimentModule)):
-        raise UserError(f"model._target_={cfg.model._target_} is not an experiments.models.base.ExperimentModule; give a subclass of it (see README, Extending).")
+        raise UserError(
+            f"model._target_={cfg.model._target_} is not an experiments.models.base.ExperimentModule; give a subclass of it (see README, Extending)."
+        )
     if getattr(model_class, "task", None) != datamodule.task:
         raise UserError(
             f"model={choices.get('model', model_class.__name__)} needs {model_class.needs}, "
             f"but data={choices.get('data', type(datamodule).__name__)} holds {datamodule.task} data."
         )
-    optimizer = instantiate(cfg.optimizer, "optimizer")
-    model = instantiate(cfg.model, "model", input_shape=list(datamodule.input_shape), num_outputs=datamodule.num_outputs, optimizer=optimizer)
+    optimizer = build_node(cfg.optimizer, "optimizer")
+    model = build_node(
+        cfg.model,
+        "model",
+        input_shape=list(datamodule.input_shape),
+        num_outputs=datamodule.num_outputs,
+        optimizer=optimizer,
+    )
     directions = model.metric_directions()
     check_monitored("monitor", cfg.monitor, directions)
     if cfg.monitor_mode == "auto":
@@ -160,9 +211,9 @@ def build_model(cfg: DictConfig, datamodule: Any, choices: dict[str, str]) -> An
 def check_optimizer(cfg: DictConfig, model: Any, torch: Any) -> None:
     """torch checks most optimizer settings (betas, momentum, ...) only when it builds or steps the
     optimizer, and a schedule's only when it builds it: both are tried on a copy of the weights."""
-    from experiments.models.base import build_scheduler
-
     import warnings
+
+    from experiments.models.base import build_scheduler
 
     probe = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
     key, target = "optimizer", cfg.optimizer._target_
@@ -173,8 +224,14 @@ def check_optimizer(cfg: DictConfig, model: Any, torch: Any) -> None:
             schedule = None
             if model.scheduler_config:
                 key, target = "scheduler", cfg.scheduler._target_
-                cycled = target.endswith("OneCycleLR") and getattr(model.scheduler_config["scheduler"], "keywords", {}).get("cycle_momentum", True)
-                if cycled and isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0:
+                cycled = target.endswith("OneCycleLR") and getattr(
+                    model.scheduler_config["scheduler"], "keywords", {}
+                ).get("cycle_momentum", True)
+                if (
+                    cycled
+                    and isinstance(optimizer, torch.optim.SGD)
+                    and optimizer.param_groups[0]["momentum"] == 0
+                ):
                     raise UserError(
                         "scheduler=onecycle cycles the momentum between 0.85 and 0.95 (scheduler.cycle_momentum=true), which would make "
                         "plain SGD a momentum method; set scheduler.cycle_momentum=false, or use optimizer=momentum."
@@ -190,7 +247,11 @@ def check_optimizer(cfg: DictConfig, model: Any, torch: Any) -> None:
     except UserError:
         raise
     except Exception as error:  # torch raises ValueError, TypeError, IndexError, KeyError ...
-        hint = "; scheduler.cycle_momentum=false turns that off" if "cycle_momentum" in str(error) else ""
+        hint = (
+            "; scheduler.cycle_momentum=false turns that off"
+            if "cycle_momentum" in str(error)
+            else ""
+        )
         raise UserError(f"{key} settings rejected by {target}: {error}{hint}.") from None
 
 
@@ -199,30 +260,94 @@ def check_schedule_length(cfg: DictConfig, model: Any, datamodule: Any) -> None:
     with an error at the step after its last)."""
     total = (cfg.get("scheduler") or {}).get("total_steps")
     epochs = cfg.trainer.get("max_epochs")
-    if not model.scheduler_config or total is None or epochs in (None, -1) or not str(cfg.scheduler._target_).endswith("OneCycleLR"):
+    if (
+        not model.scheduler_config
+        or total is None
+        or epochs in (None, -1)
+        or not str(cfg.scheduler._target_).endswith("OneCycleLR")
+    ):
         return
-    batches = max(1, math.ceil(datamodule.train_size / (datamodule.batch_size or datamodule.train_size)))
+    batches = max(
+        1, math.ceil(datamodule.train_size / (datamodule.batch_size or datamodule.train_size))
+    )
     steps = math.ceil(batches / int(cfg.trainer.get("accumulate_grad_batches") or 1)) * epochs
     if total < steps:
-        raise UserError(f"scheduler.total_steps={total} is fewer than the fit's {steps} optimizer steps ({epochs} epochs of {steps // epochs}); leave it null to take the fit's steps, or give at least {steps}.")
+        raise UserError(
+            f"scheduler.total_steps={total} is fewer than the fit's {steps} optimizer steps ({epochs} epochs of {steps // epochs}); leave it null to take the fit's steps, or give at least {steps}."
+        )
 
 
-def make_trainer(cfg: DictConfig, run_callbacks: list[Any], loggers: list[Any], plugins: list[Any], run_dir: Any) -> Any:
-    """The Trainer with the configured callbacks before the run's own (`run_callbacks`)."""
-    from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
+def new_state(cfg: DictConfig, info: Any, datamodule: Any) -> Any:
+    """A run's state (experiments.state.RunState): its resolved config, what picks its best
+    checkpoint, its HParams row; a resumed run's history carried on."""
+    from experiments.hparams import flat_hparams
+    from experiments.state import RunState
 
-    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
-    if cfg.get("scheduler"):
-        callbacks.append(LearningRateMonitor(logging_interval="step"))  # at most every log_every_n_steps
-    # With callbacks=none, Lightning would otherwise add its own checkpointing and progress bar.
-    defaults = {
-        "enable_checkpointing": any(isinstance(c, Checkpoint) for c in callbacks),
-        "enable_progress_bar": any(isinstance(c, ProgressBar) for c in callbacks),
+    config = {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in cfg.items()
+        if k != "hydra"
     }
-    defaults = {k: v for k, v in defaults.items() if k not in cfg.trainer}
-    if "profiler" not in cfg.trainer:
-        from experiments import speedups
+    batch_size = datamodule.batch_size or datamodule.train_size
+    state = RunState(
+        info=info,
+        config=config,
+        monitor=cfg.monitor,
+        monitor_mode=cfg.monitor_mode,
+        hparams=flat_hparams(cfg, info.choices, info.overrides, batch_size),
+    )
+    if info.resumed:
+        state.resume_history()
+    return state
 
-        defaults["profiler"] = speedups.quiet_profiler()
-    hand_sigterm_to_lightning()
-    return instantiate(cfg.trainer, "trainer", callbacks=[*callbacks, *run_callbacks], logger=loggers, plugins=plugins, default_root_dir=str(run_dir), **defaults)
+
+def run_loggers(cfg: DictConfig, state: Any, model: Any) -> list[Any]:
+    """The loggers `logger=` names, and the one every run has: its metric history (metrics.json)."""
+    from experiments.callbacks.recorder import MetricHistory
+
+    return [
+        *instantiate_group(cfg.get("logger"), "logger"),
+        MetricHistory(state, model.metric_directions()),
+    ]
+
+
+def recorder(runs: Any, multirun: bool) -> Any:
+    """The callback that records `runs`: its parts in the order their hooks must run."""
+    from experiments.callbacks.hparams_entry import HParamsEntry
+    from experiments.callbacks.recorder import RunRecorder, StatusRecord
+    from experiments.callbacks.run_images import RunImages
+    from experiments.callbacks.trajectory import ParameterPath
+
+    parts = [
+        ParameterPath(runs),
+        RunImages(runs),
+        StatusRecord(runs),
+        HParamsEntry(runs, with_experiment=not multirun),
+    ]
+    return RunRecorder(parts)
+
+
+def make_trainer(
+    trainer: DictConfig,
+    callbacks: list[Any],
+    loggers: list[Any] | bool,
+    plugins: list[Any],
+    root_dir: Any,
+    **settings: Any,
+) -> Any:
+    """Lightning's Trainer as `trainer` configures it, with these callbacks, loggers, plugins and
+    `settings` (they win over the config's); without a profiler configured, the quiet one."""
+    from experiments import speedups
+
+    if "profiler" not in trainer:
+        settings["profiler"] = speedups.quiet_profiler()
+    hand_sigterm_to_lightning()  # Lightning installs its handler only where SIGTERM has none
+    return build_node(
+        trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=plugins,
+        default_root_dir=str(root_dir),
+        **settings,
+    )

@@ -6,7 +6,6 @@ import hashlib
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,9 +22,16 @@ class UserError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
+def mistake(error: BaseException | str) -> str:
+    """The one line a user sees for a mistake, on stderr."""
+    return f"error: {error}"
+
+
 def check_batch_size(key: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise UserError(f"{key} must be a positive integer or null (the whole split as one batch), got {value!r}.")
+        raise UserError(
+            f"{key} must be a positive integer or null (the whole split as one batch), got {value!r}."
+        )
 
 
 def check_fraction(key: str, value: float) -> None:
@@ -34,42 +40,76 @@ def check_fraction(key: str, value: float) -> None:
 
 
 def check_positive(key: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > 0
+        or not math.isfinite(value)
+    ):
         raise UserError(f"{key} must be a positive number, got {value!r}.")
 
 
-def check_values(cfg: DictConfig, overrides: list[str] = (), choices: dict[str, str] | None = None) -> None:
+def check_values(
+    cfg: DictConfig, overrides: list[str] = (), choices: dict[str, str] | None = None
+) -> None:
     """Checks that need no data and no torch, so a mistyped value fails before the slow imports."""
     for override in overrides:
         key = override[1:].partition("=")[0]
-        group = key in (choices or {}) or (CONF_DIR / key).is_dir()  # +group=option adds a config group
-        if override.startswith("+") and not override.startswith("++") and "." not in key and "/" not in key and not group:
+        # +group=option adds a config group
+        group = key in (choices or {}) or (CONF_DIR / key).is_dir()
+        if (
+            override.startswith("+")
+            and not override.startswith("++")
+            and "." not in key
+            and "/" not in key
+            and not group
+        ):
             top = ", ".join(str(k) for k in cfg.keys() if k != "run_dir")
-            raise UserError(f"{override} adds a key nothing here reads; the config's keys are {top} (a Trainer argument goes in as +trainer.NAME=VALUE).")
+            raise UserError(
+                f"{override} adds a key nothing here reads; the config's keys are {top} (a Trainer argument goes in as +trainer.NAME=VALUE)."
+            )
     check_positive("optimizer.lr", cfg.optimizer.get("lr"))
     epochs = cfg.trainer.get("max_epochs")
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or (epochs < 1 and epochs != -1)):
-        raise UserError(f"trainer.max_epochs must be a positive integer (or -1 to train until stopped), got {epochs!r}.")
+    if epochs is not None and (
+        isinstance(epochs, bool) or not isinstance(epochs, int) or (epochs < 1 and epochs != -1)
+    ):
+        raise UserError(
+            f"trainer.max_epochs must be a positive integer (or -1 to train until stopped), got {epochs!r}."
+        )
     accumulate = cfg.trainer.get("accumulate_grad_batches")
-    if accumulate is not None and (isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1):
-        raise UserError(f"trainer.accumulate_grad_batches must be a positive integer, got {accumulate!r}.")
+    if accumulate is not None and (
+        isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1
+    ):
+        raise UserError(
+            f"trainer.accumulate_grad_batches must be a positive integer, got {accumulate!r}."
+        )
     for key in ("check_val_every_n_epoch", "log_every_n_steps"):
         value = cfg.trainer.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
             raise UserError(f"trainer.{key} must be a positive integer, got {value!r}.")
     nodes = cfg.trainer.get("num_nodes", 1)
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
         raise UserError(f"trainer.num_nodes must be a positive integer, got {nodes!r}.")
-    if nodes > 1 and not any(v in os.environ for v in ("MASTER_ADDR", "SLURM_NTASKS", "WORLD_SIZE")):
+    if nodes > 1 and not any(
+        v in os.environ for v in ("MASTER_ADDR", "SLURM_NTASKS", "WORLD_SIZE")
+    ):
         raise UserError(
             f"trainer.num_nodes={nodes} trains across {nodes} machines, so the same command must be started on each of them "
             "(by srun or torchrun, which set MASTER_ADDR and the ranks); on this machine alone use trainer.num_nodes=1."
         )
     clip = cfg.trainer.get("gradient_clip_val")
-    if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0):
-        raise UserError(f"trainer.gradient_clip_val must be a number of 0 or more, or null, got {clip!r}.")
+    if clip is not None and not (
+        isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0
+    ):
+        raise UserError(
+            f"trainer.gradient_clip_val must be a number of 0 or more, or null, got {clip!r}."
+        )
     if cfg.get("monitor_mode") not in ("min", "max", "auto"):
-        raise UserError(f"monitor_mode must be min, max or auto (the metric's own direction), got {cfg.get('monitor_mode')!r}.")
+        raise UserError(
+            f"monitor_mode must be min, max or auto (the metric's own direction), got {cfg.get('monitor_mode')!r}."
+        )
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise UserError(f"seed must be an integer from 0 to {2**32 - 1}, got {seed!r}.")
@@ -92,7 +132,11 @@ def gpu_for_job(job_num: int | None = None, gpu_count: int | None = None) -> lis
     if job_num is None:
         from hydra.core.hydra_config import HydraConfig
 
-        job_num = OmegaConf.select(HydraConfig.get(), "job.num", default=0) if HydraConfig.initialized() else 0
+        job_num = (
+            OmegaConf.select(HydraConfig.get(), "job.num", default=0)
+            if HydraConfig.initialized()
+            else 0
+        )
     if gpu_count is None:
         import torch
 
@@ -103,5 +147,9 @@ def gpu_for_job(job_num: int | None = None, gpu_count: int | None = None) -> lis
 OmegaConf.register_new_resolver("job_dir", job_dir_name, replace=True)
 OmegaConf.register_new_resolver("gpu_for_job", gpu_for_job, replace=True)
 # resume=<run dir> runs in that directory and leaves its .hydra/ (the run's own config) untouched.
-OmegaConf.register_new_resolver("run_dir_or_resume", lambda resume, new: resume or new, replace=True)
-OmegaConf.register_new_resolver("unless_resume", lambda resume, subdir: None if resume else subdir, replace=True)
+OmegaConf.register_new_resolver(
+    "run_dir_or_resume", lambda resume, new: resume or new, replace=True
+)
+OmegaConf.register_new_resolver(
+    "unless_resume", lambda resume, subdir: None if resume else subdir, replace=True
+)

@@ -15,7 +15,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
-def fit_line_figure(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_line: np.ndarray, title: str = "") -> Figure:
+def fit_line_figure(
+    x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_line: np.ndarray, title: str = ""
+) -> Figure:
     """The data and the fitted line, as seed 000 plots y_true against y_pred."""
     fig = Figure(figsize=(5, 3.6), dpi=100)
     ax = fig.add_subplot()
@@ -25,7 +27,8 @@ def fit_line_figure(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_line: np
     ax.set_ylabel("target")
     ax.set_title(title)
     ax.legend()
-    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.14, top=0.9)  # tight_layout costs more than the drawing
+    # tight_layout costs more than the drawing
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.14, top=0.9)
     return fig
 
 
@@ -38,7 +41,9 @@ def image_of(figure: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def fit_line_images(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_lines: list[np.ndarray], title: str = "") -> list[np.ndarray]:
+def fit_line_images(
+    x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_lines: list[np.ndarray], title: str = ""
+) -> list[np.ndarray]:
     """fit_line_figure for several fitted lines over the same data, one image each, drawn on the
     same axes: the data, axes and legend are rendered once and each line is blitted onto them, so
     a population of runs pays for one figure, not one each."""
@@ -49,7 +54,9 @@ def fit_line_images(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_lines: l
     line = ax.lines[0]
     finite = [values for values in y_lines if np.isfinite(values).all()]
     low = min(float(np.min(y)), *(float(np.min(v)) for v in finite)) if finite else float(np.min(y))
-    high = max(float(np.max(y)), *(float(np.max(v)) for v in finite)) if finite else float(np.max(y))
+    high = (
+        max(float(np.max(y)), *(float(np.max(v)) for v in finite)) if finite else float(np.max(y))
+    )
     pad = 0.05 * (high - low or 1.0)
     ax.set_ylim(low - pad, high + pad)
     line.set_animated(True)  # left out of the shared background
@@ -78,12 +85,26 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str]) -> F
     threshold = matrix.max() / 2
     for i in ticks:
         for j in ticks:
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6, color="white" if matrix[i, j] > threshold else "black")
-    fig.subplots_adjust(left=0.2, right=0.98, bottom=0.2, top=0.97)  # fixed margins: tight_layout costs a drawing
+            ax.text(
+                j,
+                i,
+                int(matrix[i, j]),
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if matrix[i, j] > threshold else "black",
+            )
+    # fixed margins: tight_layout costs a drawing
+    fig.subplots_adjust(left=0.2, right=0.98, bottom=0.2, top=0.97)
     return fig
 
 
-def misclassified_figure(images: np.ndarray, targets: Sequence[int], predictions: Sequence[int], class_names: Sequence[str]) -> Figure:
+def misclassified_figure(
+    images: np.ndarray,
+    targets: Sequence[int],
+    predictions: Sequence[int],
+    class_names: Sequence[str],
+) -> Figure:
     """A grid of test images the model got wrong, each labelled `true -> predicted`.
 
     One mosaic in one Axes: a subplot per image would cost more than the whole training epoch.
@@ -96,13 +117,23 @@ def misclassified_figure(images: np.ndarray, targets: Sequence[int], predictions
     mosaic = np.full((rows * cell_h, cols * cell_w), np.nan)
     for k in range(n):
         r, c = divmod(k, cols)
-        mosaic[r * cell_h + 10 : r * cell_h + 10 + height, c * cell_w + 2 : c * cell_w + 2 + width] = images[k].reshape(height, width)
+        mosaic[
+            r * cell_h + 10 : r * cell_h + 10 + height, c * cell_w + 2 : c * cell_w + 2 + width
+        ] = images[k].reshape(height, width)
     fig = Figure(figsize=(1.3 * cols, 1.45 * rows), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(mosaic, cmap="gray")
     for k in range(n):
         r, c = divmod(k, cols)
-        ax.text(c * cell_w + cell_w / 2, r * cell_h + 5, f"{class_names[targets[k]]} -> {class_names[predictions[k]]}", ha="center", va="center", fontsize=6, color="black")
+        ax.text(
+            c * cell_w + cell_w / 2,
+            r * cell_h + 5,
+            f"{class_names[targets[k]]} -> {class_names[predictions[k]]}",
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="black",
+        )
     ax.axis("off")
     return fig
 
@@ -128,7 +159,9 @@ def sweep_figure(rows: list[dict[str, Any]], metric: str) -> Figure:
         points = sorted(lines[name])
         line = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)[0]
         if diverged[name]:
-            ax.scatter(diverged[name], [top] * len(diverged[name]), marker="x", color=line.get_color())
+            ax.scatter(
+                diverged[name], [top] * len(diverged[name]), marker="x", color=line.get_color()
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("learning rate")
@@ -146,7 +179,12 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
     w_opt, b_opt = np.polyfit(x, y, 1)
     # The view covers the runs that converged; a diverged path is drawn up to where it leaves it.
     framing = [t for t in trajectories if t["status"] == "finished"] or trajectories
-    finite = [(w, b) for t in framing for w, b in zip(t["w"], t["b"]) if math.isfinite(w) and math.isfinite(b)]
+    finite = [
+        (w, b)
+        for t in framing
+        for w, b in zip(t["w"], t["b"])
+        if math.isfinite(w) and math.isfinite(b)
+    ]
     ws, bs = np.array([p[0] for p in finite] + [w_opt]), np.array([p[1] for p in finite] + [b_opt])
     w_span = max(ws.max() - ws.min(), 1e-3) * 0.15
     b_span = max(bs.max() - bs.min(), 1e-3) * 0.15
@@ -164,14 +202,22 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
     fig = Figure(figsize=(4.2 * cols, 3.6 * rows), dpi=100)
     for k, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, k + 1)
-        ax.contour(grid_w, grid_b, np.log10(loss + 1e-12), levels=25, cmap="viridis", linewidths=0.6)
+        ax.contour(
+            grid_w, grid_b, np.log10(loss + 1e-12), levels=25, cmap="viridis", linewidths=0.6
+        )
         for t in sorted(groups[name], key=lambda t: t.get("lr") or 0):
             w, b = np.asarray(t["w"], dtype=float), np.asarray(t["b"], dtype=float)
             inside = (w >= w_lim[0]) & (w <= w_lim[1]) & (b >= b_lim[0]) & (b <= b_lim[1])
-            end = len(w) if inside.all() else int(np.argmin(inside)) + 1  # up to the first point outside
+            # up to the first point outside
+            end = len(w) if inside.all() else int(np.argmin(inside)) + 1
             w, b = np.clip(w[:end], *w_lim), np.clip(b[:end], *b_lim)
             label = f"lr={t['lr']:g}" if t.get("lr") is not None else t["name"]
-            ax.plot(w, b, linewidth=1.2, label=label + (" (diverged)" if t["status"] == "diverged" else ""))
+            ax.plot(
+                w,
+                b,
+                linewidth=1.2,
+                label=label + (" (diverged)" if t["status"] == "diverged" else ""),
+            )
         ax.plot([w_opt], [b_opt], marker="*", color="black", markersize=9)
         ax.set_xlim(*w_lim)
         ax.set_ylim(*b_lim)
@@ -184,7 +230,9 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def run_images(models: list[Any], datamodule: Any, stage: str, max_misclassified: int = 32) -> list[dict[str, np.ndarray]]:
+def run_images(
+    models: list[Any], datamodule: Any, stage: str, max_misclassified: int = 32
+) -> list[dict[str, np.ndarray]]:
     """Each trained model's pictures, as images. After fitting ("fit"): the data and fitted line
     of a one-input regression. After testing ("test"): a classifier's confusion matrix and a grid
     of the test images it got wrong."""
@@ -198,9 +246,17 @@ def run_images(models: list[Any], datamodule: Any, stage: str, max_misclassified
         if stage == "fit" and models[0].task == "regression":
             x, y = datamodule.splits["train"]
             if x.shape[1:] == (1,) and y.shape[1:] == (1,):
-                line = torch.linspace(x.min().item(), x.max().item(), 50, device=x.device).unsqueeze(1)
+                line = torch.linspace(
+                    x.min().item(), x.max().item(), 50, device=x.device
+                ).unsqueeze(1)
                 fitted = [model(line.to(dtype)).float().cpu().numpy() for model in models]
-                drawn = fit_line_images(x.cpu().numpy(), y.cpu().numpy(), line.cpu().numpy(), fitted, "training data and fitted line")
+                drawn = fit_line_images(
+                    x.cpu().numpy(),
+                    y.cpu().numpy(),
+                    line.cpu().numpy(),
+                    fitted,
+                    "training data and fitted line",
+                )
                 for own, image in zip(images, drawn):
                     own["fit/line"] = image
         if stage == "test" and models[0].task == "classification":
@@ -209,11 +265,21 @@ def run_images(models: list[Any], datamodule: Any, stage: str, max_misclassified
             x, y = datamodule.splits["test"]
             names = datamodule.class_names
             for own, model in zip(images, models):
-                predictions = torch.cat([model(chunk.to(dtype)).argmax(1) for chunk in x.split(4096)])
-                matrix = multiclass_confusion_matrix(predictions, y, num_classes=len(names)).cpu().numpy()
+                predictions = torch.cat(
+                    [model(chunk.to(dtype)).argmax(1) for chunk in x.split(4096)]
+                )
+                matrix = (
+                    multiclass_confusion_matrix(predictions, y, num_classes=len(names))
+                    .cpu()
+                    .numpy()
+                )
                 own["test/confusion_matrix"] = image_of(confusion_matrix_figure(matrix, names))
                 wrong = (predictions != y).nonzero().flatten()[:max_misclassified]
                 if len(wrong):
                     pictures = datamodule.denormalise(x[wrong]).cpu().numpy()
-                    own["test/misclassified"] = image_of(misclassified_figure(pictures, y[wrong].tolist(), predictions[wrong].tolist(), names))
+                    own["test/misclassified"] = image_of(
+                        misclassified_figure(
+                            pictures, y[wrong].tolist(), predictions[wrong].tolist(), names
+                        )
+                    )
     return images

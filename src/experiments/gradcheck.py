@@ -23,7 +23,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from experiments.cli import run_cli
+from experiments.cli import one_sentence, run_cli
 from experiments.config import CONF_DIR, UserError
 
 log = logging.getLogger("experiments")
@@ -44,7 +44,9 @@ def line_gradient(model: Any, x: Any, y: Any) -> list[Any] | None:
         return [scale * residual.T @ inputs, scale * residual.sum(0)]  # dL/dW, dL/db
 
 
-def check_gradient(model: Any, batch: tuple[Any, Any], eps: float = 1e-6, coordinates: int = 48, seed: int = 0) -> dict[str, Any]:
+def check_gradient(
+    model: Any, batch: tuple[Any, Any], eps: float = 1e-6, coordinates: int = 48, seed: int = 0
+) -> dict[str, Any]:
     """Autograd against finite differences (and the hand-derived line gradient) for `model`'s loss
     on `batch`, in float64; the rows compared and the largest relative difference."""
     import torch
@@ -59,7 +61,13 @@ def check_gradient(model: Any, batch: tuple[Any, Any], eps: float = 1e-6, coordi
     analytic = line_gradient(model, x, y)
     everything = [(i, index) for i, (_, p) in enumerate(named) for index in range(p.numel())]
     if len(everything) > coordinates:
-        picked = torch.randperm(len(everything), generator=torch.Generator().manual_seed(seed))[:coordinates].sort().values
+        picked = (
+            torch.randperm(len(everything), generator=torch.Generator().manual_seed(seed))[
+                :coordinates
+            ]
+            .sort()
+            .values
+        )
         everything = [everything[k] for k in picked.tolist()]
     rows = []
     with torch.no_grad():
@@ -72,19 +80,36 @@ def check_gradient(model: Any, batch: tuple[Any, Any], eps: float = 1e-6, coordi
             flat[index] = kept - eps
             below = model.loss(model(x), y).item()
             flat[index] = kept
-            position = tuple(int(v) for v in torch.unravel_index(torch.tensor(index), parameter.shape)) if parameter.dim() else ()
-            rows.append({
-                "coordinate": f"{name}[{', '.join(map(str, position))}]",
-                "autograd": autograd[i].reshape(-1)[index].item(),
-                "finite_difference": (above - below) / (2 * eps),
-                "analytic": None if analytic is None else analytic[i].reshape(-1)[index].item(),
-            })
+            position = (
+                tuple(int(v) for v in torch.unravel_index(torch.tensor(index), parameter.shape))
+                if parameter.dim()
+                else ()
+            )
+            rows.append(
+                {
+                    "coordinate": f"{name}[{', '.join(map(str, position))}]",
+                    "autograd": autograd[i].reshape(-1)[index].item(),
+                    "finite_difference": (above - below) / (2 * eps),
+                    "analytic": None if analytic is None else analytic[i].reshape(-1)[index].item(),
+                }
+            )
     scale = 1e-3 * max((abs(r["autograd"]) for r in rows), default=0.0)
     for row in rows:
-        others = [v for k, v in row.items() if k in ("finite_difference", "analytic") and v is not None]
-        row["relative_difference"] = max(abs(row["autograd"] - v) / max(abs(row["autograd"]), abs(v), scale, 1e-300) for v in others)
+        others = [
+            v for k, v in row.items() if k in ("finite_difference", "analytic") and v is not None
+        ]
+        row["relative_difference"] = max(
+            abs(row["autograd"] - v) / max(abs(row["autograd"]), abs(v), scale, 1e-300)
+            for v in others
+        )
     worst = max(rows, key=lambda r: r["relative_difference"])
-    return {"loss": loss.item(), "rows": rows, "largest_relative_difference": worst["relative_difference"], "worst": worst["coordinate"], "parameters": sum(p.numel() for _, p in named)}
+    return {
+        "loss": loss.item(),
+        "rows": rows,
+        "largest_relative_difference": worst["relative_difference"],
+        "worst": worst["coordinate"],
+        "parameters": sum(p.numel() for _, p in named),
+    }
 
 
 def print_report(result: dict[str, Any], tolerance: float) -> None:
@@ -94,21 +119,33 @@ def print_report(result: dict[str, Any], tolerance: float) -> None:
     analytic = any(r["analytic"] is not None for r in result["rows"])
     title = f"loss {result['loss']:.6g} at the initial weights, first batch; {len(result['rows'])} of {result['parameters']} coordinates"
     table = Table(title=title, title_justify="left")
-    for column in ("coordinate", "autograd", "finite difference", *(["by hand"] if analytic else []), "relative difference"):
+    for column in (
+        "coordinate",
+        "autograd",
+        "finite difference",
+        *(["by hand"] if analytic else []),
+        "relative difference",
+    ):
         table.add_column(column, justify="left" if column == "coordinate" else "right")
     for row in result["rows"]:
         cells = [row["coordinate"], f"{row['autograd']:.9g}", f"{row['finite_difference']:.9g}"]
         if analytic:
             cells.append(f"{row['analytic']:.9g}")
-        table.add_row(*cells, f"{row['relative_difference']:.2e}", style="red" if row["relative_difference"] > tolerance else None)
+        table.add_row(
+            *cells,
+            f"{row['relative_difference']:.2e}",
+            style="red" if row["relative_difference"] > tolerance else None,
+        )
     Console(width=None if sys.stdout.isatty() else 160).print(table)
-    print(f"largest relative difference: {result['largest_relative_difference']:.2e} at {result['worst']} (tolerance {tolerance:g})")
+    print(
+        f"largest relative difference: {result['largest_relative_difference']:.2e} at {result['worst']} (tolerance {tolerance:g})"
+    )
 
 
 def gradient_check_of(cfg: DictConfig) -> dict[str, Any]:
     """The check for the configured experiment: its model at its initial weights, its first batch."""
-    from experiments.cli import quiet_lightning
     from experiments.config import check_positive
+    from experiments.quiet import quiet_lightning
 
     check_positive("gradcheck.eps", cfg.gradcheck.eps)
     check_positive("gradcheck.tolerance", cfg.gradcheck.tolerance)
@@ -128,17 +165,18 @@ def gradient_check_of(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="gradcheck")
+@one_sentence
 def main(cfg: DictConfig) -> None:
-    try:
-        result = gradient_check_of(cfg)
-    except UserError as error:
-        sys.stderr.write(f"error: {error}\n")
-        sys.exit(1)  # Hydra would print more for an exception
+    """Its mistakes, and a gradient beyond the tolerance, end as one sentence (experiments.cli)."""
+    result = gradient_check_of(cfg)
     tolerance = cfg.gradcheck.tolerance
     print_report(result, tolerance)
-    if not result["largest_relative_difference"] <= tolerance or not math.isfinite(result["largest_relative_difference"]):
-        sys.stderr.write(f"error: autograd and the finite differences disagree by {result['largest_relative_difference']:.2e} (relative) at {result['worst']}, beyond gradcheck.tolerance={tolerance:g}.\n")
-        sys.exit(1)
+    worst = result["largest_relative_difference"]
+    if not worst <= tolerance or not math.isfinite(worst):
+        raise UserError(
+            f"autograd and the finite differences disagree by {worst:.2e} (relative) at {result['worst']}, "
+            f"beyond gradcheck.tolerance={tolerance:g}."
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,14 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.config import CONF_DIR
 
 # TensorBoard's session status for each run status (api_pb2.Status names; it has none for "stopped early").
-SESSION_STATUS = {"finished": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN", "pruned": "STATUS_UNKNOWN", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE", "running": "STATUS_RUNNING"}
+SESSION_STATUS = {
+    "finished": "STATUS_SUCCESS",
+    "interrupted": "STATUS_UNKNOWN",
+    "pruned": "STATUS_UNKNOWN",
+    "diverged": "STATUS_FAILURE",
+    "failed": "STATUS_FAILURE",
+    "running": "STATUS_RUNNING",
+}
 
 
 def plain(value: Any) -> int | float | str | bool:
@@ -52,12 +59,19 @@ def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def flat_hparams(cfg: DictConfig, choices: dict[str, str], overrides: list[str], batch_size: int) -> dict[str, Any]:
+def flat_hparams(
+    cfg: DictConfig, choices: dict[str, str], overrides: list[str], batch_size: int
+) -> dict[str, Any]:
     """The flat key set of the HParams tab: the groups chosen, every optimizer and scheduler setting
     (neutral where this run's option has none), batch size, seed, epochs, and any other key set on
     the command line, with its value as the config holds it (500, not '500')."""
+
     def target_name(node: Any) -> str:
-        return str(OmegaConf.select(node, "_target_", default="") or "").rsplit(".", 1)[-1] if node else ""
+        return (
+            str(OmegaConf.select(node, "_target_", default="") or "").rsplit(".", 1)[-1]
+            if node
+            else ""
+        )
 
     params: dict[str, Any] = {
         "experiment": choices.get("experiment", ""),
@@ -79,34 +93,58 @@ def flat_hparams(cfg: DictConfig, choices: dict[str, str], overrides: list[str],
                     params[f"{group}.{key}"] = plain(value)
     for override in overrides:
         key = override.lstrip("+~").partition("=")[0]
-        if key not in params and key.split("/")[0] not in choices and "." in key and not key.startswith("hydra."):
+        if (
+            key not in params
+            and key.split("/")[0] not in choices
+            and "." in key
+            and not key.startswith("hydra.")
+        ):
             params[key] = plain(OmegaConf.select(cfg, key, default=override.partition("=")[2]))
     return params
 
 
 def hparams_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The HParams metric columns of a run: the best of each validation metric, and the test metrics."""
-    metrics = {f"best/{k.replace('/', '_')}": v["best"] for k, v in result["metrics"].items() if k.startswith("val/") and v["best"] is not None}
+    metrics = {
+        f"best/{k.replace('/', '_')}": v["best"]
+        for k, v in result["metrics"].items()
+        if k.startswith("val/") and v["best"] is not None
+    }
     metrics.update({k: v for k, v in result["test"].items() if v is not None})
     return metrics
 
 
-def summaries(params: dict[str, Any], metrics: list[str], status: str = "finished", domains: dict[str, list] | None = None) -> tuple[Any, Any, Any]:
+def summaries(
+    params: dict[str, Any],
+    metrics: list[str],
+    status: str = "finished",
+    domains: dict[str, list] | None = None,
+) -> tuple[Any, Any, Any]:
     """TensorBoard's (experiment, session start, session end) summaries for these settings, metric
     tags and run status."""
     from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
     from torch.utils.tensorboard.summary import hparams
 
-    experiment, start, end = hparams(params, dict.fromkeys(metrics, 0.0), hparam_domain_discrete=domains)
+    experiment, start, end = hparams(
+        params, dict.fromkeys(metrics, 0.0), hparam_domain_discrete=domains
+    )
     # torch always reports success; the session's real status replaces it in the same summary.
     value = end.value[0]
     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-    data.session_end_info.status = api_pb2.Status.Value(SESSION_STATUS.get(status, "STATUS_UNKNOWN"))
+    data.session_end_info.status = api_pb2.Status.Value(
+        SESSION_STATUS.get(status, "STATUS_UNKNOWN")
+    )
     value.metadata.plugin_data.content = data.SerializeToString()
     return experiment, start, end
 
 
-def write_session(tensorboard: Any, params: dict[str, Any], metrics: dict[str, float], status: str, with_experiment: bool) -> None:
+def write_session(
+    tensorboard: Any,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    status: str,
+    with_experiment: bool,
+) -> None:
     """Write a run's HParams entry with real metric values, instead of Lightning's `hp_metric = -1`.
 
     Metrics already logged as scalars (test/*) are referenced by tag; the `best/*` ones are written

@@ -9,7 +9,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 
 
-class CSVLogger(LightningCSVLogger):
+class ResumableCSVLogger(LightningCSVLogger):
     """Lightning's CSVLogger, keeping the rows a run wrote before it was resumed: Lightning's own
     deletes metrics.csv when it opens a directory that has one. (A new run never opens such a
     directory: experiments.rundir refuses to start a run where another one lives.)"""
@@ -28,10 +28,15 @@ class CSVLogger(LightningCSVLogger):
         rows, self._earlier = self._earlier, []
         for row in rows:
             step = row.pop("step", "")
-            writer.log_metrics({k: number(v) for k, v in row.items() if v not in ("", None)}, int(float(step)) if step else None)
+            writer.log_metrics(
+                {k: number(v) for k, v in row.items() if v not in ("", None)},
+                int(float(step)) if step else None,
+            )
         return writer
 
 
 def number(text: str) -> int | float:
     value = float(text)
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+    return (
+        int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+    )

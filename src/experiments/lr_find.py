@@ -28,7 +28,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from experiments.cli import run_cli
+from experiments.cli import one_sentence, run_cli
 from experiments.config import CONF_DIR, UserError
 from experiments.state import RunInfo, write_json
 
@@ -58,56 +58,91 @@ def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int = 10
 
 def find_lr(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
     """Run the range test in `info.run_dir`; the curve, the suggestion and the command using it."""
-    from experiments.cli import quiet_lightning
     from experiments.config import check_values
+    from experiments.quiet import quiet_lightning
 
     check_values(cfg, info.overrides, info.choices)
     settings = cfg.lr_find
     if not 0 < settings.min_lr < settings.max_lr:
-        raise UserError(f"lr_find.min_lr and lr_find.max_lr must be positive with min_lr below max_lr, got {settings.min_lr!r} and {settings.max_lr!r}.")
+        raise UserError(
+            f"lr_find.min_lr and lr_find.max_lr must be positive with min_lr below max_lr, got {settings.min_lr!r} and {settings.max_lr!r}."
+        )
     steps = settings.num_training
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise UserError(f"lr_find.num_training must be an integer of at least 2 (one learning rate per step), got {steps!r}.")
+        raise UserError(
+            f"lr_find.num_training must be an integer of at least 2 (one learning rate per step), got {steps!r}."
+        )
     strategy, devices = str(cfg.trainer.get("strategy") or "auto"), cfg.trainer.get("devices")
-    if "ddp" in strategy or (isinstance(devices, int) and devices > 1) or int(cfg.trainer.get("num_nodes") or 1) > 1:
-        raise UserError(f"experiments.lr_find runs the range test in one process on one device, so it takes no trainer.strategy={strategy} or trainer.devices={devices}; leave out trainer=ddp or ddp_cpu (train with them afterwards).")
+    if (
+        "ddp" in strategy
+        or (isinstance(devices, int) and devices > 1)
+        or int(cfg.trainer.get("num_nodes") or 1) > 1
+    ):
+        raise UserError(
+            f"experiments.lr_find runs the range test in one process on one device, so it takes no trainer.strategy={strategy} or trainer.devices={devices}; leave out trainer=ddp or ddp_cpu (train with them afterwards)."
+        )
     if settings.mode not in ("exponential", "linear"):
         raise UserError(f"lr_find.mode must be exponential or linear, got {settings.mode!r}.")
     if settings.suggest not in ("steepest", "lightning"):
         raise UserError(f"lr_find.suggest must be steepest or lightning, got {settings.suggest!r}.")
     for key in ("resume", "ckpt_path"):
         if cfg.get(key):
-            raise UserError(f"experiments.lr_find tests learning rates from the model's initial weights, so it takes no {key}=; leave it out (train from there with experiments.train).")
+            raise UserError(
+                f"experiments.lr_find tests learning rates from the model's initial weights, so it takes no {key}=; leave it out (train from there with experiments.train)."
+            )
     quiet_lightning()
     import lightning.pytorch as pl
     from lightning.pytorch.tuner import Tuner
     from torch.utils.tensorboard import SummaryWriter
 
-    from experiments import speedups
-    from experiments.build import build, check_accelerator, instantiate
-    from experiments.signals import hand_sigterm_to_lightning
+    from experiments.build import build, check_accelerator, make_trainer
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     check_accelerator(cfg.trainer)
     datamodule, model = build(cfg, info.choices)
-    hand_sigterm_to_lightning()
     # The test takes num_training steps however many epochs that is (trainer.max_epochs would cut it short).
-    trainer = instantiate(
-        cfg.trainer, "trainer", callbacks=[], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        default_root_dir=str(info.run_dir), profiler=speedups.quiet_profiler(), max_epochs=-1,
+    trainer = make_trainer(
+        cfg.trainer,
+        [],
+        False,
+        [],
+        info.run_dir,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        max_epochs=-1,
     )
     finder = Tuner(trainer).lr_find(
-        model, datamodule=datamodule, min_lr=settings.min_lr, max_lr=settings.max_lr,
-        num_training=settings.num_training, mode=settings.mode, early_stop_threshold=settings.early_stop_threshold, update_attr=False,
+        model,
+        datamodule=datamodule,
+        min_lr=settings.min_lr,
+        max_lr=settings.max_lr,
+        num_training=settings.num_training,
+        mode=settings.mode,
+        early_stop_threshold=settings.early_stop_threshold,
+        update_attr=False,
     )
     if finder is None or not finder.results.get("lr"):
-        raise UserError("the learning-rate range test recorded no step; raise lr_find.num_training or lower data.batch_size.")
-    lrs, losses = [float(v) for v in finder.results["lr"]], [float(v) for v in finder.results["loss"]]
-    suggestion = finder.suggestion() if settings.suggest == "lightning" else steepest_descent(lrs, losses)
+        raise UserError(
+            "the learning-rate range test recorded no step; raise lr_find.num_training or lower data.batch_size."
+        )
+    lrs, losses = (
+        [float(v) for v in finder.results["lr"]],
+        [float(v) for v in finder.results["loss"]],
+    )
+    suggestion = (
+        finder.suggestion() if settings.suggest == "lightning" else steepest_descent(lrs, losses)
+    )
     figure = finder.plot(suggest=False, show=False)
     if suggestion is not None:
         at = lrs.index(suggestion)
-        figure.axes[0].plot(suggestion, losses[at], markersize=10, marker="o", color="red", label=f"suggestion {suggestion:.3g}")
+        figure.axes[0].plot(
+            suggestion,
+            losses[at],
+            markersize=10,
+            marker="o",
+            color="red",
+            label=f"suggestion {suggestion:.3g}",
+        )
         figure.axes[0].legend()
     figure.savefig(info.run_dir / "lr_find.png", dpi=100, bbox_inches="tight")
     with SummaryWriter(log_dir=str(info.run_dir)) as writer:
@@ -116,25 +151,37 @@ def find_lr(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
             writer.add_scalar("lr_find/lr", lr, step)
         writer.add_figure("lr_find/curve", figure)
     keep = [o for o in info.overrides if not o.startswith(("optimizer.lr=", "lr_find."))]
-    command = shlex.join(["python", "-m", "experiments.train", *keep, *([f"optimizer.lr={suggestion:.3g}"] if suggestion else [])])
-    result = {"suggestion": suggestion, "command": command, "lr": lrs, "loss": losses, "overrides": info.overrides, "run_dir": str(info.run_dir)}
+    command = shlex.join(
+        [
+            "python",
+            "-m",
+            "experiments.train",
+            *keep,
+            *([f"optimizer.lr={suggestion:.3g}"] if suggestion else []),
+        ]
+    )
+    result = {
+        "suggestion": suggestion,
+        "command": command,
+        "lr": lrs,
+        "loss": losses,
+        "overrides": info.overrides,
+        "run_dir": str(info.run_dir),
+    }
     write_json(info.run_dir / "lr_find.json", result)
     return result
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="lr_find")
+@one_sentence
 def main(cfg: DictConfig) -> None:
     info = RunInfo.from_hydra(Path(cfg.run_dir))
-    try:
-        result = find_lr(cfg, info)
-    except UserError as error:
-        from experiments.rundir import discard
-
-        sys.stderr.write(f"error: {error}\n")
-        discard(info.run_dir)
-        sys.exit(1)  # Hydra would print more for an exception
+    # a mistake is raised: experiments.cli prints it and removes the directory
+    result = find_lr(cfg, info)
     if result["suggestion"] is None:
-        log.info(f"No suggestion: the loss did not fall over the range tried ({len(result['lr'])} steps); see {info.run_dir}/lr_find.png")
+        log.info(
+            f"No suggestion: the loss did not fall over the range tried ({len(result['lr'])} steps); see {info.run_dir}/lr_find.png"
+        )
         sys.exit(1)
     log.info(
         f"Suggested learning rate: {result['suggestion']:.3g} (where the loss falls fastest, of {len(result['lr'])} steps "

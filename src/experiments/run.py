@@ -1,79 +1,91 @@
-"""One run: build the data, the model and the Trainer from the composed config, fit, then test the
-best checkpoint. What the run leaves is the callbacks' job (experiments.callbacks)."""
+"""One run, in the shape of lightning-hydra-template's `train(cfg)`: build the data, the model, its
+loggers and callbacks and the Trainer from the composed config; fit; test the best checkpoint;
+return what metrics.json holds. What the run leaves on the way is the callbacks' job
+(experiments.callbacks); how a job runs around it (resume, a process of its own, failure records,
+exit codes) is experiments.train's."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from experiments.cli import quiet_lightning
 from experiments.config import check_values
+from experiments.quiet import quiet_lightning
 from experiments.search import job_trial
-from experiments.state import RunInfo, RunState
+from experiments.state import RunInfo
 
 
-def run_callbacks(states: list[RunState], loggers: list[list[Any]], multirun: bool) -> list[Any]:
-    """The callback that records runs, its parts in the order their hooks must run."""
-    from experiments.callbacks.figures import RunFigures
-    from experiments.callbacks.hparams import HParamsEntry
-    from experiments.callbacks.recorder import RunRecorder, StatusRecord
-    from experiments.callbacks.trajectory import ParameterPath
-
-    return [RunRecorder([ParameterPath(states), RunFigures(states, loggers), StatusRecord(states), HParamsEntry(states, loggers, with_experiment=not multirun)])]
-
-
-def new_state(cfg: DictConfig, info: RunInfo, datamodule: Any) -> RunState:
-    from experiments.hparams import flat_hparams
-
-    state = RunState(
-        info=info,
-        config={k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in cfg.items() if k != "hydra"},
-        monitor=cfg.monitor,
-        monitor_mode=cfg.monitor_mode,
-        hparams=flat_hparams(cfg, info.choices, info.overrides, datamodule.batch_size or datamodule.train_size),
-    )
-    if info.resumed:
-        state.resume_history()
-    return state
-
-
-def train(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
+def train_and_test(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
     """Fit and test the configured experiment in `info.run_dir`; return what its metrics.json holds."""
-    check_values(cfg, info.overrides, info.choices)
+    check_values(cfg, info.overrides, info.choices)  # before the slow imports
     quiet_lightning()
     import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 
-    from experiments.build import build, check_accelerator, instantiate_group, make_trainer
+    from experiments.build import (
+        build,
+        check_accelerator,
+        instantiate_group,
+        make_trainer,
+        new_state,
+        recorder,
+        run_loggers,
+    )
     from experiments.callbacks.checkpoint import AtomicCheckpointIO, check_fits, read_checkpoint
-    from experiments.callbacks.recorder import MetricHistory
+    from experiments.callbacks.pruning import TrialPruning
+    from experiments.callbacks.recorder import OneRun
     from experiments.models.base import Diverged
 
-    key = "resume" if info.resumed else "ckpt_path"
+    key, start = ("resume", cfg.resume) if info.resumed else ("ckpt_path", cfg.ckpt_path)
     checkpoint = read_checkpoint(cfg.ckpt_path, key) if cfg.ckpt_path else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     check_accelerator(cfg.trainer)
     datamodule, model = build(cfg, info.choices)
     if checkpoint is not None:
-        check_fits(checkpoint, model, cfg.optimizer._target_, key, cfg.resume if info.resumed else cfg.ckpt_path)
+        check_fits(checkpoint, model, cfg.optimizer._target_, key, start)
         del checkpoint
-    state = new_state(cfg, info, datamodule)
-    loggers = [*instantiate_group(cfg.get("logger"), "logger"), MetricHistory(state, model.metric_directions())]
-    callbacks = run_callbacks([state], [loggers], info.multirun)
-    if (trial := job_trial(cfg)) is not None:
-        from experiments.callbacks.pruning import TrialPruning
 
-        callbacks.append(TrialPruning([state], [trial]))
-    trainer = make_trainer(cfg, callbacks, loggers, [AtomicCheckpointIO()], info.run_dir)
+    state = new_state(cfg, info, datamodule)
+    loggers = run_loggers(cfg, state, model)
+    run = OneRun(state, loggers)
+    # conf/callbacks/: checkpoints, progress
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    if cfg.get("scheduler"):
+        # train/lr, every log_every_n_steps
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks.append(recorder(run, info.multirun))
+    if (trial := job_trial(cfg)) is not None:
+        callbacks.append(TrialPruning(run, [trial]))
+    # With callbacks=none, Lightning would otherwise add its own checkpointing and progress bar.
+    defaults = {
+        "enable_checkpointing": any(isinstance(c, Checkpoint) for c in callbacks),
+        "enable_progress_bar": any(isinstance(c, ProgressBar) for c in callbacks),
+    }
+    defaults = {k: v for k, v in defaults.items() if k not in cfg.trainer}
+    trainer = make_trainer(
+        cfg.trainer, callbacks, loggers, [AtomicCheckpointIO()], info.run_dir, **defaults
+    )
+
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         if state.status == "running":
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else None
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
-    except (Diverged, KeyboardInterrupt, SystemExit):  # Lightning's SIGTERMException is a SystemExit
+            best = (
+                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+            )
+            trainer.test(
+                model,
+                datamodule=datamodule,
+                ckpt_path=best or None,
+                verbose=False,
+                weights_only=True,
+            )
+    # Lightning's SIGTERMException is a SystemExit
+    except (Diverged, KeyboardInterrupt, SystemExit):
         if state.status == "running":  # stopped before the fit started: nothing was recorded
             raise KeyboardInterrupt from None
     except Exception as error:
-        if not getattr(error, "run_status", None):  # an exception that ends a run as planned (pruned)
+        # a run stopped as planned (pruned) ends as recorded
+        if not getattr(error, "run_status", None):
             raise
     return state.result()

@@ -12,12 +12,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from experiments.config import UserError
@@ -29,7 +27,9 @@ _held: dict[str, int] = {}  # directory -> descriptor holding its lock, open unt
 def run_traces(folder: Path) -> list[str]:
     """What in `folder` shows that a run already lives there."""
     traces = ["metrics.json", ".hydra/overrides.yaml", "checkpoints"]
-    return [t for t in traces if (folder / t).exists()] + [p.name for p in folder.glob("events.out.tfevents.*")][:1]
+    return [t for t in traces if (folder / t).exists()] + [
+        p.name for p in folder.glob("events.out.tfevents.*")
+    ][:1]
 
 
 def inherited(folder: Path) -> bool:
@@ -46,7 +46,9 @@ def own(folder: Path, key: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise UserError(f"{key}={folder} is in use by another run that is still training; wait for it to end or pick another directory.") from None
+        raise UserError(
+            f"{key}={folder} is in use by another run that is still training; wait for it to end or pick another directory."
+        ) from None
     _held[resolved] = fd
     owned = [p for p in os.environ.get(OWNER_VARIABLE, "").split(os.pathsep) if p]
     os.environ[OWNER_VARIABLE] = os.pathsep.join([*owned, resolved])
@@ -57,28 +59,47 @@ def check_writable(key: str, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as error:
-        raise UserError(f"{key}={folder} cannot be created or written ({error.strerror}); pick a writable folder.") from None
+        raise UserError(
+            f"{key}={folder} cannot be created or written ({error.strerror}); pick a writable folder."
+        ) from None
 
 
 def check_resume_dir(resume: str) -> Path:
     run_dir = Path(resume)
-    if not (run_dir / ".hydra" / "overrides.yaml").is_file() or not (run_dir / ".hydra" / "hydra.yaml").is_file():
-        raise UserError(f"resume={resume} is not a run directory written by experiments.train (no .hydra/overrides.yaml); pass one under outputs/runs/.")
+    if (
+        not (run_dir / ".hydra" / "overrides.yaml").is_file()
+        or not (run_dir / ".hydra" / "hydra.yaml").is_file()
+    ):
+        raise UserError(
+            f"resume={resume} is not a run directory written by experiments.train (no .hydra/overrides.yaml); pass one under outputs/runs/."
+        )
     if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        raise UserError(f"resume={resume} has no checkpoints/last.ckpt to continue from; start a new run instead.")
+        raise UserError(
+            f"resume={resume} has no checkpoints/last.ckpt to continue from; start a new run instead."
+        )
     return run_dir
 
 
 RESUME_ONE_RUN = "resume= continues one run; run it without -m (a sweep run again into its directory resumes its unfinished jobs)."
 
 # What resume= may change of a run: how long to train, where its data now lives, what runs it.
-RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.accelerator", "trainer.devices", "data.root", "data.cache_dir", "data.download", "callbacks.progress.")
+RESUME_MAY_CHANGE = (
+    "trainer.max_epochs",
+    "trainer.accelerator",
+    "trainer.devices",
+    "data.root",
+    "data.cache_dir",
+    "data.download",
+    "callbacks.progress.",
+)
 RESUME_IGNORED = ("resume", "ckpt_path", "run_dir", "fail_fast", "optimized_metric")
 
 
 def flat(node: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {
+            k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()
+        }
     return {prefix.rstrip("."): node}
 
 
@@ -89,11 +110,21 @@ def check_continuation(cfg: DictConfig, run_dir: Path) -> None:
 
     from experiments.state import read_json
 
-    saved = flat(OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False))
+    saved = flat(
+        OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
+    )
     now = flat(OmegaConf.to_container(cfg, resolve=False))
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and not k.startswith(RESUME_IGNORED) and not k.startswith(RESUME_MAY_CHANGE))
+    changed = sorted(
+        k
+        for k in set(saved) | set(now)
+        if saved.get(k) != now.get(k)
+        and not k.startswith(RESUME_IGNORED)
+        and not k.startswith(RESUME_MAY_CHANGE)
+    )
     if changed:
-        shown = ", ".join(f"{k}={now.get(k)}" for k in changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        shown = ", ".join(f"{k}={now.get(k)}" for k in changed[:3]) + (
+            f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        )
         raise UserError(
             f"resume={run_dir} continues that run with its own config, but {shown} would change it; only "
             f"{', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)} may change (to train from its weights with other "
@@ -106,15 +137,27 @@ def check_continuation(cfg: DictConfig, run_dir: Path) -> None:
         )
     record = read_json(run_dir / "metrics.json") or {}
     if record.get("status") == "diverged":
-        raise UserError(f"resume={run_dir} diverged ({record.get('reason')}); continuing it would diverge again: start a new run with other settings.")
+        raise UserError(
+            f"resume={run_dir} diverged ({record.get('reason')}); continuing it would diverge again: start a new run with other settings."
+        )
     import torch
 
-    epoch = int(torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True).get("epoch", 0))
+    epoch = int(
+        torch.load(
+            run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+        ).get("epoch", 0)
+    )
     done = int(record.get("epochs") or 0) if record.get("status") == "finished" else epoch
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and max_epochs != -1 and max_epochs <= done:
-        what = f"finished its {done} epochs" if record.get("status") == "finished" else f"reached epoch {done + 1}"
-        raise UserError(f"resume={run_dir} {what}; pass trainer.max_epochs above {done} to train longer.")
+        what = (
+            f"finished its {done} epochs"
+            if record.get("status") == "finished"
+            else f"reached epoch {done + 1}"
+        )
+        raise UserError(
+            f"resume={run_dir} {what}; pass trainer.max_epochs above {done} to train longer."
+        )
 
 
 def schedule_fixed_to_length(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
@@ -125,7 +168,11 @@ def schedule_fixed_to_length(saved: dict[str, Any], now: dict[str, Any]) -> str 
     for key, value in saved.items():
         if key.startswith("scheduler.") and "trainer.max_epochs" in str(value):
             return f"{key}={value}"
-    if str(saved.get("scheduler._target_", "")).endswith("OneCycleLR") and saved.get("scheduler.total_steps") is None and saved.get("scheduler.epochs") is None:
+    if (
+        str(saved.get("scheduler._target_", "")).endswith("OneCycleLR")
+        and saved.get("scheduler.total_steps") is None
+        and saved.get("scheduler.epochs") is None
+    ):
         return "scheduler.total_steps=null, the fit's steps"
     return None
 
@@ -156,7 +203,9 @@ def hydras_own(path: Path, sweep_made_here: bool = False) -> bool:
         return True
     if not sweep_made_here:
         return False
-    return path.name in SWEEP_FILES or (path.is_dir() and all(hydras_own(p) for p in path.iterdir()))
+    return path.name in SWEEP_FILES or (
+        path.is_dir() and all(hydras_own(p) for p in path.iterdir())
+    )
 
 
 def discard(run_dir: Path) -> None:
@@ -165,11 +214,18 @@ def discard(run_dir: Path) -> None:
     into it) keeps its files."""
     run_dir = run_dir.absolute()
     top = _created.get(str(run_dir.resolve())) or _created.get(str(run_dir))
-    if not run_dir.is_dir() or any(not hydras_own(p, sweep_made_here=top is not None) for p in run_dir.iterdir()):
+    if not run_dir.is_dir() or any(
+        not hydras_own(p, sweep_made_here=top is not None) for p in run_dir.iterdir()
+    ):
         return
     shutil.rmtree(run_dir, ignore_errors=True)
     folder = run_dir.parent
-    while top is not None and folder.is_relative_to(top) and folder.exists() and not any(folder.iterdir()):
+    while (
+        top is not None
+        and folder.is_relative_to(top)
+        and folder.exists()
+        and not any(folder.iterdir())
+    ):
         folder.rmdir()
         folder = folder.parent
 
@@ -195,7 +251,9 @@ def claim_run_dir(config: DictConfig) -> None:
     if (top := first_missing(run_dir)) is not None:
         _created[str(run_dir.resolve())] = top.resolve()
     if not created and (traces := run_traces(run_dir)):
-        raise UserError(f"hydra.run.dir={run_dir} already holds a run ({', '.join(traces)}); pick another directory, or resume={run_dir} to continue it.")
+        raise UserError(
+            f"hydra.run.dir={run_dir} already holds a run ({', '.join(traces)}); pick another directory, or resume={run_dir} to continue it."
+        )
     check_writable("hydra.run.dir", run_dir)
     try:
         own(run_dir, "hydra.run.dir")
@@ -208,50 +266,15 @@ def claim_run_dir(config: DictConfig) -> None:
         raise UserError(f"hydra.run.dir={run_dir} already holds a run; pick another directory.")
 
 
-def check_launcher(config: DictConfig) -> None:
-    """A launcher that needs a cluster finds it, and the sweeper's settings hold, before the sweep
-    writes anything."""
-    import shutil
-
-    if config.get("resume"):
-        raise UserError(RESUME_ONE_RUN)
-    if str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper"):
-        from hydra_plugins.experiments_plugins.optuna_sweeper import check_settings
-
-        check_settings(config)
-
-    target = str(config.hydra.launcher.get("_target_", ""))
-    if target.endswith("SlurmLauncher") and not (shutil.which("sbatch") and shutil.which("srun")):
-        raise UserError("hydra/launcher=slurm needs SLURM, but sbatch and srun are not on this machine's PATH; run the sweep on the cluster, or use hydra/launcher=basic, parallel or submitit_local here.")
-    if target.endswith("VectorizedLauncher"):
-        from experiments.population.group import check_launchable
-
-        if config.hydra.job.name != "train":
-            raise UserError(f"hydra/launcher=vectorized trains the jobs of experiments.train together; experiments.{config.hydra.job.name} runs each job on its own: use hydra/launcher=basic (the default) or parallel.")
-        check_launchable(config)
-
-
-class RunDirectoryCheck(Callback):
-    """Hydra's callback around composition: one sentence and exit 1 before a run or sweep writes a
-    file where it must not."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            claim_run_dir(config)
-        except UserError as error:
-            sys.stderr.write(f"error: {error}\n")
-            sys.exit(1)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        try:
-            check_launcher(config)
-            if (top := first_missing(sweep_dir)) is not None:
-                _created[str(sweep_dir.absolute())] = top.absolute()
-            if traces := [t for t in run_traces(sweep_dir) if not t.startswith("events.out")]:
-                raise UserError(f"hydra.sweep.dir={sweep_dir} holds a run ({', '.join(traces)}), not a sweep; a sweep writes each job into a folder of its own: pick another directory.")
-            check_writable("hydra.sweep.dir", sweep_dir)
-            own(sweep_dir, "hydra.sweep.dir")  # run again later into the same directory, a sweep resumes
-        except UserError as error:
-            sys.stderr.write(f"error: {error}\n")
-            sys.exit(1)
+def claim_sweep_dir(sweep_dir: Path) -> None:
+    """Before a sweep writes anything: its directory holds no run, is writable, and is owned by
+    this process (a sweep run again into it later resumes it)."""
+    if (top := first_missing(sweep_dir)) is not None:
+        _created[str(sweep_dir.absolute())] = top.absolute()
+    if traces := [t for t in run_traces(sweep_dir) if not t.startswith("events.out")]:
+        raise UserError(
+            f"hydra.sweep.dir={sweep_dir} holds a run ({', '.join(traces)}), not a sweep; a sweep "
+            "writes each job into a folder of its own: pick another directory."
+        )
+    check_writable("hydra.sweep.dir", sweep_dir)
+    own(sweep_dir, "hydra.sweep.dir")

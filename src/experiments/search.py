@@ -44,5 +44,7 @@ def job_trial(cfg: Any) -> Any | None:
     name = sweeper.get("study_name") or DEFAULT_STUDY
     storage = study_storage(sweeper.get("storage"), Path(str(hydra_cfg.sweep.dir)))
     study = optuna.load_study(study_name=name, storage=storage, pruner=instantiate(sweeper.pruner))
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), int(number))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(name), int(number)
+    )
     return optuna.trial.Trial(study, trial_id)

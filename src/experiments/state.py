@@ -19,10 +19,24 @@ from pathlib import Path
 from typing import Any
 
 STATUSES = ("running", "finished", "pruned", "interrupted", "diverged", "failed")
+# How a run ended for good: a sweep run again leaves it alone. An interrupted run continues from
+# its last.ckpt and a failed one runs again.
+FINAL = ("finished", "diverged", "pruned")
+
+
+def exit_code(status: str, reason: str | None = None) -> int:
+    """What a command exits with for a run that ended so: 0 when it finished (or its search
+    pruned it), 130 or 143 when SIGINT or SIGTERM interrupted it (as a shell reports a signal),
+    1 otherwise (diverged, failed, or stopped by fail_fast=true)."""
+    if status in ("finished", "pruned"):
+        return 0
+    if status == "interrupted" and "fail_fast" not in (reason or ""):
+        return 130 if "SIGINT" in (reason or "") else 143
+    return 1
 
 
 @dataclass
-class Metric:
+class MetricRecord:
     """Final and best value of one logged metric, with the epochs (completed) they came at."""
 
     higher_is_better: bool = False
@@ -33,15 +47,26 @@ class Metric:
 
     def update(self, value: float, epoch: int | None) -> None:
         self.final, self.final_epoch = value, epoch
-        if math.isfinite(value) and (self.best is None or (value > self.best if self.higher_is_better else value < self.best)):
+        if math.isfinite(value) and (
+            self.best is None or (value > self.best if self.higher_is_better else value < self.best)
+        ):
             self.best, self.best_epoch = value, epoch
 
     def to_json(self) -> dict[str, Any]:
-        return {"final": self.final, "final_epoch": self.final_epoch, "best": self.best, "best_epoch": self.best_epoch, "higher_is_better": self.higher_is_better}
+        return {
+            "final": self.final,
+            "final_epoch": self.final_epoch,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "higher_is_better": self.higher_is_better,
+        }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Metric:
-        return cls(**{k: data.get(k) for k in ("final", "final_epoch", "best", "best_epoch")}, higher_is_better=bool(data.get("higher_is_better")))
+    def from_json(cls, data: dict[str, Any]) -> MetricRecord:
+        return cls(
+            **{k: data.get(k) for k in ("final", "final_epoch", "best", "best_epoch")},
+            higher_is_better=bool(data.get("higher_is_better")),
+        )
 
 
 @dataclass
@@ -66,8 +91,16 @@ class RunInfo:
         hydra_cfg = HydraConfig.get()
         return cls(
             run_dir=run_dir,
-            choices={k: v for k, v in hydra_cfg.runtime.choices.items() if v and not k.startswith("hydra")},
-            overrides=[o for o in hydra_cfg.overrides.task if not o.lstrip("+~").startswith(("hydra", "resume="))],
+            choices={
+                k: v
+                for k, v in hydra_cfg.runtime.choices.items()
+                if v and not k.startswith("hydra")
+            },
+            overrides=[
+                o
+                for o in hydra_cfg.overrides.task
+                if not o.lstrip("+~").startswith(("hydra", "resume="))
+            ],
             multirun=hydra_cfg.mode == RunMode.MULTIRUN,
             resumed=resumed,
         )
@@ -82,12 +115,13 @@ class RunState:
     status: str = "running"
     reason: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Metric] = field(default_factory=dict)
+    metrics: dict[str, MetricRecord] = field(default_factory=dict)
     epochs: int = 0
     steps: int = 0
     parameters: dict[str, Any] | None = None  # a line's final weight and bias
     best_parameters: dict[str, Any] | None = None  # those in best.ckpt, which test and evaluate use
-    path: list[tuple[int, float, float]] = field(default_factory=list)  # (step, w, b) of a one-input line
+    # (step, w, b) of a one-input line
+    path: list[tuple[int, float, float]] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)  # training only, validation excluded
     fit_s: float = 0.0
     test_s: float = 0.0
@@ -99,12 +133,18 @@ class RunState:
     def run_dir(self) -> Path:
         return self.info.run_dir
 
-    def log_metric(self, name: str, value: float, epoch: int | None, higher_is_better: bool) -> None:
-        self.metrics.setdefault(name, Metric(higher_is_better)).update(value, epoch)
+    def log_metric(
+        self, name: str, value: float, epoch: int | None, higher_is_better: bool
+    ) -> None:
+        self.metrics.setdefault(name, MetricRecord(higher_is_better)).update(value, epoch)
 
     @property
     def test(self) -> dict[str, float]:
-        return {k: v.final for k, v in self.metrics.items() if k.startswith("test/") and v.final is not None}
+        return {
+            k: v.final
+            for k, v in self.metrics.items()
+            if k.startswith("test/") and v.final is not None
+        }
 
     def end(self, status: str, reason: str | None = None) -> None:
         """The run's outcome; the first one stands (an error while recording an interruption
@@ -139,7 +179,9 @@ class RunState:
                 "best": monitor.best if monitor else None,
                 "epoch": monitor.best_epoch if monitor else None,
             },
-            "metrics": {k: v.to_json() for k, v in self.metrics.items() if not k.startswith("test/")},
+            "metrics": {
+                k: v.to_json() for k, v in self.metrics.items() if not k.startswith("test/")
+            },
             "test": self.test,
             "parameters": self.parameters,
             "best_parameters": self.best_parameters,
@@ -158,10 +200,14 @@ class RunState:
     def resume_history(self) -> None:
         """Carry on the record of the run being resumed: its metric history and earlier wall time."""
         earlier = read_json(self.run_dir / "metrics.json") or {}
-        self.metrics = {k: Metric.from_json(v) for k, v in (earlier.get("metrics") or {}).items()}
+        self.metrics = {
+            k: MetricRecord.from_json(v) for k, v in (earlier.get("metrics") or {}).items()
+        }
         self.earlier_wall_s = float(earlier.get("wall_time_s") or 0.0)
         trajectory = read_json(self.run_dir / "trajectory.json") or {}
-        self.path = list(zip(trajectory.get("steps", []), trajectory.get("w", []), trajectory.get("b", [])))
+        self.path = list(
+            zip(trajectory.get("steps", []), trajectory.get("w", []), trajectory.get("b", []))
+        )
 
 
 def summary_text(result: dict[str, Any]) -> str:
@@ -177,7 +223,9 @@ def summary_text(result: dict[str, Any]) -> str:
         lines.append("  " + ", ".join(f"{k} {v:.6g}" for k, v in result["test"].items()))
 
     def numbers(parameters: dict[str, Any]) -> str:
-        return ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in parameters.items())
+        return ", ".join(
+            f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in parameters.items()
+        )
 
     if result.get("parameters"):
         lines.append(f"  {numbers(result['parameters'])} (final)")
@@ -206,7 +254,11 @@ def median_of(values: list[float]) -> float:
 
 def checkpoint_paths(run_dir: Path) -> dict[str, str]:
     folder = run_dir / "checkpoints"
-    return {name: str(folder / f"{name}.ckpt") for name in ("best", "last") if (folder / f"{name}.ckpt").is_file()}
+    return {
+        name: str(folder / f"{name}.ckpt")
+        for name in ("best", "last")
+        if (folder / f"{name}.ckpt").is_file()
+    }
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -227,7 +279,9 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def failure_record(run_dir: Path, reason: str, choices: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+def failure_record(
+    run_dir: Path, reason: str, choices: dict[str, str], overrides: list[str]
+) -> dict[str, Any]:
     """metrics.json for a sweep job that failed before training started, so the sweep accounts for it."""
     return {
         "status": "failed",
@@ -262,8 +316,25 @@ def versions() -> dict[str, str | None]:
     commit, dirty = None, False
     if (source / ".git").exists():  # a checkout, not an installed wheel
         try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5).stdout.strip() or None
-            dirty = commit is not None and bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source, capture_output=True, text=True, timeout=5).stdout.strip())
+            commit = (
+                subprocess.run(
+                    ["git", "rev-parse", "HEAD"],
+                    cwd=source,
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout.strip()
+                or None
+            )
+            dirty = commit is not None and bool(
+                subprocess.run(
+                    ["git", "status", "--porcelain", "--untracked-files=no"],
+                    cwd=source,
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout.strip()
+            )
         except (OSError, subprocess.SubprocessError):
             commit = None
     return {

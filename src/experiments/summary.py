@@ -2,8 +2,8 @@
 summary.png (final validation loss by learning rate, a line per optimizer), paths.png for
 two-parameter models, and one TensorBoard HParams experiment covering every job.
 
-Hydra calls `SweepSummary.on_multirun_end` once all jobs are done, whichever launcher ran them;
-everything is read back from the jobs' metrics.json and trajectory.json files.
+Everything is read back from the jobs' metrics.json and trajectory.json files
+(experiments.hydra_callbacks.SweepSummary calls `summarize` once all jobs are done).
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ import math
 import sys
 from pathlib import Path
 from typing import Any
-
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
 SWEEP_EVENTS = ".sweep"  # the suffix of the sweep's own event file, the only one it replaces
 STATUS_ORDER = {"finished": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
@@ -30,26 +27,36 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         monitor = metrics.get("monitor") or {}
         hparams = metrics.get("hparams") or {}
         val_loss = (metrics.get("metrics") or {}).get("val/loss") or {}
-        rows.append({
-            "job": path.parent.relative_to(sweep_dir).as_posix(),
-            "status": metrics["status"],
-            "reason": metrics.get("reason") or "",
-            "monitor": monitor.get("name"),
-            "mode": monitor.get("mode", "min"),
-            "best": monitor.get("best"),
-            "final": val_loss.get("final"),
-            "test": metrics.get("test") or {},
-            "epochs": metrics.get("epochs"),
-            "wall_time_s": metrics.get("wall_time_s"),
-            "optimizer": hparams.get("optimizer"),
-            "lr": hparams.get("optimizer.lr"),
-            "hparams": hparams,
-            "best_metrics": {f"best/{k.replace('/', '_')}": v.get("best") for k, v in (metrics.get("metrics") or {}).items() if k.startswith("val/")},
-        })
+        rows.append(
+            {
+                "job": path.parent.relative_to(sweep_dir).as_posix(),
+                "status": metrics["status"],
+                "reason": metrics.get("reason") or "",
+                "monitor": monitor.get("name"),
+                "mode": monitor.get("mode", "min"),
+                "best": monitor.get("best"),
+                "final": val_loss.get("final"),
+                "test": metrics.get("test") or {},
+                "epochs": metrics.get("epochs"),
+                "wall_time_s": metrics.get("wall_time_s"),
+                "optimizer": hparams.get("optimizer"),
+                "lr": hparams.get("optimizer.lr"),
+                "hparams": hparams,
+                "best_metrics": {
+                    f"best/{k.replace('/', '_')}": v.get("best")
+                    for k, v in (metrics.get("metrics") or {}).items()
+                    if k.startswith("val/")
+                },
+            }
+        )
 
     def rank(row: dict[str, Any]) -> tuple:
         best = row["best"]
-        score = math.inf if best is None or not math.isfinite(best) else (best if row["mode"] == "min" else -best)
+        score = (
+            math.inf
+            if best is None or not math.isfinite(best)
+            else (best if row["mode"] == "min" else -best)
+        )
         return STATUS_ORDER.get(row["status"], 4), score, row["job"]
 
     return sorted(rows, key=rank)
@@ -58,7 +65,15 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     monitors = sorted({r["monitor"] for r in rows if r["monitor"]})
     tests = sorted({k for r in rows for k in r["test"]})
-    header = ["job", "status", *[f"best {m}" for m in monitors], *tests, "epochs", "wall_time_s", "reason"]
+    header = [
+        "job",
+        "status",
+        *[f"best {m}" for m in monitors],
+        *tests,
+        "epochs",
+        "wall_time_s",
+        "reason",
+    ]
 
     def number(value: Any) -> str:
         return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
@@ -114,7 +129,15 @@ def write_figures(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         path = sweep_dir / r["job"] / "trajectory.json"
         if path.is_file():
-            trajectories.append({**json.loads(path.read_text()), "name": r["job"], "optimizer": r["optimizer"] or r["job"], "lr": r["lr"], "status": r["status"]})
+            trajectories.append(
+                {
+                    **json.loads(path.read_text()),
+                    "name": r["job"],
+                    "optimizer": r["optimizer"] or r["job"],
+                    "lr": r["lr"],
+                    "status": r["status"],
+                }
+            )
     if trajectories and trajectories[0]["x"]:
         paths_figure(trajectories).savefig(sweep_dir / "paths.png")
         written.append("paths.png")
@@ -134,29 +157,35 @@ def write_hparams_experiment(sweep_dir: Path, rows: list[dict[str, Any]]) -> Non
             params.setdefault(key, value)
     if not params:
         return
-    domains = {k: sorted({str(r["hparams"][k]) for r in rows if k in r["hparams"]}) for k, v in params.items() if isinstance(v, str)}
-    metrics = sorted({k for r in rows for k, v in r["best_metrics"].items() if v is not None} | {k for r in rows for k in r["test"]})
+    domains = {
+        k: sorted({str(r["hparams"][k]) for r in rows if k in r["hparams"]})
+        for k, v in params.items()
+        if isinstance(v, str)
+    }
+    metrics = sorted(
+        {k for r in rows for k, v in r["best_metrics"].items() if v is not None}
+        | {k for r in rows for k in r["test"]}
+    )
     experiment, _, _ = summaries(params, metrics, domains=domains)
-    for earlier in sweep_dir.glob(f"events.out.tfevents.*{SWEEP_EVENTS}"):  # a sweep run again: one experiment, not two
+    # a sweep run again: one experiment, not two
+    for earlier in sweep_dir.glob(f"events.out.tfevents.*{SWEEP_EVENTS}"):
         earlier.unlink()
     with SummaryWriter(log_dir=str(sweep_dir), filename_suffix=SWEEP_EVENTS) as writer:
         writer.file_writer.add_summary(experiment)
 
 
-class SweepSummary(Callback):
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        rows = collect(sweep_dir)
-        if not rows:
-            return
-        header, body = table(rows)
-        write_tables(sweep_dir, header, body)
-        figures = write_figures(sweep_dir, rows)
-        write_hparams_experiment(sweep_dir, rows)
-        counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}
-        title = f"{len(rows)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
-        print_table(header, body, title)
-        print(f"Tables: {sweep_dir}/summary.csv, summary.md; pictures: {', '.join(figures) or 'none'}")
-        print(f"tensorboard --logdir {sweep_dir}")
-        if counts["failed"]:
-            sys.exit(1)
+def summarize(sweep_dir: Path) -> dict[str, int]:
+    """Write and print the sweep's table, pictures and HParams experiment; the jobs per status."""
+    rows = collect(sweep_dir)
+    if not rows:
+        return {}
+    header, body = table(rows)
+    write_tables(sweep_dir, header, body)
+    figures = write_figures(sweep_dir, rows)
+    write_hparams_experiment(sweep_dir, rows)
+    counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}
+    title = f"{len(rows)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    print_table(header, body, title)
+    print(f"Tables: {sweep_dir}/summary.csv, summary.md; pictures: {', '.join(figures) or 'none'}")
+    print(f"tensorboard --logdir {sweep_dir}")
+    return counts

@@ -3,8 +3,8 @@
 Every checkpoint is written to a temporary file beside its target and renamed over it, so a kill
 during the write leaves the previous good checkpoint in place; a temporary file left by a killed
 process is removed at the next write. Checkpoints are read with `weights_only=True` only.
-Which checkpoints a run keeps is Lightning's ModelCheckpoint, configured in conf/callbacks/:
-best.ckpt by the monitored metric, and last.ckpt (LastCheckpoint), the latest state at every
+Which checkpoints a run keeps is BestAndLastCheckpoint, Lightning's ModelCheckpoint configured in
+conf/callbacks/: best.ckpt by the monitored metric, and last.ckpt, the latest state at every
 validation, at the end and at an interruption.
 """
 
@@ -24,7 +24,7 @@ from experiments.callbacks.interruption import Interruption
 from experiments.config import UserError
 
 
-class ModelCheckpoint(Interruption, LightningModelCheckpoint):
+class BestAndLastCheckpoint(Interruption, LightningModelCheckpoint):
     """Lightning's ModelCheckpoint for checkpoints/best.ckpt (the best by `monitor`), which also
     keeps checkpoints/last.ckpt as the latest state: rewritten at every validation (the last epoch
     is always validated) and where Ctrl-C or SIGTERM stopped training at a step boundary.
@@ -45,7 +45,9 @@ class ModelCheckpoint(Interruption, LightningModelCheckpoint):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if self.last and self.dirpath:
-            self.save_to = os.path.join(self.dirpath, f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+            self.save_to = os.path.join(
+                self.dirpath, f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+            )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -58,17 +60,30 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     is refused with one sentence naming `key`."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"{key}={path} does not exist; pass a .ckpt file, such as <run dir>/checkpoints/last.ckpt.")
+        raise UserError(
+            f"{key}={path} does not exist; pass a .ckpt file, such as <run dir>/checkpoints/last.ckpt."
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch raises anything from KeyError to UnpicklingError on a file that is not one
-        raise UserError(f"{key}={path} is not a checkpoint torch.load can read safely; pass a .ckpt file written by experiments.train.") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "run_config" not in checkpoint:
-        raise UserError(f"{key}={path} is not a checkpoint written by experiments.train (it has no state_dict and run_config).")
+    # torch raises anything from KeyError to UnpicklingError on a file that is not one
+    except Exception:
+        raise UserError(
+            f"{key}={path} is not a checkpoint torch.load can read safely; pass a .ckpt file written by experiments.train."
+        ) from None
+    if (
+        not isinstance(checkpoint, dict)
+        or "state_dict" not in checkpoint
+        or "run_config" not in checkpoint
+    ):
+        raise UserError(
+            f"{key}={path} is not a checkpoint written by experiments.train (it has no state_dict and run_config)."
+        )
     return checkpoint
 
 
-def check_fits(checkpoint: dict[str, Any], model: Any, optimizer_target: str, key: str, path: str | Path) -> None:
+def check_fits(
+    checkpoint: dict[str, Any], model: Any, optimizer_target: str, key: str, path: str | Path
+) -> None:
     """A checkpoint to start from holds weights of this very model and state of this optimizer."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
@@ -76,10 +91,14 @@ def check_fits(checkpoint: dict[str, Any], model: Any, optimizer_target: str, ke
     if found != expected:
         name = str((saved.get("model") or {}).get("_target_", "another model")).rsplit(".", 1)[-1]
         shapes = ", ".join("x".join(map(str, s)) for s in list(found.values())[:4])
-        raise UserError(f"{key}={path} holds the weights of a {name} ({shapes}), which do not fit this run's {type(model).__name__}; pass a checkpoint of the same model.")
+        raise UserError(
+            f"{key}={path} holds the weights of a {name} ({shapes}), which do not fit this run's {type(model).__name__}; pass a checkpoint of the same model."
+        )
     trained_with = (saved.get("optimizer") or {}).get("_target_")
     if trained_with and trained_with != optimizer_target:
-        raise UserError(f"{key}={path} was trained with {trained_with}, whose state does not fit this run's {optimizer_target}; use the same optimizer.")
+        raise UserError(
+            f"{key}={path} was trained with {trained_with}, whose state does not fit this run's {optimizer_target}; use the same optimizer."
+        )
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -116,9 +135,13 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
         save_atomically(checkpoint, path)
 
-    def load_checkpoint(self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         # Checkpoints are data: never unpickle arbitrary objects from one.
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)

@@ -3,6 +3,8 @@ saying how (finished, or aborted by an interruption, or failed by divergence or 
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -11,10 +13,11 @@ from experiments.state import RunState
 
 
 class HParamsEntry:
-    def __init__(self, states: list[RunState], loggers: list[list[object]], with_experiment: bool) -> None:
-        self.states = states
-        self.loggers = loggers
-        self.with_experiment = with_experiment  # a sweep writes one experiment summary for all its runs
+    def __init__(self, runs: Any, with_experiment: bool) -> None:
+        self.states: list[RunState] = runs.states
+        self.loggers: list[list[object]] = runs.loggers
+        # A sweep writes one experiment summary for all its runs (experiments.summary).
+        self.with_experiment = with_experiment
         self.written: set[int] = set()
         self.started = False
 
@@ -28,11 +31,16 @@ class HParamsEntry:
             result = state.result()
             for logger in loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    write_session(logger, state.hparams, hparams_metrics(result), state.status, self.with_experiment)
+                    write_session(
+                        logger,
+                        state.hparams,
+                        hparams_metrics(result),
+                        state.status,
+                        self.with_experiment,
+                    )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if len(self.states) > 1:
-            self.write(trainer)  # a run of a population that diverged since
+        self.write(trainer)  # a run that ended since (a population's diverged or pruned runs)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.write(trainer)
@@ -43,7 +51,9 @@ class HParamsEntry:
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.started = True
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if self.started:
             try:
                 self.write(trainer)

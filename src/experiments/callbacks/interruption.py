@@ -17,11 +17,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class Interruption(pl.Callback):
-    """Its hooks call on to the next class's (experiments.callbacks.checkpoint.ModelCheckpoint
+    """Its hooks call on to the next class's (experiments.callbacks.checkpoint.BestAndLastCheckpoint
     combines it with Lightning's ModelCheckpoint)."""
 
     def __init__(self, save_to: str | None = None) -> None:
-        self.save_to = save_to  # where the checkpoint at the interruption goes; None: the caller saves
+        self.save_to = (
+            save_to  # where the checkpoint at the interruption goes; None: the caller saves
+        )
         self.interrupted_by: str | None = None
         self._previous: dict[int, Any] = {}
         self._lightning_sigterm: Any = None
@@ -29,7 +31,10 @@ class Interruption(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._lightning_sigterm = signal.getsignal(signal.SIGTERM)
-        for signum, handler in ((signal.SIGINT, self._on_sigint), (signal.SIGTERM, self._on_sigterm)):
+        for signum, handler in (
+            (signal.SIGINT, self._on_sigint),
+            (signal.SIGTERM, self._on_sigterm),
+        ):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, handler)
 
@@ -54,8 +59,14 @@ class Interruption(pl.Callback):
             self.interrupted_by = reason
             self._stop_at_step_boundary(signal.SIGTERM, None)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and trainer.state.stage == "train" and self.save_to:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if (
+            isinstance(exception, SIGTERMException)
+            and trainer.state.stage == "train"
+            and self.save_to
+        ):
             trainer.save_checkpoint(self.save_to)
         super().on_exception(trainer, pl_module, exception)
 

@@ -23,7 +23,12 @@ def is_live(stream: TextIO) -> bool:
 
 
 class ProgressLine(ProgressBar):
-    def __init__(self, refresh_seconds: float = 0.1, plain_every_seconds: float = 10.0, stream: TextIO | None = None):
+    def __init__(
+        self,
+        refresh_seconds: float = 0.1,
+        plain_every_seconds: float = 10.0,
+        stream: TextIO | None = None,
+    ):
         super().__init__()
         self.refresh_seconds = refresh_seconds
         self.plain_every_seconds = plain_every_seconds
@@ -49,12 +54,23 @@ class ProgressLine(ProgressBar):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.live = is_live(self.stream)
         self._start = time.monotonic()
-        self._next_render = self._start + (self.refresh_seconds if self.live else self.plain_every_seconds)
+        self._next_render = self._start + (
+            self.refresh_seconds if self.live else self.plain_every_seconds
+        )
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         now = time.monotonic()
         if now >= self._next_render and self.is_enabled:
-            self._next_render = now + (self.refresh_seconds if self.live else self.plain_every_seconds)
+            self._next_render = now + (
+                self.refresh_seconds if self.live else self.plain_every_seconds
+            )
             self.render(trainer, batch_idx + 1)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -64,19 +80,32 @@ class ProgressLine(ProgressBar):
     def line(self, trainer: pl.Trainer, batch: int) -> str:
         steps = trainer.num_training_batches
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        epoch = trainer.current_epoch + 1 if epochs is None else min(trainer.current_epoch + 1, epochs)
+        epoch = (
+            trainer.current_epoch + 1 if epochs is None else min(trainer.current_epoch + 1, epochs)
+        )
         if steps == 1 or not isinstance(steps, int):
             done, total = epoch, epochs
             where = f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}"
         else:
             done, total = batch, steps
-            where = f"epoch {epoch}/{epochs} · step {batch}/{steps}" if epochs else f"epoch {epoch} · step {batch}/{steps}"
+            where = (
+                f"epoch {epoch}/{epochs} · step {batch}/{steps}"
+                if epochs
+                else f"epoch {epoch} · step {batch}/{steps}"
+            )
         parts = [where]
         if total:
             filled = round(20 * min(done, total) / total)
             parts.insert(0, "━" * filled + "╺" + "━" * (20 - filled) if filled < 20 else "━" * 21)
-        metrics = {k: v for k, v in self.get_metrics(trainer, trainer.lightning_module).items() if k != "v_num"}
-        parts += [f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}" for name, value in metrics.items()]
+        metrics = {
+            k: v
+            for k, v in self.get_metrics(trainer, trainer.lightning_module).items()
+            if k != "v_num"
+        }
+        parts += [
+            f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
+            for name, value in metrics.items()
+        ]
         parts.append(f"{time.monotonic() - self._start:.1f}s")
         return " · ".join(parts)
 

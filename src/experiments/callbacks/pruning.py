@@ -12,19 +12,10 @@ import lightning.pytorch as pl
 from experiments.state import RunState
 
 
-class Pruned(RuntimeError):
-    """The study's pruner stopped this run's trial."""
-
-    run_status = "pruned"
-
-    def __init__(self, reason: str, epochs: int) -> None:
-        super().__init__(reason)
-        self.epochs = epochs
-
-
 class TrialPruning(pl.Callback):
-    def __init__(self, states: list[RunState], trials: list[Any | None]) -> None:
-        self.states = states
+    def __init__(self, runs: Any, trials: list[Any | None]) -> None:
+        self.runs = runs
+        self.states: list[RunState] = runs.states
         self.trials = trials
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -33,13 +24,19 @@ class TrialPruning(pl.Callback):
             return
         for i, (state, trial) in enumerate(zip(self.states, self.trials)):
             metric = state.metrics.get(state.monitor)
-            if trial is None or state.status != "running" or metric is None or metric.final_epoch != trainer.current_epoch + 1:
+            if (
+                trial is None
+                or state.status != "running"
+                or metric is None
+                or metric.final_epoch != trainer.current_epoch + 1
+            ):
                 continue
             trial.report(metric.final, step=metric.final_epoch)
             # A run that trained to its end is not pruned there: its test and its value stand.
-            last = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+            last = (
+                trainer.max_epochs not in (None, -1)
+                and trainer.current_epoch + 1 >= trainer.max_epochs
+            )
             if not last and trial.should_prune():
                 reason = f"pruned by {type(trial.study.pruner).__name__} at epoch {metric.final_epoch}, {state.monitor} {metric.final:.6g}"
-                if len(self.states) == 1:
-                    raise Pruned(reason, metric.final_epoch)
-                pl_module.stop_run(i, "pruned", reason, epoch=metric.final_epoch)
+                self.runs.stop(i, pl_module, "pruned", reason, metric.final_epoch)

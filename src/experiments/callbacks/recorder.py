@@ -1,14 +1,14 @@
 """What a run leaves besides checkpoints, kept up to date from Lightning's hooks by one callback,
 RunRecorder, whose parts each have one job: StatusRecord (metrics.json from the first step, status
 `running`, to its end: finished, interrupted, diverged or failed, with timing and, for a line, its
-weights), ParameterPath (trajectory.json), RunFigures (TensorBoard images) and HParamsEntry (the
+weights), ParameterPath (trajectory.json), RunImages (TensorBoard images) and HParamsEntry (the
 HParams row). One callback rather than four: Lightning calls every hook of every callback at every
 step, which costs more than a step of these models.
 
 `MetricHistory` is the logger every run has, whatever `logger=` says: it turns each logged value
 into the run's final and best, the direction taken from the metric itself (torchmetrics'
-`higher_is_better`). One fit may serve several runs (hydra/launcher=vectorized): the parts take
-the list of their states, and the module answers `replica(i)` with run i's model.
+`higher_is_better`). The parts see the runs a fit serves through a `runs` object: `OneRun` for a
+single run; a population has its own (experiments.population.module.PopulationRuns).
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ class MetricHistory(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         epoch = metrics.get("epoch")
-        epoch = None if epoch is None else int(epoch) + 1  # epochs completed, as the progress line counts
+        # epochs completed, as the progress line counts
+        epoch = None if epoch is None else int(epoch) + 1
         for name, value in metrics.items():
             if name != "epoch":
                 self.state.log_metric(name, float(value), epoch, self.directions.get(name, False))
@@ -70,7 +71,11 @@ def shell_path(path: Path) -> str:
     """A path as a shell command line takes it, relative to the working directory when inside it."""
     import shlex
 
-    shown = path.relative_to(Path.cwd()) if path.is_absolute() and path.is_relative_to(Path.cwd()) else path
+    shown = (
+        path.relative_to(Path.cwd())
+        if path.is_absolute() and path.is_relative_to(Path.cwd())
+        else path
+    )
     return shlex.quote(str(shown))
 
 
@@ -80,21 +85,71 @@ def outcome(exception: BaseException, trainer: pl.Trainer) -> tuple[str, str]:
         return "diverged", str(exception)
     if getattr(exception, "run_status", None):  # an exception that says how the runs it stops end
         return exception.run_status, str(exception)
-    if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or isinstance(exception, SystemExit):
-        by = next((c.interrupted_by for c in trainer.callbacks if getattr(c, "interrupted_by", None)), None)
-        return "interrupted", f"interrupted by {by or ('SIGINT' if isinstance(exception, KeyboardInterrupt) else 'SIGTERM')}"
+    if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or isinstance(
+        exception, SystemExit
+    ):
+        by = next(
+            (c.interrupted_by for c in trainer.callbacks if getattr(c, "interrupted_by", None)),
+            None,
+        )
+        return (
+            "interrupted",
+            f"interrupted by {by or ('SIGINT' if isinstance(exception, KeyboardInterrupt) else 'SIGTERM')}",
+        )
     return "failed", f"{type(exception).__name__}: {exception}"
+
+
+class RunStopped(RuntimeError):
+    """A run ends here as planned (its Optuna trial pruned it); `run_status` says how, `epochs` at
+    which completed epoch."""
+
+    def __init__(self, status: str, reason: str, epochs: int) -> None:
+        super().__init__(reason)
+        self.run_status = status
+        self.epochs = epochs
+
+
+class OneRun:
+    """What the recorder's parts see of a single run: its state and loggers, its model (the
+    LightningModule itself), the point of a line of one weight and one bias, and how it stops."""
+
+    def __init__(self, state: RunState, loggers: list[Any]) -> None:
+        self.states = [state]
+        self.loggers = [loggers]
+
+    def model(self, index: int, pl_module: pl.LightningModule) -> pl.LightningModule:
+        return pl_module
+
+    def line_points(self, pl_module: pl.LightningModule) -> list[tuple[float, float]] | None:
+        fitted = getattr(pl_module, "fitted_parameters", None)
+        weights = fitted() if fitted is not None else {}
+        return (
+            [(weights["weight"], weights["bias"])]
+            if isinstance(weights.get("weight"), float)
+            else None
+        )
+
+    def stop(
+        self, index: int, pl_module: pl.LightningModule, status: str, reason: str, epoch: int
+    ) -> None:
+        raise RunStopped(status, reason, epoch)
+
+    def checkpoint_config(self) -> dict[str, Any] | None:
+        """Carried by the run's checkpoints, so one alone can be re-tested (plain data only)."""
+        return self.states[0].config
 
 
 class StatusRecord:
     """metrics.json of each run this fit serves, written at the start, at every validation, on an
     exception and at the end; and each run's config inside its checkpoints."""
 
-    def __init__(self, states: list[RunState]) -> None:
-        self.states = states
+    def __init__(self, runs: Any) -> None:
+        self.runs = runs
+        self.states: list[RunState] = runs.states
         self._clock = [0.0, 0.0, 0.0, 0.0]  # epoch start, validation start, test start, fit start
         self._last_write = 0.0
-        self.started = False  # nothing is written before the fit starts: a refused start leaves no trace
+        # Nothing is written before the fit starts: a refused start leaves no trace.
+        self.started = False
 
     def running(self) -> list[tuple[int, RunState]]:
         return [(i, s) for i, s in enumerate(self.states) if s.status == "running"]
@@ -144,16 +199,20 @@ class StatusRecord:
             state.epochs, state.steps = trainer.current_epoch, trainer.global_step
             state.fit_s = time.perf_counter() - self._clock[3]
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # Plain data only, so the checkpoint alone can be re-tested and loads with weights_only=True.
-        if len(self.states) == 1:
-            checkpoint["run_config"] = self.states[0].config
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if (config := self.runs.checkpoint_config()) is not None:
+            checkpoint["run_config"] = config
+
+    def fitted(self, pl_module: pl.LightningModule, index: int) -> dict[str, Any] | None:
+        model = self.runs.model(index, pl_module)
+        return model.fitted_parameters() if hasattr(model, "fitted_parameters") else None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.count(trainer)
         for i, state in self.running():
-            if hasattr(replica := pl_module.replica(i), "fitted_parameters"):
-                state.parameters = replica.fitted_parameters()
+            state.parameters = self.fitted(pl_module, i)
         self.write(trainer)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -162,53 +221,94 @@ class StatusRecord:
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for i, state in self.running():
             state.test_s = time.perf_counter() - self._clock[2]
-            if hasattr(replica := pl_module.replica(i), "fitted_parameters"):
-                state.best_parameters = replica.fitted_parameters()  # the weights tested: best.ckpt's
+            state.best_parameters = self.fitted(pl_module, i)  # the weights tested: best.ckpt's
             state.end("finished")
         self.write(trainer)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if not self.started:
             return
         if trainer.state.fn == "fit":
             self.count(trainer)
         status, reason = outcome(exception, trainer)
-        epochs = getattr(exception, "epochs", None)  # an epoch whose validation stopped the run is a completed one
+        # An epoch whose validation stopped the run is a completed one.
+        epochs = getattr(exception, "epochs", None)
         for _, state in self.running():
             state.epochs = state.epochs if epochs is None else epochs
-            saved = (state.run_dir / "checkpoints" / "last.ckpt").is_file()
-            state.end(status, f"{reason}; resume={shell_path(state.run_dir)} continues from checkpoints/last.ckpt" if status == "interrupted" and saved else reason)
+            if status == "interrupted" and (state.run_dir / "checkpoints" / "last.ckpt").is_file():
+                state.end(
+                    status,
+                    f"{reason}; resume={shell_path(state.run_dir)} continues from checkpoints/last.ckpt",
+                )
+            else:
+                state.end(status, reason)
         self.write(trainer, tolerant=True)
 
 
-HOOKS = (
-    "on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_train_epoch_end",
-    "on_validation_start", "on_validation_end", "on_save_checkpoint", "on_train_end", "on_fit_end",
-    "on_test_start", "on_test_end", "on_exception",
-)
-
-
 class RunRecorder(pl.Callback):
-    """The callback that records the runs a fit serves: it hands each of Lightning's hooks to the
-    parts that have it, in their order."""
+    """The callback that records the runs a fit serves: each of Lightning's hooks goes to the parts
+    that have it, in their order."""
 
     def __init__(self, parts: list[Any]) -> None:
         self.parts = parts
-        self.handlers = {hook: [getattr(part, hook) for part in parts if hasattr(part, hook)] for hook in HOOKS}
+        self.status = next(p for p in parts if isinstance(p, StatusRecord))
+        hooks = [name for name in vars(RunRecorder) if name.startswith("on_")]
+        self._handlers = {
+            hook: [getattr(p, hook) for p in parts if hasattr(p, hook)] for hook in hooks
+        }
 
-    @property
-    def status(self) -> StatusRecord:
-        return next(p for p in self.parts if isinstance(p, StatusRecord))
+    def _call(self, hook: str, *args: Any) -> None:
+        for handler in self._handlers[hook]:
+            handler(*args)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._call("on_fit_start", trainer, pl_module)
 
-def _handing_on(hook: str) -> Any:
-    def handler(self: RunRecorder, *args: Any) -> None:
-        for part in self.handlers[hook]:
-            part(*args)
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._call("on_train_start", trainer, pl_module)
 
-    handler.__name__ = hook
-    return handler
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._call("on_train_epoch_start", trainer, pl_module)
 
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._call("on_train_batch_end", trainer, pl_module, outputs, batch, batch_idx)
 
-for _hook in HOOKS:
-    setattr(RunRecorder, _hook, _handing_on(_hook))
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._call("on_train_epoch_end", trainer, pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._call("on_validation_start", trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._call("on_validation_end", trainer, pl_module)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._call("on_save_checkpoint", trainer, pl_module, checkpoint)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._call("on_train_end", trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._call("on_fit_end", trainer, pl_module)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._call("on_test_start", trainer, pl_module)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._call("on_test_end", trainer, pl_module)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._call("on_exception", trainer, pl_module, exception)

@@ -3,16 +3,19 @@ and fit when training ends, a classifier's confusion matrix and misclassified im
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from experiments.state import RunState
 
 
-class RunFigures:
-    def __init__(self, states: list[RunState], loggers: list[list[object]]) -> None:
-        self.states = states
-        self.loggers = loggers  # each run's own loggers
+class RunImages:
+    def __init__(self, runs: Any) -> None:
+        self.runs = runs
+        self.states: list[RunState] = runs.states
+        self.loggers: list[list[object]] = runs.loggers  # each run's own loggers
 
     def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
@@ -21,10 +24,13 @@ class RunFigures:
         from experiments.figures import run_images
 
         rows = [
-            i for i, (state, loggers) in enumerate(zip(self.states, self.loggers))
-            if state.status in ("running", "finished") and any(isinstance(lg, TensorBoardLogger) for lg in loggers)
+            i
+            for i, (state, loggers) in enumerate(zip(self.states, self.loggers))
+            if state.status in ("running", "finished")
+            and any(isinstance(lg, TensorBoardLogger) for lg in loggers)
         ]
-        for i, images in zip(rows, run_images([pl_module.replica(i) for i in rows], datamodule, stage)):
+        models = [self.runs.model(i, pl_module) for i in rows]
+        for i, images in zip(rows, run_images(models, datamodule, stage)):
             tensorboards = [lg for lg in self.loggers[i] if isinstance(lg, TensorBoardLogger)]
             for tag, image in images.items():
                 for logger in tensorboards:

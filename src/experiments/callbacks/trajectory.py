@@ -5,6 +5,7 @@ writes it with its training data to trajectory.json when training stops, however
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import lightning.pytorch as pl
 
@@ -12,25 +13,33 @@ from experiments.state import RunState, write_json
 
 
 class ParameterPath:
-    def __init__(self, states: list[RunState]) -> None:
-        self.states = states
+    def __init__(self, runs: Any) -> None:
+        self.runs = runs
+        self.states: list[RunState] = runs.states
         self.every = 0  # 0: this model has no two-parameter path
 
     def record(self, pl_module: pl.LightningModule) -> None:
-        points = pl_module.path_points()
+        points = self.runs.line_points(pl_module)
         step = pl_module.global_step
         for state, (w, b) in zip(self.states, points or []):
             if state.status == "running" and (not state.path or state.path[-1][0] != step):
                 state.path.append((step, w, b))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if pl_module.path_points() is None:
+        if self.runs.line_points(pl_module) is None:
             return
         total = trainer.estimated_stepping_batches
         self.every = max(1, math.ceil(total / 500)) if math.isfinite(total) else 1
         self.record(pl_module)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: object, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: object,
+        batch: object,
+        batch_idx: int,
+    ) -> None:
         step = pl_module.global_step
         if self.every and (step <= 100 or step % self.every == 0):
             self.record(pl_module)
@@ -40,7 +49,9 @@ class ParameterPath:
             self.record(pl_module)
             self.write(trainer)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if self.every and trainer.state.fn == "fit":
             try:
                 self.write(trainer)
@@ -56,4 +67,7 @@ class ParameterPath:
         for state in self.states:
             if state.path:
                 steps, w, b = zip(*state.path)
-                write_json(state.run_dir / "trajectory.json", {"steps": list(steps), "w": list(w), "b": list(b), "x": x, "y": y})
+                write_json(
+                    state.run_dir / "trajectory.json",
+                    {"steps": list(steps), "w": list(w), "b": list(b), "x": x, "y": y},
+                )

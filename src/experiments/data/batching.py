@@ -87,7 +87,11 @@ class TensorLoader:
         self._resume = (state["epoch"], state["served"])
 
     def __iter__(self) -> Iterator[Split]:
-        skip = self._resume[1] if self._resume is not None and self._resume[0] == self.sampler.epoch else 0
+        skip = (
+            self._resume[1]
+            if self._resume is not None and self._resume[0] == self.sampler.epoch
+            else 0
+        )
         self._resume = None
         self.served = skip
         for batch in itertools.islice(self.batches(), skip, None):
@@ -101,15 +105,25 @@ class TensorLoader:
                 yield self.inputs, self.targets
                 return
             for start in range(0, self.local_n, self.batch_size):
-                yield self.inputs[start : start + self.batch_size], self.targets[start : start + self.batch_size]
+                yield (
+                    self.inputs[start : start + self.batch_size],
+                    self.targets[start : start + self.batch_size],
+                )
             return
         order = order.to(self.inputs.device)
-        for chunk in order.tensor_split(self.num_batches) if self._uneven() else order.split(self.batch_size or len(order)):
+        for chunk in (
+            order.tensor_split(self.num_batches)
+            if self._uneven()
+            else order.split(self.batch_size or len(order))
+        ):
             yield self.inputs[chunk], self.targets[chunk]
 
     def _uneven(self) -> bool:
         # With several processes the local shard may not divide into num_batches slices of batch_size.
-        return self.batch_size is not None and math.ceil(self.local_n / self.batch_size) != self.num_batches
+        return (
+            self.batch_size is not None
+            and math.ceil(self.local_n / self.batch_size) != self.num_batches
+        )
 
 
 class TensorDataModule(pl.LightningDataModule):
@@ -158,18 +172,32 @@ class TensorDataModule(pl.LightningDataModule):
                     f"{tuple(inputs.shape[1:])} per sample; make input_shape match the tensors."
                 )
             if len(targets) != len(inputs):
-                raise UserError(f"{name}.load_splits() returns {len(inputs)} {split} inputs but {len(targets)} targets; give one target per input.")
+                raise UserError(
+                    f"{name}.load_splits() returns {len(inputs)} {split} inputs but {len(targets)} targets; give one target per input."
+                )
             if self.task == "regression" and tuple(targets.shape[1:]) != (self.num_outputs,):
                 raise UserError(
                     f"{name}.num_outputs is {self.num_outputs}, but load_splits() returns {split} targets of shape "
                     f"{tuple(targets.shape[1:])} per sample; regression targets are ({self.num_outputs},) per sample."
                 )
-            if self.task == "classification" and len(targets) and (targets.is_floating_point() or targets.ndim != 1 or not 0 <= int(targets.min()) <= int(targets.max()) < self.num_outputs):
-                raise UserError(f"{name}.load_splits() returns {split} targets that are not class indices from 0 to {self.num_outputs - 1} (num_outputs); give one integer label per sample.")
+            if (
+                self.task == "classification"
+                and len(targets)
+                and (
+                    targets.is_floating_point()
+                    or targets.ndim != 1
+                    or not 0 <= int(targets.min()) <= int(targets.max()) < self.num_outputs
+                )
+            ):
+                raise UserError(
+                    f"{name}.load_splits() returns {split} targets that are not class indices from 0 to {self.num_outputs - 1} (num_outputs); give one integer label per sample."
+                )
 
     def setup(self, stage: str | None = None) -> None:
         self.load()
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        device = (
+            self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        )
         self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in self.splits.items()}
 
     def _loader(self, name: str, batch_size: int | None, shuffle: bool) -> TensorLoader:

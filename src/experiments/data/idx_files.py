@@ -17,8 +17,12 @@ import os
 import struct
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from experiments.config import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -51,7 +55,9 @@ def read_bytes(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise UserError(f"{path} could not be read as {'gzip' if path.suffix == '.gz' else 'an IDX file'} ({error}); replace it with an intact copy.") from None
+        raise UserError(
+            f"{path} could not be read as {'gzip' if path.suffix == '.gz' else 'an IDX file'} ({error}); replace it with an intact copy."
+        ) from None
 
 
 def check_idx(path: Path, data: bytes | None, kind: str) -> int:
@@ -68,7 +74,9 @@ def check_idx(path: Path, data: bytes | None, kind: str) -> int:
     expected_magic, dims = (IMAGES_MAGIC, 3) if kind == "images" else (LABELS_MAGIC, 1)
     header_size = 4 + 4 * dims
     if len(header) < header_size:
-        raise UserError(f"{path} is too short to be an IDX {kind} file ({size} bytes); replace it with an intact copy.")
+        raise UserError(
+            f"{path} is too short to be an IDX {kind} file ({size} bytes); replace it with an intact copy."
+        )
     magic, *shape = struct.unpack(f">{1 + dims}I", header[:header_size])
     if magic != expected_magic:
         raise UserError(
@@ -91,11 +99,16 @@ def prepare(root: Path, folder_name: str, cache_dir: Path) -> Path:
     found = find_files(root, folder_name)
     if len(found) < len(FILES):
         raise FileNotFoundError(root)
-    if all(path.parent == root / folder_name / "raw" and path.suffix != ".gz" for path in found.values()):
+    if all(
+        path.parent == root / folder_name / "raw" and path.suffix != ".gz"
+        for path in found.values()
+    ):
         check_pairs({key: (path, None) for key, path in found.items()})
         return root
     key = hashlib.sha1(
-        "".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in found.values()).encode()
+        "".join(
+            f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in found.values()
+        ).encode()
     ).hexdigest()[:16]
     cached_root = cache_dir / f"{folder_name}-{key}"
     raw = cached_root / folder_name / "raw"
@@ -111,7 +124,9 @@ def prepare(root: Path, folder_name: str, cache_dir: Path) -> Path:
             tmp.write_bytes(data)
             os.replace(tmp, raw / FILES[k])  # a concurrent run never sees half a file
     except OSError as error:
-        raise UserError(f"data.cache_dir={cache_dir} cannot be written ({error.strerror}); the gzipped files are unpacked there once: pass data.cache_dir=<a writable folder>.") from None
+        raise UserError(
+            f"data.cache_dir={cache_dir} cannot be written ({error.strerror}); the gzipped files are unpacked there once: pass data.cache_dir=<a writable folder>."
+        ) from None
     return cached_root
 
 
@@ -128,7 +143,7 @@ def check_pairs(files: dict[str, tuple[Path, bytes | None]]) -> None:
             )
 
 
-def write_idx(path: Path, array: "numpy.ndarray") -> None:
+def write_idx(path: Path, array: np.ndarray) -> None:
     """Write unsigned bytes as an IDX file (gzipped when the name ends in .gz): for small test sets."""
     header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
     data = header + array.astype("uint8").tobytes()

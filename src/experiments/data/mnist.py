@@ -40,7 +40,9 @@ class MNISTDataModule(TensorDataModule):
     ):
         super().__init__(batch_size, eval_batch_size, seed)
         if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 < val_size < 60_000:
-            raise UserError(f"data.val_size must be an integer from 1 to 59999 (taken from the 60k training images), got {val_size!r}.")
+            raise UserError(
+                f"data.val_size must be an integer from 1 to 59999 (taken from the 60k training images), got {val_size!r}."
+            )
         if not std > 0:
             raise UserError(f"data.std must be positive, got {std!r}.")
         self.save_hyperparameters()
@@ -64,15 +66,22 @@ class MNISTDataModule(TensorDataModule):
         found = idx_files.find_files(self.root, self.dataset_name)
         missing = [name for key, name in idx_files.FILES.items() if key not in found]
         looked = f"{self.root}/ and {self.root}/{self.dataset_name}/raw/"
-        what = f"No {self.dataset_name} files in {looked}" if not found else f"{looked} lack {', '.join(missing)} (gzipped or not)"
+        what = (
+            f"No {self.dataset_name} files in {looked}"
+            if not found
+            else f"{looked} lack {', '.join(missing)} (gzipped or not)"
+        )
         how = f"copy the four IDX files ({', '.join(idx_files.FILES.values())}, gzipped or not) into {self.root}/ or pass data.root=PATH"
         if not self.hparams.download:
             raise UserError(f"{what} and data.download=false; {how}.")
         try:
             idx_files.download(self.torchvision_class(), self.root, self.cache_dir)
-        except Exception as error:  # torchvision raises RuntimeError, URLError or OSError when offline
+        except (
+            Exception
+        ) as error:  # torchvision raises RuntimeError, URLError or OSError when offline
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            reason = lines[-1] if lines else type(error).__name__  # torchvision puts the network error last
+            # torchvision puts the network error last
+            reason = lines[-1] if lines else type(error).__name__
             raise UserError(f"{what} and downloading them failed ({reason}); {how}.") from None
         return idx_files.prepare(self.root, self.dataset_name, self.cache_dir)
 
@@ -84,7 +93,9 @@ class MNISTDataModule(TensorDataModule):
         train_x, test_x = self.normalise(train.data), self.normalise(test.data)
         n_val = self.hparams.val_size
         if n_val >= len(train_x):
-            raise UserError(f"data.val_size={n_val} leaves no training images: the files under {root} hold {len(train_x)}; lower it.")
+            raise UserError(
+                f"data.val_size={n_val} leaves no training images: the files under {root} hold {len(train_x)}; lower it."
+            )
         train_idx, val_idx, _ = seeded_split(len(train_x), n_val, 0, self.seed)
         return {
             "train": (train_x[train_idx], train.targets[train_idx]),

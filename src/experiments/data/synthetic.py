@@ -30,11 +30,15 @@ class SyntheticLineDataModule(TensorDataModule):
     ):
         super().__init__(batch_size, eval_batch_size, seed)
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 3:
-            raise UserError(f"data.n_samples must be an integer of at least 3 (one per split), got {n_samples!r}.")
+            raise UserError(
+                f"data.n_samples must be an integer of at least 3 (one per split), got {n_samples!r}."
+            )
         check_fraction("data.val_fraction", val_fraction)
         check_fraction("data.test_fraction", test_fraction)
         if noise < 0:
-            raise UserError(f"data.noise is a standard deviation and must be 0 or more, got {noise!r}.")
+            raise UserError(
+                f"data.noise is a standard deviation and must be 0 or more, got {noise!r}."
+            )
         if not x_min < x_max:
             raise UserError(f"data.x_min must be below data.x_max, got {x_min!r} and {x_max!r}.")
         self.save_hyperparameters()

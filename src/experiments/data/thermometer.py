@@ -37,11 +37,15 @@ class ThermometerDataModule(TensorDataModule):
         super().__init__(batch_size, eval_batch_size, seed)
         check_fraction("data.val_fraction", val_fraction)
         if input_scale is not None and not input_scale > 0:
-            raise UserError(f"data.input_scale must be a positive number or null (raw readings), got {input_scale!r}.")
+            raise UserError(
+                f"data.input_scale must be a positive number or null (raw readings), got {input_scale!r}."
+            )
         self.save_hyperparameters()
         self.n_val = int(val_fraction * len(T_C))
         if not 1 <= self.n_val < len(T_C):
-            raise UserError(f"data.val_fraction={val_fraction} holds out {self.n_val} of 11 readings; pick 0.1 to 0.9.")
+            raise UserError(
+                f"data.val_fraction={val_fraction} holds out {self.n_val} of 11 readings; pick 0.1 to 0.9."
+            )
 
     def transform_inputs(self, raw: Tensor) -> Tensor:
         scale = self.hparams.input_scale

@@ -40,11 +40,6 @@ class LinearRegression(ExperimentModule):
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.mse_loss(outputs, targets)
 
-    def path_points(self) -> list[tuple[float, float]] | None:
-        if self.linear.weight.numel() != 1:
-            return None
-        return [(self.linear.weight.item(), self.linear.bias.item())]
-
     def fitted_parameters(self) -> dict[str, float | list]:
         """The line's weight and bias as plain numbers (lists when there are several inputs or outputs)."""
         weight, bias = self.linear.weight.detach().cpu(), self.linear.bias.detach().cpu()

@@ -31,7 +31,9 @@ class MLPClassifier(ExperimentModule):
         scheduler: dict[str, Any] | None = None,
     ):
         if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-            raise UserError(f"model.hidden must be a list of positive layer widths such as [28] or [128, 64], got {list(hidden)!r}.")
+            raise UserError(
+                f"model.hidden must be a list of positive layer widths such as [28] or [128, 64], got {list(hidden)!r}."
+            )
         self.num_outputs = num_outputs
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])

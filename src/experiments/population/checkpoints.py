@@ -36,28 +36,67 @@ class PopulationCheckpointIO(AtomicCheckpointIO):
         super().__init__()
         self.resume_from = resume_from  # each run's last.ckpt, when the population resumes
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         replicas = checkpoint.pop(REPLICAS, {})
         for file, own in replicas.items():
             save_atomically({**checkpoint, **own}, file)
 
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         if not self.resume_from:
             return super().load_checkpoint(path, map_location=map_location)
-        checkpoints = [torch.load(file, map_location=map_location or "cpu", weights_only=True) for file in self.resume_from]
-        shared = {k: v for k, v in checkpoints[0].items() if k not in ("state_dict", "optimizer_states", "lr_schedulers", "callbacks", "run_config", TRAIN_EPOCH)}
+        checkpoints = [
+            torch.load(file, map_location=map_location or "cpu", weights_only=True)
+            for file in self.resume_from
+        ]
+        shared = {
+            k: v
+            for k, v in checkpoints[0].items()
+            if k
+            not in (
+                "state_dict",
+                "optimizer_states",
+                "lr_schedulers",
+                "callbacks",
+                "run_config",
+                TRAIN_EPOCH,
+            )
+        }
         epoch = checkpoints[0].get(TRAIN_EPOCH)
-        if epoch is not None and epoch["outputs"] is not None:  # each run's outputs of the interrupted epoch, stacked back
+        # each run's outputs of the interrupted epoch, stacked back
+        if epoch is not None and epoch["outputs"] is not None:
             batches = zip(*(c[TRAIN_EPOCH]["outputs"] for c in checkpoints))
-            epoch = {**epoch, "outputs": [(torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch]), batch[0][2]) for batch in batches]}
+            epoch = {
+                **epoch,
+                "outputs": [
+                    (
+                        torch.stack([b[0] for b in batch]),
+                        torch.stack([b[1] for b in batch]),
+                        batch[0][2],
+                    )
+                    for batch in batches
+                ],
+            }
         return {
             **shared,
             TRAIN_EPOCH: epoch,
-            "state_dict": {"flat": torch.stack([torch.cat([t.reshape(-1) for t in c["state_dict"].values()]) for c in checkpoints])},
+            "state_dict": {
+                "flat": torch.stack(
+                    [
+                        torch.cat([t.reshape(-1) for t in c["state_dict"].values()])
+                        for c in checkpoints
+                    ]
+                )
+            },
             "optimizer_states": [{"replicas": [c["optimizer_states"][0] for c in checkpoints]}],
             "lr_schedulers": [],
             "callbacks": {},
-            SCHEDULES: [c["lr_schedulers"][0] if c.get("lr_schedulers") else None for c in checkpoints],
+            SCHEDULES: [
+                c["lr_schedulers"][0] if c.get("lr_schedulers") else None for c in checkpoints
+            ],
         }
 
 
@@ -75,7 +114,9 @@ class PopulationCheckpoints(Interruption):
         files: dict[str, int] = {}
         for i in module.running():
             state = module.states[i]
-            improved = (metric := state.metrics.get(state.monitor)) is not None and metric.best_epoch == trainer.current_epoch + 1
+            improved = (
+                metric := state.metrics.get(state.monitor)
+            ) is not None and metric.best_epoch == trainer.current_epoch + 1
             for callback in self.callbacks[i]:
                 if callback.monitor is not None and best and improved:
                     score = torch.tensor(metric.best)
@@ -84,30 +125,43 @@ class PopulationCheckpoints(Interruption):
                     callback.best_k_models = {str(target(callback)): score}
                     self.best_rows[i] = module.flat.detach()[i].clone()
                     files[str(target(callback))] = i
-                last = getattr(callback, "last", False) and Path(str(callback.dirpath)) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+                last = (
+                    getattr(callback, "last", False)
+                    and Path(str(callback.dirpath))
+                    / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+                )
                 if last:
                     files[str(last)] = i
         if not files:
             return
         self.pending = files
-        trainer.save_checkpoint(str(Path(next(iter(files))).with_suffix(".population")))  # the name is never written
+        # the name is never written
+        trainer.save_checkpoint(str(Path(next(iter(files))).with_suffix(".population")))
         self.pending = {}
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: PopulationModule, checkpoint: dict[str, Any]) -> None:
-        parts = {i: replica_parts(pl_module, i, self.callbacks[i]) for i in set(self.pending.values())}
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: PopulationModule, checkpoint: dict[str, Any]
+    ) -> None:
+        parts = {
+            i: replica_parts(pl_module, i, self.callbacks[i]) for i in set(self.pending.values())
+        }
         checkpoint[REPLICAS] = {file: parts[i] for file, i in self.pending.items()}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: PopulationModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.save(trainer, pl_module, best=True)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: PopulationModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: PopulationModule, exception: BaseException
+    ) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.stage == "train":
             self.save(trainer, pl_module, best=False)
         super().on_exception(trainer, pl_module, exception)
 
 
-def replica_parts(module: PopulationModule, index: int, callbacks: list[ModelCheckpoint]) -> dict[str, Any]:
+def replica_parts(
+    module: PopulationModule, index: int, callbacks: list[ModelCheckpoint]
+) -> dict[str, Any]:
     """What run `index`'s checkpoint holds of its own, in the single-run format."""
     model = module.replica(index)
     schedule = module.schedules[index] if module.schedules else None

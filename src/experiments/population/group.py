@@ -20,11 +20,23 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import UserError
+from experiments.config import UserError, mistake
 from experiments.state import RunInfo
 
-PER_RUN_KEYS = ("optimizer", "scheduler", "seed", "monitor", "monitor_mode", "fail_fast", "run_dir", "resume", "ckpt_path", "trial")
-POPULATION_CALLBACKS = ("ModelCheckpoint", "ProgressLine")  # what a population gives each run
+PER_RUN_KEYS = (
+    "optimizer",
+    "scheduler",
+    "seed",
+    "monitor",
+    "monitor_mode",
+    "fail_fast",
+    "run_dir",
+    "resume",
+    "ckpt_path",
+    "trial",
+)
+# What a population gives each run: checkpoints (Lightning's, or ours with last.ckpt) and the progress line.
+POPULATION_CALLBACKS = ("ModelCheckpoint", "BestAndLastCheckpoint", "ProgressLine")
 FULL_PRECISION = ("32-true", "32", "64-true", "64")
 PLACEHOLDER = "@run_dir@"
 
@@ -43,7 +55,10 @@ class Job:
 
 def check_launchable(cfg: DictConfig) -> None:
     strategy = str(cfg.trainer.get("strategy") or "auto")
-    if strategy.startswith(("ddp", "fsdp", "deepspeed")) or (cfg.trainer.get("devices") not in (1, "1", "auto", None) and cfg.trainer.get("devices") != [0]):
+    if strategy.startswith(("ddp", "fsdp", "deepspeed")) or (
+        cfg.trainer.get("devices") not in (1, "1", "auto", None)
+        and cfg.trainer.get("devices") != [0]
+    ):
         raise UserError(
             f"hydra/launcher=vectorized trains a group of jobs in one process on one device, so it takes no trainer.strategy={strategy} "
             f"or trainer.devices={cfg.trainer.get('devices')}; use hydra/launcher=basic for a sweep of multi-device jobs."
@@ -55,7 +70,10 @@ def group_key(cfg: DictConfig, resume_step: int | None) -> tuple[str | None, str
     job that trains alone."""
     trainer = cfg.trainer
     if str(trainer.get("precision")) not in FULL_PRECISION:
-        return None, f"trainer.precision={trainer.get('precision')} (a population trains in full precision)"
+        return (
+            None,
+            f"trainer.precision={trainer.get('precision')} (a population trains in full precision)",
+        )
     if cfg.get("ckpt_path"):
         return None, "it starts from ckpt_path"
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
@@ -63,22 +81,30 @@ def group_key(cfg: DictConfig, resume_step: int | None) -> tuple[str | None, str
     config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
     callbacks = config.get("callbacks") or {}
     for name, node in callbacks.items():
-        if isinstance(node, dict) and str(node.get("_target_", "")).rsplit(".", 1)[-1] not in POPULATION_CALLBACKS:
+        if (
+            isinstance(node, dict)
+            and str(node.get("_target_", "")).rsplit(".", 1)[-1] not in POPULATION_CALLBACKS
+        ):
             return None, f"callbacks.{name} is not one a population gives each run"
     shared = {k: v for k, v in config.items() if k not in PER_RUN_KEYS}
     shared["model"] = {k: v for k, v in config["model"].items() if not k.startswith("init_")}
-    shared["callbacks"] = {name: {k: v for k, v in node.items() if k not in ("monitor", "mode")} for name, node in callbacks.items()}
+    shared["callbacks"] = {
+        name: {k: v for k, v in node.items() if k not in ("monitor", "mode")}
+        for name, node in callbacks.items()
+    }
     shared["resume_step"] = resume_step
     return json.dumps(shared, sort_keys=True, default=str), ""
 
 
-def train_group(jobs: list[Job], fail_fast: bool, exact: bool = True) -> list[dict[str, Any] | None]:
+def train_group(
+    jobs: list[Job], fail_fast: bool, exact: bool = True
+) -> list[dict[str, Any] | None]:
     """Train the jobs as one population: one fit over shared batches, then each run's test on
     its own best weights. Returns what each job's metrics.json holds (None for a job left
     untrained because fail_fast=true stopped at another's mistake). `exact`: on the CPU, each
     job's arithmetic is its single run's (experiments.population.stacked)."""
-    from experiments.cli import quiet_lightning
     from experiments.config import check_values
+    from experiments.quiet import quiet_lightning
     from experiments.state import failure_record, write_json
 
     refused: dict[int, dict[str, Any]] = {}
@@ -86,7 +112,7 @@ def train_group(jobs: list[Job], fail_fast: bool, exact: bool = True) -> list[di
     def refuse(k: int, error: UserError) -> None:
         """A job's own mistake fails that job alone, as on the basic launcher."""
         job = jobs[k]
-        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.write(mistake(error) + "\n")
         refused[k] = failure_record(job.run_dir, str(error), job.info.choices, job.info.overrides)
         write_json(job.run_dir / "metrics.json", refused[k])
 
@@ -101,64 +127,93 @@ def train_group(jobs: list[Job], fail_fast: bool, exact: bool = True) -> list[di
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from experiments import speedups
-    from experiments.build import build_model, check_accelerator, check_schedule_length, instantiate, instantiate_group
+    from experiments.build import (
+        build_model,
+        build_node,
+        check_accelerator,
+        check_schedule_length,
+        instantiate_group,
+        make_trainer,
+        new_state,
+        recorder,
+        run_loggers,
+    )
     from experiments.callbacks.progress import ProgressLine
     from experiments.callbacks.pruning import TrialPruning
-    from experiments.callbacks.recorder import MetricHistory
     from experiments.population.checkpoints import PopulationCheckpointIO, PopulationCheckpoints
-    from experiments.population.module import PopulationModule
-    from experiments.signals import hand_sigterm_to_lightning
-    from experiments.run import new_state, run_callbacks
+    from experiments.population.module import PopulationModule, PopulationRuns
 
     first = next(job.cfg for k, job in enumerate(jobs) if k not in refused)
     check_launchable(first)
     check_accelerator(first.trainer)
     pl.seed_everything(first.seed, workers=True, verbose=False)
-    datamodule = instantiate(first.data, "data")
+    datamodule = build_node(first.data, "data")
     datamodule.load()
     built = []
     for k, job in enumerate(jobs):
         if k not in refused:
-            pl.seed_everything(job.cfg.seed, workers=True, verbose=False)  # each replica starts where its single run would
+            # each replica starts where its single run would
+            pl.seed_everything(job.cfg.seed, workers=True, verbose=False)
             try:
                 model = build_model(job.cfg, datamodule, job.info.choices)
                 check_schedule_length(job.cfg, model, datamodule)
                 built.append((k, job, model))
             except UserError as error:
                 refuse(k, error)
-    if not built or (fail_fast and refused):  # fail_fast=true: the sweep stops at its first failed job, before any trains
+    # fail_fast=true: the sweep stops at its first failed job, before any trains
+    if not built or (fail_fast and refused):
         return [refused.get(k) for k in range(len(jobs))]
+
     trained = [job for _, job, _ in built]
     models, states, loggers, checkpoints = [], [], [], []
     for _, job, model in built:
         state = new_state(job.cfg, job.info, datamodule)
         state.population = {"size": len(trained), "jobs": [j.run_dir.name for j in trained]}
         if states:
-            state.epoch_seconds = states[0].epoch_seconds  # the runs of a population share every epoch
+            state.epoch_seconds = states[
+                0
+            ].epoch_seconds  # the runs of a population share every epoch
         models.append(model)
         states.append(state)
-        loggers.append([*instantiate_group(job.cfg.get("logger"), "logger"), MetricHistory(state, model.metric_directions())])
-        checkpoints.append([c for c in instantiate_group(job.cfg.get("callbacks"), "callbacks") if isinstance(c, ModelCheckpoint)])
-    population = PopulationModule(models, [m.optimizer_factory for m in models], [m.scheduler_config for m in models], states, loggers, fail_fast, exact)
-    progress = [c for c in instantiate_group(first.get("callbacks"), "callbacks") if isinstance(c, ProgressLine)]
+        loggers.append(run_loggers(job.cfg, state, model))
+        configured = instantiate_group(job.cfg.get("callbacks"), "callbacks")
+        checkpoints.append([c for c in configured if isinstance(c, ModelCheckpoint)])
+    optimizers, schedulers = (
+        [m.optimizer_factory for m in models],
+        [m.scheduler_config for m in models],
+    )
+    population = PopulationModule(models, optimizers, schedulers, states, loggers, fail_fast, exact)
+    runs = PopulationRuns(states, loggers)
+    progress = [
+        c
+        for c in instantiate_group(first.get("callbacks"), "callbacks")
+        if isinstance(c, ProgressLine)
+    ]
     saving = PopulationCheckpoints(checkpoints)
-    pruning = [TrialPruning(states, [job.trial for job in trained])] if any(job.trial is not None for job in trained) else []
-    resume = [job.run_dir / "checkpoints" / "last.ckpt" for job in trained] if trained[0].resume_step is not None else None
-    hand_sigterm_to_lightning()
-    trainer = instantiate(
+    callbacks = [*progress, saving, recorder(runs, multirun=True)]
+    if any(job.trial is not None for job in trained):
+        callbacks.append(TrialPruning(runs, [job.trial for job in trained]))
+    resume = (
+        [job.run_dir / "checkpoints" / "last.ckpt" for job in trained]
+        if trained[0].resume_step is not None
+        else None
+    )
+    trainer = make_trainer(
         first.trainer,
-        "trainer",
-        callbacks=[*progress, saving, *run_callbacks(states, loggers, multirun=True), *pruning],
-        logger=False,
+        callbacks,
+        False,
+        [PopulationCheckpointIO(resume)],
+        trained[0].run_dir.parent,
         enable_checkpointing=False,
-        enable_progress_bar=bool(progress),
-        plugins=[PopulationCheckpointIO(resume)],
-        **({} if "profiler" in first.trainer else {"profiler": speedups.quiet_profiler()}),
-        default_root_dir=str(trained[0].run_dir.parent),
+        enable_progress_bar=bool(progress),  # the population keeps each run's checkpoints
     )
     try:
-        trainer.fit(population, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
+        trainer.fit(
+            population,
+            datamodule=datamodule,
+            ckpt_path=str(resume[0]) if resume else None,
+            weights_only=True,
+        )
         tested = population.running()
         if tested:
             with_best = [i for i in tested if i in saving.best_rows]
@@ -173,8 +228,8 @@ def train_group(jobs: list[Job], fail_fast: bool, exact: bool = True) -> list[di
     except (KeyboardInterrupt, SystemExit):
         pass  # recorded by the callbacks: each unfinished run is interrupted, with its last.ckpt
     finally:
-        for run_loggers, state in zip(loggers, states):
-            for logger in run_loggers:
+        for own_loggers, state in zip(loggers, states):
+            for logger in own_loggers:
                 logger.finalize("success" if state.status == "finished" else "failed")
     results = {k: state.result() for (k, _, _), state in zip(built, states)}
     return [results[k] if k in results else refused[k] for k in range(len(jobs))]

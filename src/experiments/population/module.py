@@ -25,7 +25,14 @@ from torch import Tensor, nn
 
 from experiments import speedups
 from experiments.callbacks.interruption import Interruption
-from experiments.models.base import TRAIN_EPOCH, ExperimentModule, build_scheduler, resumed_outputs, start_train_epoch, train_epoch_record
+from experiments.models.base import (
+    TRAIN_EPOCH,
+    ExperimentModule,
+    build_scheduler,
+    resumed_outputs,
+    start_train_epoch,
+    train_epoch_record,
+)
 from experiments.population.optim import PopulationOptimizer
 from experiments.population.stacked import batched_form, one_by_one_losses, one_by_one_outputs
 from experiments.state import RunState
@@ -45,7 +52,9 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         exact: bool = True,
     ) -> None:
         super().__init__()
-        self.models = models  # a plain list: their weights live in `flat`, not in this module's state
+        self.models = (
+            models  # a plain list: their weights live in `flat`, not in this module's state
+        )
         self.optimizer_factories = optimizers
         self.scheduler_configs = schedulers
         self.states = states
@@ -55,11 +64,17 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         named = list(models[0].named_parameters())
         self.names = [name for name, _ in named]
         self.shapes = [p.shape for _, p in named]
-        self.flat = nn.Parameter(torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in models]))
+        self.flat = nn.Parameter(
+            torch.stack(
+                [torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in models]
+            )
+        )
         self.directions = models[0].metric_directions()
         self.schedules: list[Any] = []
         self._has_path: bool | None = None
-        self._batched: tuple[Any, Any] | None = None  # the model's batched formulas, where they are exact (population.stacked)
+        self._batched: tuple[Any, Any] | None = (
+            None  # the model's batched formulas, where they are exact (population.stacked)
+        )
         self.tested: set[int] = set()  # replicas whose weights the test uses (not diverged)
         self._train_outputs: list[tuple[Tensor, Tensor, Tensor]] | None = []
         self._last_logged_step = -1
@@ -105,9 +120,15 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
                 offset += n
         return model
 
-    def path_points(self) -> list[tuple[float, float]] | None:
+    def line_points(self) -> list[tuple[float, float]] | None:
+        """Each run's (w, b), for lines of one weight and one bias; None for other models."""
         if self._has_path is None:
-            self._has_path = self.models[0].path_points() is not None and self.flat.shape[1] == 2
+            fitted = getattr(self.models[0], "fitted_parameters", None)
+            self._has_path = (
+                fitted is not None
+                and self.flat.shape[1] == 2
+                and isinstance(fitted().get("weight"), float)
+            )
         return self.flat.detach().tolist() if self._has_path else None
 
     def running(self) -> list[int]:
@@ -118,7 +139,12 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer = PopulationOptimizer(self.flat, list(self.shapes), self.optimizer_factories)
         self.schedules = [
-            None if not config else {**config, "scheduler": build_scheduler(config["scheduler"], replica, self.trainer)}
+            None
+            if not config
+            else {
+                **config,
+                "scheduler": build_scheduler(config["scheduler"], replica, self.trainer),
+            }
             for config, replica in zip(self.scheduler_configs, optimizer.replicas)
         ]
         return optimizer
@@ -131,15 +157,25 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         """Each replica's own schedule, stepped where Lightning steps a single run's."""
         stepped = False
         for i, config in enumerate(self.schedules):
-            if not config or self.states[i].status != "running" or config.get("interval", "epoch") != interval:
+            if (
+                not config
+                or self.states[i].status != "running"
+                or config.get("interval", "epoch") != interval
+            ):
                 continue
             scheduler = config["scheduler"]
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) != plateau or (index + 1) % int(config.get("frequency", 1)) != 0:
+            if (
+                isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) != plateau
+                or (index + 1) % int(config.get("frequency", 1)) != 0
+            ):
                 continue
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch cannot see the vectorised step and would warn
+                # torch cannot see the vectorised step and would warn
+                warnings.simplefilter("ignore")
                 if plateau:
-                    value = self.states[i].metrics.get(config.get("monitor") or self.states[i].monitor)
+                    value = self.states[i].metrics.get(
+                        config.get("monitor") or self.states[i].monitor
+                    )
                     if value is not None and value.final is not None:
                         scheduler.step(value.final)
                 else:
@@ -148,7 +184,12 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         if stepped:
             self.population_optimizer.settings_changed()
 
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None) -> None:
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
         """Each replica's gradient clipped on its own, as torch.nn.utils.clip_grad_norm_ does for one run."""
         grad = self.flat.grad
         if not gradient_clip_val or grad is None:
@@ -180,11 +221,15 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         fresh = ~finite & ~optimizer.frozen
         step = torch.full_like(self.diverged_step, self.global_step)
         self.diverged_step = torch.where(fresh, step, self.diverged_step)
-        self.diverged_epoch = torch.where(fresh, torch.full_like(step, self.current_epoch), self.diverged_epoch)
+        self.diverged_epoch = torch.where(
+            fresh, torch.full_like(step, self.current_epoch), self.diverged_epoch
+        )
         self.diverged_loss = torch.where(fresh, losses.detach(), self.diverged_loss)
         optimizer.frozen |= fresh
         if losses.device.type != "cpu":
-            optimizer.any_frozen = True  # the weights of a frozen row are kept without reading the mask
+            optimizer.any_frozen = (
+                True  # the weights of a frozen row are kept without reading the mask
+            )
             if self.global_step % self.trainer.log_every_n_steps:
                 return
         if fresh.any() or losses.device.type != "cpu":
@@ -198,13 +243,28 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         self.population_optimizer.any_frozen = True
         epochs, values = self.diverged_epoch.tolist(), self.diverged_loss.tolist()
         for i in rows:
-            self.stop_run(i, "diverged", f"train loss became {values[i]} at epoch {epochs[i] + 1}, step {steps[i] + 1}", epochs[i], steps[i])
+            self.stop_run(
+                i,
+                "diverged",
+                f"train loss became {values[i]} at epoch {epochs[i] + 1}, step {steps[i] + 1}",
+                epochs[i],
+                steps[i],
+            )
         if self.fail_fast:
             # The others stop at this step's boundary, as SIGTERM stops them, with a last.ckpt that resumes exactly.
             reason = f"fail_fast=true ({self.states[rows[0]].run_dir.name} diverged)"
-            next(c for c in self.trainer.callbacks if isinstance(c, Interruption)).request_stop(reason)
+            next(c for c in self.trainer.callbacks if isinstance(c, Interruption)).request_stop(
+                reason
+            )
 
-    def stop_run(self, index: int, status: str, reason: str, epoch: int | None = None, step: int | None = None) -> None:
+    def stop_run(
+        self,
+        index: int,
+        status: str,
+        reason: str,
+        epoch: int | None = None,
+        step: int | None = None,
+    ) -> None:
         """Run `index` ends here (diverged, or pruned by its Optuna trial): its weights stay as they
         are, the others go on."""
         optimizer = self.population_optimizer
@@ -225,8 +285,12 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         self._last_logged_step = (self._resumed_epoch or {}).get("last_logged_step", -1)
 
     def on_train_start(self) -> None:
-        if self._resumed_epoch is not None:  # resumed: the epoch it continues, mid-epoch or at its end
-            self._train_outputs, self._in_epoch = resumed_outputs(self.trainer, self._resumed_epoch), self._resumed_epoch["mid_epoch"]
+        # resumed: the epoch it continues, mid-epoch or at its end
+        if self._resumed_epoch is not None:
+            self._train_outputs, self._in_epoch = (
+                resumed_outputs(self.trainer, self._resumed_epoch),
+                self._resumed_epoch["mid_epoch"],
+            )
             self._resumed_epoch = None
         for config, state in zip(self.schedules, getattr(self, "_schedule_states", None) or []):
             if config and state:
@@ -240,10 +304,13 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         self.diverged_loss = self.diverged_loss.to(self.device, self.flat.dtype)
         for model in self.models:
             model.to(self.device)
-        data = self.trainer.datamodule.hparams_initial if self.trainer.datamodule is not None else {}
+        data = (
+            self.trainer.datamodule.hparams_initial if self.trainer.datamodule is not None else {}
+        )
         for model, loggers in zip(self.models, self.run_loggers):
             for logger in loggers:
-                logger.log_hyperparams({**model.hparams_initial, **data})  # as Lightning logs a single run's
+                # as Lightning logs a single run's
+                logger.log_hyperparams({**model.hparams_initial, **data})
                 logger.save()
 
     def on_train_epoch_start(self) -> None:
@@ -252,22 +319,31 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
 
     def train_epoch_record(self, index: int) -> dict[str, Any]:
         """Run `index`'s part of the epoch's training outputs, as its single run's checkpoint keeps them."""
-        record = train_epoch_record(self.trainer, self._last_logged_step, self._train_outputs, self._in_epoch)
+        record = train_epoch_record(
+            self.trainer, self._last_logged_step, self._train_outputs, self._in_epoch
+        )
         if record["outputs"] is not None:
-            record["outputs"] = [(losses[index], outputs[index], targets) for losses, outputs, targets in record["outputs"]]
+            record["outputs"] = [
+                (losses[index], outputs[index], targets)
+                for losses, outputs, targets in record["outputs"]
+            ]
         return record
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Each scheduled run's learning rate, as Lightning's LearningRateMonitor logs a single
         run's: before the step, on the steps whose logs are due."""
         trainer = self.trainer
-        if not any(self.schedules) or ((self.global_step + 1) % trainer.log_every_n_steps and not trainer.should_stop):
+        if not any(self.schedules) or (
+            (self.global_step + 1) % trainer.log_every_n_steps and not trainer.should_stop
+        ):
             return
         replicas = self.population_optimizer.replicas
         for i in self.running():
             if self.schedules[i]:
                 for logger in self.run_loggers[i]:
-                    logger.log_metrics({"train/lr": replicas[i].param_groups[0]["lr"]}, self.global_step)
+                    logger.log_metrics(
+                        {"train/lr": replicas[i].param_groups[0]["lr"]}, self.global_step
+                    )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.step_schedules("step", plateau=False, index=batch_idx)
@@ -281,7 +357,11 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         if self._train_outputs:
             losses, outputs, targets = zip(*self._train_outputs)
             sizes = torch.tensor([len(t) for t in targets], device=losses[0].device)
-            losses, outputs, targets = torch.stack(losses, 1), torch.cat(outputs, 1), torch.cat(targets)
+            losses, outputs, targets = (
+                torch.stack(losses, 1),
+                torch.cat(outputs, 1),
+                torch.cat(targets),
+            )
             self._train_outputs = None
             self._last_logged_step = self.global_step
             rows = self.running()
@@ -294,7 +374,10 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         """Each replica's metrics of a stage, from its own torchmetrics objects (so each is what a
         single run computes), as columns over the population; then reset."""
         names = list(getattr(self.models[0], f"{stage}_metrics"))
-        values = {f"{stage}/{name}": torch.full((self.size,), math.nan, dtype=torch.float64) for name in names}
+        values = {
+            f"{stage}/{name}": torch.full((self.size,), math.nan, dtype=torch.float64)
+            for name in names
+        }
         for i in rows:
             for name, metric in getattr(self.models[i], f"{stage}_metrics").items():
                 values[f"{stage}/{name}"][i] = metric.compute().item()
@@ -317,7 +400,9 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
             for name, value in metrics.items():
                 if not name.startswith("test/") and math.isfinite(value):
                     better = self.directions.get(name, False)
-                    shown[name] = value if name not in shown else (max if better else min)(shown[name], value)
+                    shown[name] = (
+                        value if name not in shown else (max if better else min)(shown[name], value)
+                    )
         if not testing:
             for name, value in shown.items():
                 self.log(f"best {name}", value, prog_bar=True, logger=False)
@@ -350,3 +435,27 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.end_evaluation("test")
+
+
+class PopulationRuns:
+    """What the recorder's parts see of a population's runs (experiments.callbacks.recorder.OneRun
+    for a single run): their states and loggers, each run's own model holding its weights, the
+    lines' points, and how one run stops while the others go on."""
+
+    def __init__(self, states: list[RunState], loggers: list[list[Any]]) -> None:
+        self.states = states
+        self.loggers = loggers
+
+    def model(self, index: int, pl_module: PopulationModule) -> ExperimentModule:
+        return pl_module.replica(index)
+
+    def line_points(self, pl_module: PopulationModule) -> list[tuple[float, float]] | None:
+        return pl_module.line_points()
+
+    def stop(
+        self, index: int, pl_module: PopulationModule, status: str, reason: str, epoch: int
+    ) -> None:
+        pl_module.stop_run(index, status, reason, epoch=epoch)
+
+    def checkpoint_config(self) -> dict[str, Any] | None:
+        return None  # each run's own checkpoint file carries its config (experiments.population.checkpoints)

@@ -45,7 +45,14 @@ class Rule:
     state_names: tuple[str, ...] = ()
     has_step = True
 
-    def __init__(self, start: int, stop: int, optimizers: list[torch.optim.Optimizer], flat: Tensor, shapes: list[torch.Size]) -> None:
+    def __init__(
+        self,
+        start: int,
+        stop: int,
+        optimizers: list[torch.optim.Optimizer],
+        flat: Tensor,
+        shapes: list[torch.Size],
+    ) -> None:
         self.start, self.stop = start, stop
         self.optimizers = optimizers  # one per row, each over that row's views
         self.shapes = shapes
@@ -56,14 +63,19 @@ class Rule:
         self.like = flat.detach()[start:stop]
 
     def values(self, name: str, index: int | None = None) -> list[Any]:
-        return [o.param_groups[0][name] if index is None else o.param_groups[0][name][index] for o in self.optimizers]
+        return [
+            o.param_groups[0][name] if index is None else o.param_groups[0][name][index]
+            for o in self.optimizers
+        ]
 
     def column(self, key: str, values: Callable[[], list[float]]) -> Tensor:
         """Numbers per row as a (rows, 1) tensor of the weights' dtype, made once, and again after
         a schedule changed a setting (`settings_changed`)."""
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._cache[key] = torch.tensor(values(), dtype=self.like.dtype, device=self.like.device).unsqueeze(1)
+            cached = self._cache[key] = torch.tensor(
+                values(), dtype=self.like.dtype, device=self.like.device
+            ).unsqueeze(1)
         return cached
 
     def settings_changed(self) -> None:
@@ -107,7 +119,10 @@ class Rule:
         offset = 0
         for shape in self.shapes:
             n = shape.numel()
-            state: dict[str, Any] = {name: tensor[row, offset : offset + n].reshape(shape).clone() for name, tensor in self.state.items()}
+            state: dict[str, Any] = {
+                name: tensor[row, offset : offset + n].reshape(shape).clone()
+                for name, tensor in self.state.items()
+            }
             if self.has_step:
                 state["step"] = torch.tensor(float(self.steps))
             states.append(state)
@@ -139,17 +154,27 @@ class SGDRule(Rule):
         if self.any("momentum"):
             momentum = self.setting("momentum")
             if "momentum_buffer" not in self.state:
-                self.state["momentum_buffer"] = grad.detach().clone()  # torch starts the buffer at the first gradient
+                # torch starts the buffer at the first gradient
+                self.state["momentum_buffer"] = grad.detach().clone()
             else:
-                self.state["momentum_buffer"].mul_(momentum).addcmul_(grad, self.derived("1-dampening", lambda g: 1 - g["dampening"]))
+                self.state["momentum_buffer"].mul_(momentum).addcmul_(
+                    grad, self.derived("1-dampening", lambda g: 1 - g["dampening"])
+                )
             buf = self.state["momentum_buffer"]
-            moved = torch.where(self.flag("nesterov"), torch.addcmul(grad, buf, momentum), buf) if self.any("nesterov") else buf
+            moved = (
+                torch.where(self.flag("nesterov"), torch.addcmul(grad, buf, momentum), buf)
+                if self.any("nesterov")
+                else buf
+            )
             grad = torch.where(momentum != 0, moved, grad)
         param.addcmul_(grad, self.derived("-lr", lambda g: -g["lr"]))
         self.steps += 1
 
     def export(self, row: int) -> list[dict[str, Any]]:
-        if self.optimizers[row].param_groups[0]["momentum"] == 0 or "momentum_buffer" not in self.state:
+        if (
+            self.optimizers[row].param_groups[0]["momentum"] == 0
+            or "momentum_buffer" not in self.state
+        ):
             return [{} for _ in self.shapes]
         return super().export(row)
 
@@ -169,24 +194,42 @@ class AdamRule(Rule):
         grad = self.maximized(grad)
         if self.any("weight_decay"):
             decoupled = self.flag("decoupled_weight_decay")
-            param.copy_(torch.where(decoupled, param * self.derived("1-lr*wd", lambda g: 1 - g["lr"] * g["weight_decay"]), param))
-            grad = torch.where(decoupled, grad, torch.addcmul(grad, param, self.setting("weight_decay")))
+            param.copy_(
+                torch.where(
+                    decoupled,
+                    param * self.derived("1-lr*wd", lambda g: 1 - g["lr"] * g["weight_decay"]),
+                    param,
+                )
+            )
+            grad = torch.where(
+                decoupled, grad, torch.addcmul(grad, param, self.setting("weight_decay"))
+            )
         exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
         exp_avg.lerp_(grad, self.derived("1-beta1", lambda g: 1 - g["betas"][0]))
-        exp_avg_sq.mul_(self.setting("betas", 1)).addcmul_(grad * self.derived("1-beta2", lambda g: 1 - g["betas"][1]), grad)
+        exp_avg_sq.mul_(self.setting("betas", 1)).addcmul_(
+            grad * self.derived("1-beta2", lambda g: 1 - g["betas"][1]), grad
+        )
         second = exp_avg_sq
         if "max_exp_avg_sq" in self.state:
-            torch.maximum(self.state["max_exp_avg_sq"], exp_avg_sq, out=self.state["max_exp_avg_sq"])
+            torch.maximum(
+                self.state["max_exp_avg_sq"], exp_avg_sq, out=self.state["max_exp_avg_sq"]
+            )
             second = torch.where(self.flag("amsgrad"), self.state["max_exp_avg_sq"], exp_avg_sq)
         lrs, beta1s, beta2s = self.numbers()  # the bias corrections change every step
         correction2 = self.fresh([(1 - b2**step) ** 0.5 for b2 in beta2s])
         denom = (second.sqrt() / correction2).add_(self.setting("eps"))
-        param.addcdiv_(exp_avg * self.fresh([-(lr / (1 - b1**step)) for lr, b1 in zip(lrs, beta1s)]), denom)
+        param.addcdiv_(
+            exp_avg * self.fresh([-(lr / (1 - b1**step)) for lr, b1 in zip(lrs, beta1s)]), denom
+        )
 
     def numbers(self) -> tuple[list[float], list[float], list[float]]:
         if "numbers" not in self._any:
             groups = [o.param_groups[0] for o in self.optimizers]
-            self._any["numbers"] = ([g["lr"] for g in groups], [g["betas"][0] for g in groups], [g["betas"][1] for g in groups])
+            self._any["numbers"] = (
+                [g["lr"] for g in groups],
+                [g["betas"][0] for g in groups],
+                [g["betas"][1] for g in groups],
+            )
         return self._any["numbers"]
 
     def export(self, row: int) -> list[dict[str, Any]]:
@@ -212,7 +255,12 @@ class AdagradRule(Rule):
         state_sum.addcmul_(grad, grad, value=1)
         std = state_sum.sqrt().add_(self.setting("eps"))
         if self.any("lr_decay"):
-            neg_clr = self.fresh([-(g["lr"] / (1 + (step - 1) * g["lr_decay"])) for g in (o.param_groups[0] for o in self.optimizers)])
+            neg_clr = self.fresh(
+                [
+                    -(g["lr"] / (1 + (step - 1) * g["lr_decay"]))
+                    for g in (o.param_groups[0] for o in self.optimizers)
+                ]
+            )
         else:
             neg_clr = self.derived("-lr", lambda g: -g["lr"])
         param.addcdiv_(grad * neg_clr, std)
@@ -220,7 +268,10 @@ class AdagradRule(Rule):
     def export(self, row: int) -> list[dict[str, Any]]:
         if not self.steps:  # torch holds the accumulator from the start
             value = float(self.optimizers[row].param_groups[0]["initial_accumulator_value"])
-            return [{"step": torch.tensor(0.0), "sum": torch.full(shape, value, dtype=self.like.dtype)} for shape in self.shapes]
+            return [
+                {"step": torch.tensor(0.0), "sum": torch.full(shape, value, dtype=self.like.dtype)}
+                for shape in self.shapes
+            ]
         return super().export(row)
 
 
@@ -239,11 +290,15 @@ class RMSpropRule(Rule):
         if self.any("weight_decay"):
             grad = torch.addcmul(grad, param, self.setting("weight_decay"))
         square_avg = self.state["square_avg"]
-        square_avg.mul_(self.setting("alpha")).addcmul_(grad * self.derived("1-alpha", lambda g: 1 - g["alpha"]), grad)
+        square_avg.mul_(self.setting("alpha")).addcmul_(
+            grad * self.derived("1-alpha", lambda g: 1 - g["alpha"]), grad
+        )
         if "grad_avg" in self.state:
             grad_avg = self.state["grad_avg"]
             grad_avg.lerp_(grad, self.derived("1-alpha", lambda g: 1 - g["alpha"]))
-            avg = torch.where(self.flag("centered"), square_avg.addcmul(grad_avg, grad_avg, value=-1), square_avg).sqrt()
+            avg = torch.where(
+                self.flag("centered"), square_avg.addcmul(grad_avg, grad_avg, value=-1), square_avg
+            ).sqrt()
         else:
             avg = square_avg.sqrt()
         avg = avg.add_(self.setting("eps"))
@@ -252,7 +307,9 @@ class RMSpropRule(Rule):
         if "momentum_buffer" in self.state:
             buf = self.state["momentum_buffer"]
             buf.mul_(self.setting("momentum")).addcdiv_(grad, avg)
-            param.copy_(torch.where(self.setting("momentum") > 0, torch.addcmul(param, buf, neg_lr), plain))
+            param.copy_(
+                torch.where(self.setting("momentum") > 0, torch.addcmul(param, buf, neg_lr), plain)
+            )
         else:
             param.copy_(plain)
 
@@ -309,7 +366,11 @@ RULES: dict[type, type[Rule]] = {
 def rule_for(optimizer: torch.optim.Optimizer) -> type[Rule]:
     group = optimizer.param_groups[0]
     vectorised = RULES.get(type(optimizer))
-    if vectorised is None or len(optimizer.param_groups) != 1 or any(group.get(flag) for flag in UNSUPPORTED_FLAGS):
+    if (
+        vectorised is None
+        or len(optimizer.param_groups) != 1
+        or any(group.get(flag) for flag in UNSUPPORTED_FLAGS)
+    ):
         return TorchRule
     return vectorised
 
@@ -318,7 +379,12 @@ class PopulationOptimizer(torch.optim.Optimizer):
     """The optimizer Lightning steps for a population. `factories[k]` builds replica k's torch
     optimizer; replicas are laid out so that those sharing a rule are contiguous rows."""
 
-    def __init__(self, flat: nn.Parameter, shapes: list[torch.Size], factories: list[Callable[[Iterable[Tensor]], torch.optim.Optimizer]]) -> None:
+    def __init__(
+        self,
+        flat: nn.Parameter,
+        shapes: list[torch.Size],
+        factories: list[Callable[[Iterable[Tensor]], torch.optim.Optimizer]],
+    ) -> None:
         super().__init__([flat], {})
         self.flat = flat
         self.shapes = shapes
@@ -330,7 +396,11 @@ class PopulationOptimizer(torch.optim.Optimizer):
         while start < len(self.replicas):
             kind = rule_for(self.replicas[start])
             stop = start + 1
-            while stop < len(self.replicas) and rule_for(self.replicas[stop]) is kind and type(self.replicas[stop]) is type(self.replicas[start]):
+            while (
+                stop < len(self.replicas)
+                and rule_for(self.replicas[stop]) is kind
+                and type(self.replicas[stop]) is type(self.replicas[start])
+            ):
                 stop += 1
             self.rules.append(kind(start, stop, self.replicas[start:stop], flat, shapes))
             start = stop
@@ -361,7 +431,8 @@ class PopulationOptimizer(torch.optim.Optimizer):
         kept = data.clone() if self.any_frozen else None
         for rule in self.rules:
             rule.step(data[rule.start : rule.stop], grad[rule.start : rule.stop])
-        if kept is not None:  # a frozen row keeps its weights (without reading the mask on the host)
+        # a frozen row keeps its weights (without reading the mask on the host)
+        if kept is not None:
             data.copy_(torch.where(self.frozen.unsqueeze(1), kept, data))
         return loss
 
@@ -371,7 +442,9 @@ class PopulationOptimizer(torch.optim.Optimizer):
         optimizer = self.replicas[k]
         if not isinstance(rule, TorchRule):
             optimizer.state.clear()
-            for view, state in zip(optimizer.param_groups[0]["params"], rule.export(k - rule.start)):
+            for view, state in zip(
+                optimizer.param_groups[0]["params"], rule.export(k - rule.start)
+            ):
                 if state:
                     optimizer.state[view] = state
         return optimizer.state_dict()
@@ -380,7 +453,10 @@ class PopulationOptimizer(torch.optim.Optimizer):
         rule = next(r for r in self.rules if r.start <= k < r.stop)
         optimizer = self.replicas[k]
         optimizer.load_state_dict(state_dict)
-        rule.load(k - rule.start, [optimizer.state.get(view, {}) for view in optimizer.param_groups[0]["params"]])
+        rule.load(
+            k - rule.start,
+            [optimizer.state.get(view, {}) for view in optimizer.param_groups[0]["params"]],
+        )
         if not isinstance(rule, TorchRule):
             optimizer.state.clear()
 

@@ -27,7 +27,9 @@ Params = dict[str, Tensor]  # parameter name -> the K replicas' values, stacked 
 def line_outputs(model: LinearRegression, params: Params, x: Tensor) -> Tensor:
     """K lines at once: weights (K, out, in), biases (K, out); K x N x out predictions."""
     weight, bias = params["linear.weight"], params["linear.bias"]
-    return torch.baddbmm(bias.unsqueeze(1), x.flatten(1).expand(len(weight), -1, -1), weight.transpose(1, 2))
+    return torch.baddbmm(
+        bias.unsqueeze(1), x.flatten(1).expand(len(weight), -1, -1), weight.transpose(1, 2)
+    )
 
 
 def squared_error_losses(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -40,7 +42,11 @@ def mlp_outputs(model: MLPClassifier, params: Params, x: Tensor) -> Tensor:
     for index, layer in enumerate(model.net):
         if isinstance(layer, nn.Linear):
             weight, bias = params[f"net.{index}.weight"], params[f"net.{index}.bias"]
-            h = torch.baddbmm(bias.unsqueeze(1), h if h.ndim == 3 else h.expand(len(weight), -1, -1), weight.transpose(1, 2))
+            h = torch.baddbmm(
+                bias.unsqueeze(1),
+                h if h.ndim == 3 else h.expand(len(weight), -1, -1),
+                weight.transpose(1, 2),
+            )
         elif not isinstance(layer, nn.Flatten):
             h = layer(h)
     return h
@@ -48,17 +54,29 @@ def mlp_outputs(model: MLPClassifier, params: Params, x: Tensor) -> Tensor:
 
 def cross_entropy_losses(outputs: Tensor, targets: Tensor) -> Tensor:
     k, n, classes = outputs.shape
-    return nn.functional.cross_entropy(outputs.reshape(k * n, classes), targets.repeat(k), reduction="none").view(k, n).mean(1)
+    return (
+        nn.functional.cross_entropy(
+            outputs.reshape(k * n, classes), targets.repeat(k), reduction="none"
+        )
+        .view(k, n)
+        .mean(1)
+    )
 
 
 # Batched formulas by model class: (outputs, losses, whether their arithmetic is the single run's for this model).
 BATCHED: dict[type, tuple[Callable, Callable, Callable[[ExperimentModule], bool]]] = {
-    LinearRegression: (line_outputs, squared_error_losses, lambda model: model.linear.in_features == 1),
+    LinearRegression: (
+        line_outputs,
+        squared_error_losses,
+        lambda model: model.linear.in_features == 1,
+    ),
     MLPClassifier: (mlp_outputs, cross_entropy_losses, lambda model: False),
 }
 
 
-def batched_form(model: ExperimentModule, device: torch.device, exact: bool = True) -> tuple[Callable, Callable] | None:
+def batched_form(
+    model: ExperimentModule, device: torch.device, exact: bool = True
+) -> tuple[Callable, Callable] | None:
     """The batched formulas to use for `model` on `device`, or None to run replica by replica
     (on the CPU, when `exact` asks for each replica's single-run arithmetic and no batched formula
     gives it)."""
@@ -79,7 +97,12 @@ def one_by_one_outputs(model: ExperimentModule, params: Params, x: Tensor) -> Te
     """Each replica's own forward on its rows: its single run's arithmetic."""
     from torch.func import functional_call
 
-    return torch.stack([functional_call(model, {name: value[i] for name, value in params.items()}, (x,)) for i in range(len(next(iter(params.values()))))])
+    return torch.stack(
+        [
+            functional_call(model, {name: value[i] for name, value in params.items()}, (x,))
+            for i in range(len(next(iter(params.values()))))
+        ]
+    )
 
 
 def one_by_one_losses(model: ExperimentModule, outputs: Tensor, targets: Tensor) -> Tensor:

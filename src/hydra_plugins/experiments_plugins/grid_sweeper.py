@@ -27,6 +27,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from experiments.state import FINAL
+
 log = logging.getLogger(__name__)
 
 
@@ -39,15 +41,18 @@ CONFIG = {
 # `override /hydra/sweeper: optuna` (as lightning-hydra-template writes it) still picks another: a
 # primary config's own override of hydra/sweeper would win over it. Hydra scans its core plugins,
 # which store its basic sweeper, before the hydra_plugins package, so this entry replaces that one
-# (tests/test_sweep.py checks that the default sweeper is this one).
-ConfigStore.instance().store(group="hydra/sweeper", name="basic", node=CONFIG, provider="experiments")
-FINAL = ("finished", "diverged", "pruned")
+# (tests/test_config.py checks that the default sweeper is this one).
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="basic", node=CONFIG, provider="experiments"
+)
 # Each job's composed config, kept for the launcher: composing one costs about 70 ms, and a
 # sweep would otherwise compose every job three times (to check it, to find its directory, to run it).
 COMPOSED: dict[tuple[str, ...], DictConfig] = {}
 
 
-def composed(hydra_context: HydraContext, config: DictConfig, overrides: Sequence[str]) -> DictConfig:
+def composed(
+    hydra_context: HydraContext, config: DictConfig, overrides: Sequence[str]
+) -> DictConfig:
     """A job's config as Hydra's config loader composes it, composed once per sweep."""
     key = tuple(overrides)
     if key not in COMPOSED:
@@ -62,7 +67,9 @@ def grid(overrides: list[Any]) -> list[list[str]]:
         key = override.get_key_element()
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
-                raise HydraException(f"hydra/sweeper=basic takes lists of values; {key} is a {override.value_type.name} (hydra/sweeper=optuna searches ranges).")
+                raise HydraException(
+                    f"hydra/sweeper=basic takes lists of values; {key} is a {override.value_type.name} (hydra/sweeper=optuna searches ranges)."
+                )
             axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:
             axes.append([f"{key}={override.get_value_element_as_str()}"])
@@ -78,14 +85,20 @@ def final_status(folder: Path) -> str | None:
 
 
 class GridSweeper(Sweeper):
-    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, max_batch_size: int | None = None, params: dict[str, str] | None = None
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.params = params or {}
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         self.hydra_context = hydra_context
         self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         for overrides in batch:
@@ -99,18 +112,31 @@ class GridSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        jobs = grid(parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments]))
+        jobs = grid(
+            parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
+        )
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        self.validate_batch_is_legal(jobs)  # a mistake in any job stops the sweep before it writes a file
+        # a mistake in any job stops the sweep before it writes a file
+        self.validate_batch_is_legal(jobs)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else max(len(jobs), 1)
+        size = (
+            self.max_batch_size
+            if self.max_batch_size and self.max_batch_size > 0
+            else max(len(jobs), 1)
+        )
         returns: list[Sequence[JobReturn]] = []
         for first in range(0, len(jobs), size):
             batch = jobs[first : first + size]
-            todo = [i for i, overrides in enumerate(batch) if not final_status(self.job_dir(overrides, first + i))]
+            todo = [
+                i
+                for i, overrides in enumerate(batch)
+                if not final_status(self.job_dir(overrides, first + i))
+            ]
             if len(todo) < len(batch):
-                log.info(f"{len(batch) - len(todo)} of {len(jobs)} jobs already have a final result in {sweep_dir} and are not run again")
+                log.info(
+                    f"{len(batch) - len(todo)} of {len(jobs)} jobs already have a final result in {sweep_dir} and are not run again"
+                )
             if not todo:
                 continue
             results = self.launcher.launch([batch[i] for i in todo], initial_job_idx=first)

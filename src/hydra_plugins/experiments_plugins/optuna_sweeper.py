@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
-SWEEP_ONLY = ("sweep", "fail_fast", "trial", "optimized_metric")  # keys that mean nothing to the best trial run alone
+# keys that mean nothing to the best trial run alone
+SWEEP_ONLY = ("sweep", "fail_fast", "trial", "optimized_metric")
 
 
 def distribution(override: Any) -> Any:
@@ -52,12 +52,16 @@ def distribution(override: Any) -> Any:
     if override.is_choice_sweep():
         choices = list(override.sweep_iterator(transformer=Transformer.encode))
         if not choices:
-            raise UserError(f"{override.input_line} offers no value to choose from; list them, as choice(a, b).")
+            raise UserError(
+                f"{override.input_line} offers no value to choose from; list them, as choice(a, b)."
+            )
         return CategoricalDistribution(choices)
     try:
         if override.is_range_sweep():
             if value.shuffle:
-                return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+                return CategoricalDistribution(
+                    list(override.sweep_iterator(transformer=Transformer.encode))
+                )
             if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
                 return FloatDistribution(value.start, value.stop, step=value.step)
             return IntDistribution(int(value.start), int(value.stop), step=int(value.step))
@@ -68,11 +72,18 @@ def distribution(override: Any) -> Any:
                 return IntDistribution(int(value.start), int(value.end), log=log_scale)
             return FloatDistribution(value.start, value.end, log=log_scale)
     except ValueError as error:  # Optuna's own check of the range
-        raise UserError(f"{override.input_line} is not a range Optuna can draw from ({str(error).rstrip('.')}); give the low end first, both above 0 on a log scale.") from None
-    raise UserError(f"{override.get_key_element()} is swept as {override.get_value_element_as_str()}, but hydra/sweeper=optuna takes interval(a, b), tag(log, interval(a, b)), int(interval(a, b)), choice(...) or range(a, b, step).")
+        raise UserError(
+            f"{override.input_line} is not a range Optuna can draw from ({str(error).rstrip('.')}); give the low end first, both above 0 on a log scale."
+        ) from None
+    raise UserError(
+        f"{override.get_key_element()} is swept as {override.get_value_element_as_str()}, but hydra/sweeper=optuna takes interval(a, b), tag(log, interval(a, b)), int(interval(a, b)), choice(...) or range(a, b, step)."
+    )
 
 
-EXAMPLES = {"sampler": "{_target_:optuna.samplers.TPESampler,seed:0}", "pruner": "{_target_:optuna.pruners.MedianPruner,n_startup_trials:5}"}
+EXAMPLES = {
+    "sampler": "{_target_:optuna.samplers.TPESampler,seed:0}",
+    "pruner": "{_target_:optuna.pruners.MedianPruner,n_startup_trials:5}",
+}
 
 
 def built(name: str, setting: Any) -> Any:
@@ -88,7 +99,9 @@ def built(name: str, setting: Any) -> Any:
             return instantiate(setting)
         except InstantiationException as error:
             reason = str(error).split(", set env var HYDRA_FULL_ERROR")[0].splitlines()[0]
-            raise UserError(f"hydra.sweeper.{name} could not be built ({reason}); give an Optuna {name} such as {EXAMPLES[name]}.") from error
+            raise UserError(
+                f"hydra.sweeper.{name} could not be built ({reason}); give an Optuna {name} such as {EXAMPLES[name]}."
+            ) from error
     return setting or None
 
 
@@ -120,7 +133,9 @@ def check_continuation(study: Any, space: dict[str, Any], direction: str, sweep_
     from experiments.config import UserError
 
     if study.direction.name.lower() != direction:
-        raise UserError(f"the study in {sweep_dir} was asked to {study.direction.name.lower()}, this search to {direction}; continue it as it was, or start a new study in another hydra.sweep.dir.")
+        raise UserError(
+            f"the study in {sweep_dir} was asked to {study.direction.name.lower()}, this search to {direction}; continue it as it was, or start a new study in another hydra.sweep.dir."
+        )
     for trial in study.get_trials(deepcopy=False):
         for name, earlier in trial.distributions.items():
             now = space.get(name)
@@ -163,8 +178,8 @@ def check_settings(config: DictConfig) -> None:
     from hydra.errors import HydraException, InstantiationException
     from hydra.utils import instantiate
 
-    from experiments.cli import instantiation_error
     from experiments.config import UserError
+    from experiments.overrides import instantiation_error
 
     for key in ("n_trials", "n_jobs"):
         value = config.hydra.sweeper.get(key)
@@ -172,24 +187,36 @@ def check_settings(config: DictConfig) -> None:
             raise UserError(f"hydra.sweeper.{key} must be a positive integer, got {value!r}.")
     sweeper_config = config.hydra.sweeper
     if sweeper_config.get("search_space"):
-        raise UserError("hydra.sweeper.search_space is the official plugin's old form; write the same ranges under hydra.sweeper.params, as interval(a, b) or choice(...).")
+        raise UserError(
+            "hydra.sweeper.search_space is the official plugin's old form; write the same ranges under hydra.sweeper.params, as interval(a, b) or choice(...)."
+        )
     direction = sweeper_config.get("direction")
     for value in direction if OmegaConf.is_list(direction) else [direction]:
         if value is not None and str(value).rsplit(".", 1)[-1] not in ("minimize", "maximize"):
-            raise UserError(f"hydra.sweeper.direction must be minimize, maximize or null (the objective metric's own direction), got {value!r}.")
+            raise UserError(
+                f"hydra.sweeper.direction must be minimize, maximize or null (the objective metric's own direction), got {value!r}."
+            )
     if custom := sweeper_config.get("custom_search_space"):
         from hydra.utils import get_method
 
         try:
             get_method(str(custom))
         except Exception as error:
-            raise UserError(f"hydra.sweeper.custom_search_space={custom} cannot be imported ({str(error).splitlines()[0]}); give a function (cfg, trial) whose module is on PYTHONPATH.") from None
+            raise UserError(
+                f"hydra.sweeper.custom_search_space={custom} cannot be imported ({str(error).splitlines()[0]}); give a function (cfg, trial) whose module is on PYTHONPATH."
+            ) from None
     rate = config.hydra.sweeper.get("max_failure_rate")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1):
-        raise UserError(f"hydra.sweeper.max_failure_rate must be a number from 0 to 1 (the share of a batch's trials that may fail), or null to go on whatever fails, got {rate!r}.")
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1
+    ):
+        raise UserError(
+            f"hydra.sweeper.max_failure_rate must be a number from 0 to 1 (the share of a batch's trials that may fail), or null to go on whatever fails, got {rate!r}."
+        )
     sampler = str((config.hydra.sweeper.get("sampler") or {}).get("_target_", ""))
     if sampler.endswith("CmaEsSampler") and importlib.util.find_spec("cmaes") is None:
-        raise UserError("hydra/sweeper/sampler=cmaes needs the cmaes package, which is not installed; pip install cmaes, or pick tpe, random or nsgaii.")
+        raise UserError(
+            "hydra/sweeper/sampler=cmaes needs the cmaes package, which is not installed; pip install cmaes, or pick tpe, random or nsgaii."
+        )
     try:
         sweeper = instantiate(config.hydra.sweeper)
     except InstantiationException as error:
@@ -221,16 +248,26 @@ class OptunaSweeper(Sweeper):
         search_space: Any = None,  # the official plugin's old form, refused by check_settings
         max_failure_rate: float | None = None,
     ) -> None:
-        self.settings = {"sampler": sampler, "direction": direction, "storage": storage, "study_name": study_name, "pruner": pruner}
+        self.settings = {
+            "sampler": sampler,
+            "direction": direction,
+            "storage": storage,
+            "study_name": study_name,
+            "pruner": pruner,
+        }
         self.n_trials, self.n_jobs = int(n_trials), max(1, int(n_jobs))
         self.max_failure_rate = max_failure_rate
         self.params = dict(params or {})
         self.custom_search_space = custom_search_space
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         self.hydra_context = hydra_context
         self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def direction(self) -> str:
         """Minimize or maximize: the objective metric's own direction (`monitor_mode` when it is
@@ -241,28 +278,36 @@ class OptunaSweeper(Sweeper):
         direction = self.settings["direction"]
         if OmegaConf.is_list(direction) or isinstance(direction, (list, tuple)):
             if len(direction) != 1:
-                raise UserError(f"hydra.sweeper.direction has {len(direction)} values, but hydra/sweeper=optuna optimises one objective, the monitored metric: give minimize or maximize.")
+                raise UserError(
+                    f"hydra.sweeper.direction has {len(direction)} values, but hydra/sweeper=optuna optimises one objective, the monitored metric: give minimize or maximize."
+                )
             direction = direction[0]
         metric, _ = objective(self.config)
         model = self.config.model
-        directions = import_class(model._target_, "model")(**{k: v for k, v in model.items() if not str(k).startswith("_")}).metric_directions()
+        directions = import_class(model._target_, "model")(
+            **{k: v for k, v in model.items() if not str(k).startswith("_")}
+        ).metric_directions()
         if metric not in directions:
             given = self.config.get("optimized_metric")
-            raise UserError(f"optimized_metric={given} names {metric}, which this model does not log; pick one of {', '.join(directions)} (add _best for its best value).")
+            raise UserError(
+                f"optimized_metric={given} names {metric}, which this model does not log; pick one of {', '.join(directions)} (add _best for its best value)."
+            )
         own = "maximize" if directions[metric] else "minimize"
         if metric == self.config.monitor and self.config.get("monitor_mode") in ("min", "max"):
             own = {"min": "minimize", "max": "maximize"}[self.config.monitor_mode]
         if direction and str(direction).rsplit(".", 1)[-1] != own:
             better = "higher" if own == "maximize" else "lower"
-            raise UserError(f"hydra.sweeper.direction={str(direction).rsplit('.', 1)[-1]} contradicts {metric}, which is better when {better}; leave hydra.sweeper.direction null to take the metric's own direction.")
+            raise UserError(
+                f"hydra.sweeper.direction={str(direction).rsplit('.', 1)[-1]} contradicts {metric}, which is better when {better}; leave hydra.sweeper.direction null to take the metric's own direction."
+            )
         return own
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
         from hydra.utils import get_method
 
-        from experiments.cli import quote_value
         from experiments.config import UserError, job_dir_name
+        from experiments.overrides import quote_value
         from experiments.rundir import discard
         from experiments.search import DEFAULT_STUDY, study_storage
 
@@ -272,15 +317,27 @@ class OptunaSweeper(Sweeper):
         try:
             space = {o.get_key_element(): distribution(o) for o in parsed if o.is_sweep_override()}
         except UserError:
-            discard(Path(str(self.config.hydra.sweep.dir)))  # the empty directory made for this sweep
+            # the empty directory made for this sweep
+            discard(Path(str(self.config.hydra.sweep.dir)))
             raise
-        fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
+        fixed = [
+            f"{o.get_key_element()}={o.get_value_element_as_str()}"
+            for o in parsed
+            if not o.is_sweep_override()
+        ]
         settings = self.settings
         # Every setting is checked before the sweep directory is touched: a mistake leaves nothing.
-        direction, sampler, pruner = self.direction(), built("sampler", settings["sampler"]), built("pruner", settings["pruner"])
+        direction, sampler, pruner = (
+            self.direction(),
+            built("sampler", settings["sampler"]),
+            built("pruner", settings["pruner"]),
+        )
         extend = get_method(self.custom_search_space) if self.custom_search_space else None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        self.validate_batch_is_legal([[*fixed, *(f"{key}={literal(first_value(d))}" for key, d in space.items())]])  # one job of the search
+        one_job = [*fixed, *(f"{key}={literal(first_value(d))}" for key, d in space.items())]
+        self.validate_batch_is_legal(
+            [one_job]
+        )  # a mistake stops the search before anything is written
         storage = None
         if settings["storage"]:  # a database of the user's: opened before anything is written
             try:
@@ -288,19 +345,36 @@ class OptunaSweeper(Sweeper):
             except Exception as error:  # SQLAlchemy's and Optuna's errors, whatever the database
                 discard(sweep_dir)
                 first = (str(error).splitlines() or [type(error).__name__])[0]
-                raise UserError(f"hydra.sweeper.storage={settings['storage']} cannot be opened ({first}); give a database URL Optuna can open, such as sqlite:///study.db, or leave it null to keep the study in the sweep directory.") from None
+                raise UserError(
+                    f"hydra.sweeper.storage={settings['storage']} cannot be opened ({first}); give a database URL Optuna can open, such as sqlite:///study.db, or leave it null to keep the study in the sweep directory."
+                ) from None
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage, name = storage or study_storage(None, sweep_dir), settings["study_name"] or DEFAULT_STUDY
-        if name in optuna.study.get_all_study_names(storage):  # continued: checked before anything is written to it
-            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        storage, name = (
+            storage or study_storage(None, sweep_dir),
+            settings["study_name"] or DEFAULT_STUDY,
+        )
+        # continued: checked before anything is written to it
+        if name in optuna.study.get_all_study_names(storage):
+            study = optuna.load_study(
+                study_name=name, storage=storage, sampler=sampler, pruner=pruner
+            )
             check_continuation(study, space, direction, sweep_dir)
         else:
-            study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=direction)
+            study = optuna.create_study(
+                study_name=name,
+                storage=storage,
+                sampler=sampler,
+                pruner=pruner,
+                direction=direction,
+            )
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # a run of this sweep killed earlier
+            # a run of this sweep killed earlier
+            study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
         if study.trials:  # a continued study: a seeded sampler must not draw its first trials again
-            study.sampler = continued_sampler(self.config.hydra.sweeper.get("sampler"), sampler, len(study.trials))
+            study.sampler = continued_sampler(
+                self.config.hydra.sweeper.get("sampler"), sampler, len(study.trials)
+            )
         self.notes(pruner)
         metric, which = objective(self.config)
         left = self.n_trials
@@ -312,12 +386,25 @@ class OptunaSweeper(Sweeper):
                     extend(self.config, trial)
                 sampled = [f"{key}={literal(value)}" for key, value in trial.params.items()]
                 name = job_dir_name(f"trial{trial.number:03d}," + ",".join(sampled), trial.number)
-                batch.append([*fixed, *sampled, f"trial={trial.number}", f"hydra.sweep.subdir={quote_value(name)}"])
+                batch.append(
+                    [
+                        *fixed,
+                        *sampled,
+                        f"trial={trial.number}",
+                        f"hydra.sweep.subdir={quote_value(name)}",
+                    ]
+                )
             self.validate_batch_is_legal(batch)
             self.launcher.launch(batch, initial_job_idx=trials[0].number)
             exhausted = False
             for trial, overrides in zip(trials, batch):
-                exhausted |= self.tell(study, trial, sweep_dir / overrides[-1].partition("=")[2].strip("'"), metric, which)
+                exhausted |= self.tell(
+                    study,
+                    trial,
+                    sweep_dir / overrides[-1].partition("=")[2].strip("'"),
+                    metric,
+                    which,
+                )
             left = 0 if exhausted else left - len(trials)
             self.check_failures(study, trials)
         self.report(study, fixed, sweep_dir)
@@ -333,7 +420,9 @@ class OptunaSweeper(Sweeper):
             )
         launcher = str(self.config.hydra.launcher.get("_target_", ""))
         if self.n_jobs == 1 and launcher.endswith("VectorizedLauncher") and self.n_trials > 1:
-            log.warning("hydra.sweeper.n_jobs=1 hands the launcher one trial at a time, so hydra/launcher=vectorized trains each alone; set hydra.sweeper.n_jobs=10 to train 10 trials as one population.")
+            log.warning(
+                "hydra.sweeper.n_jobs=1 hands the launcher one trial at a time, so hydra/launcher=vectorized trains each alone; set hydra.sweeper.n_jobs=10 to train 10 trials as one population."
+            )
 
     def check_failures(self, study: Any, trials: list[Any]) -> None:
         """hydra.sweeper.max_failure_rate, as the official plugin reads it: the search stops when more
@@ -367,8 +456,21 @@ class OptunaSweeper(Sweeper):
                 continue
             alone.append(override)
             search_group |= key in choices and not (CONF_DIR / key).is_dir()
-        searchpath = [str(o) for o in self.config.hydra.overrides.hydra if str(o).startswith("hydra.searchpath=")] if search_group else []
-        words = [*searchpath, *alone, *(f"{k}={literal(v)}" for k, v in params.items()), *(["hydra.mode=RUN"] if search_group else [])]
+        searchpath = (
+            [
+                str(o)
+                for o in self.config.hydra.overrides.hydra
+                if str(o).startswith("hydra.searchpath=")
+            ]
+            if search_group
+            else []
+        )
+        words = [
+            *searchpath,
+            *alone,
+            *(f"{k}={literal(v)}" for k, v in params.items()),
+            *(["hydra.mode=RUN"] if search_group else []),
+        ]
         return " ".join(["python -m experiments.train", *map(shlex.quote, words)])
 
     @staticmethod
@@ -409,17 +511,27 @@ class OptunaSweeper(Sweeper):
         best = study.best_trial
         results = {"name": "optuna", "best_params": dict(best.params), "best_value": best.value}
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-        print(f"Best of {len(study.trials)} trials: trial {best.number}, {study.direction.name.lower()}d to {best.value:.6g}")
+        print(
+            f"Best of {len(study.trials)} trials: trial {best.number}, {study.direction.name.lower()}d to {best.value:.6g}"
+        )
         print(f"  train it again with: {self.rerun_command(fixed, best.params)}")
         from optuna.exceptions import ExperimentalWarning
         from optuna.visualization import matplotlib as plots
 
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna's matplotlib plots are marked experimental
-                plots.plot_optimization_history(study).figure.savefig(sweep_dir / "optuna_history.png", bbox_inches="tight")
+                # Optuna's matplotlib plots are marked experimental
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                plots.plot_optimization_history(study).figure.savefig(
+                    sweep_dir / "optuna_history.png", bbox_inches="tight"
+                )
                 if len(complete) > 1 and best.params:
-                    plots.plot_param_importances(study).figure.savefig(sweep_dir / "optuna_importances.png", bbox_inches="tight")
-        except (ValueError, RuntimeError) as error:  # too few distinct trials for an importance estimate
+                    plots.plot_param_importances(study).figure.savefig(
+                        sweep_dir / "optuna_importances.png", bbox_inches="tight"
+                    )
+        except (
+            ValueError,
+            RuntimeError,
+        ) as error:  # too few distinct trials for an importance estimate
             log.info("Optuna's pictures were not drawn: %s", error)
         print(f"Optuna's pictures: {sweep_dir}/optuna_history.png, optuna_importances.png")

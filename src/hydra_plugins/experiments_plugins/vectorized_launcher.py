@@ -13,14 +13,21 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from experiments.state import FINAL
 from hydra_plugins.experiments_plugins.grid_sweeper import composed
 
 log = logging.getLogger(__name__)
@@ -33,7 +40,9 @@ class VectorizedLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
@@ -50,13 +59,18 @@ class VectorizedLauncher(Launcher):
             config.hydra.runtime.output_dir = str(output.resolve())
         return config
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
         from experiments.population.group import check_launchable, group_key
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = [self.job_config(overrides, initial_job_idx + i) for i, overrides in enumerate(job_overrides)]
+        configs = [
+            self.job_config(overrides, initial_job_idx + i)
+            for i, overrides in enumerate(job_overrides)
+        ]
         if configs:
             check_launchable(task_config(configs[0]))
         refused = [i for i, config in enumerate(configs) if value_error(config) is not None]
@@ -70,20 +84,41 @@ class VectorizedLauncher(Launcher):
                 alone.append((i, reason))
             else:
                 groups.setdefault(key, []).append(i)
-        fresh_keys = {i: group_key(task_config(configs[i]), None)[0] for members in groups.values() for i in members}
+        fresh_keys = {
+            i: group_key(task_config(configs[i]), None)[0]
+            for members in groups.values()
+            for i in members
+        }
         for members in groups.values():
             if len(members) == 1:
                 i = members[0]
-                resumes_apart = any(fresh_keys.get(j) == fresh_keys[i] for j in fresh_keys if j != i)
-                alone.append((i, "the jobs that share its settings continue from another step of their last.ckpt" if resumes_apart else "no other job shares its data, model and trainer settings"))
+                resumes_apart = any(
+                    fresh_keys.get(j) == fresh_keys[i] for j in fresh_keys if j != i
+                )
+                alone.append(
+                    (
+                        i,
+                        "the jobs that share its settings continue from another step of their last.ckpt"
+                        if resumes_apart
+                        else "no other job shares its data, model and trainer settings",
+                    )
+                )
         together = [members for members in groups.values() if len(members) > 1]
-        log.info(f"hydra/launcher=vectorized: {len(configs)} jobs, {sum(map(len, together))} of them in {len(together)} group(s) trained together")
+        log.info(
+            f"hydra/launcher=vectorized: {len(configs)} jobs, {sum(map(len, together))} of them in {len(together)} group(s) trained together"
+        )
         for n, members in enumerate(together, 1):
-            log.info(f"\tgroup {n}, {len(members)} jobs, differing in {', '.join(differing(configs, members)) or 'nothing'}")
+            log.info(
+                f"\tgroup {n}, {len(members)} jobs, differing in {', '.join(differing(configs, members)) or 'nothing'}"
+            )
         for i, reason in sorted(alone):
-            log.info(f"\talone: #{initial_job_idx + i} {' '.join(filter_overrides(job_overrides[i]))} ({reason})")
+            log.info(
+                f"\talone: #{initial_job_idx + i} {' '.join(filter_overrides(job_overrides[i]))} ({reason})"
+            )
         for i in refused:
-            log.info(f"\tnot trained: #{initial_job_idx + i} {' '.join(filter_overrides(job_overrides[i]))} (a value fails its check)")
+            log.info(
+                f"\tnot trained: #{initial_job_idx + i} {' '.join(filter_overrides(job_overrides[i]))} (a value fails its check)"
+            )
         results: dict[int, JobReturn] = {}
         # A job whose value is refused runs first, as on the basic launcher, to record its sentence
         # (and, with fail_fast=true, to stop the sweep before anything trains).
@@ -97,18 +132,27 @@ class VectorizedLauncher(Launcher):
 
     def run_alone(self, config: DictConfig) -> JobReturn:
         """One job as Hydra's basic launcher runs it."""
-        result = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        result = run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return result
 
-    def train_together(self, configs: list[DictConfig], job_overrides: Sequence[Sequence[str]], members: list[int]) -> dict[int, JobReturn]:
-        from experiments.config import UserError
+    def train_together(
+        self, configs: list[DictConfig], job_overrides: Sequence[Sequence[str]], members: list[int]
+    ) -> dict[int, JobReturn]:
+        from experiments.config import UserError, mistake
         from experiments.population.group import Job, train_group
         from experiments.rundir import discard, own
         from experiments.search import job_trial
-        from experiments.state import RunInfo, failure_record, summary_text, write_json
+        from experiments.state import RunInfo, exit_code, failure_record, summary_text, write_json
 
-        members = sorted(members, key=lambda i: str(configs[i].optimizer._target_))  # one update rule per class
+        # one update rule per class
+        members = sorted(members, key=lambda i: str(configs[i].optimizer._target_))
         jobs: list[Job] = []
         handlers: list[logging.Handler] = []
         for n, i in enumerate(members):
@@ -119,8 +163,12 @@ class VectorizedLauncher(Launcher):
             save_hydra_files(config, job_overrides[i])
             if n == 0:
                 configure_log(config.hydra.job_logging, config.hydra.verbose)
-                for handler in logging.getLogger().handlers:  # the console, and this job's own log file
-                    handler.addFilter(OwnRecords(run_dir if isinstance(handler, logging.FileHandler) else None))
+                for (
+                    handler
+                ) in logging.getLogger().handlers:  # the console, and this job's own log file
+                    handler.addFilter(
+                        OwnRecords(run_dir if isinstance(handler, logging.FileHandler) else None)
+                    )
             else:
                 handlers.append(job_log(run_dir / f"{config.hydra.job.name}.log"))
             HydraConfig.instance().set_config(config)
@@ -130,26 +178,36 @@ class VectorizedLauncher(Launcher):
             step = resume_step(config)
             info.resumed = step is not None
             jobs.append(Job(cfg, info, step, job_trial(cfg)))
-            self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
+            self.hydra_context.callbacks.on_job_start(
+                config=config, task_function=self.task_function
+            )
         fail_fast = bool(jobs[0].cfg.get("fail_fast"))
         try:
             outcomes = train_group(jobs, fail_fast, exact=self.exact)
         except Exception as error:  # every job of the group failed the same way
-            reason = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+            reason = (
+                str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+            )
             if not isinstance(error, UserError):
                 log.exception("group failed: %s", error)
-            sys.stderr.write(f"error: {reason}\n")
+            sys.stderr.write(mistake(reason) + "\n")
             outcomes = []
             for job in jobs:
-                outcomes.append(failure_record(job.run_dir, reason, job.info.choices, job.info.overrides))
+                outcomes.append(
+                    failure_record(job.run_dir, reason, job.info.choices, job.info.overrides)
+                )
                 write_json(job.run_dir / "metrics.json", outcomes[-1])
         else:
             for job, outcome in zip(jobs, outcomes):
                 if outcome is not None:  # each job's summary in its own log, as a single run's
-                    log.info(summary_text(outcome), extra={"run_dir": job.run_dir, "file_only": True})
+                    log.info(
+                        summary_text(outcome), extra={"run_dir": job.run_dir, "file_only": True}
+                    )
             stopped = [o for o in outcomes if o is not None and o["status"] == "interrupted"]
             if stopped:
-                log.info(f"{len(stopped)} jobs {stopped[0]['reason'].split(';')[0]}, each with its checkpoints/last.ckpt; the same command with hydra.sweep.dir={jobs[0].run_dir.parent} resumes them")
+                log.info(
+                    f"{len(stopped)} jobs {stopped[0]['reason'].split(';')[0]}, each with its checkpoints/last.ckpt; the same command with hydra.sweep.dir={jobs[0].run_dir.parent} resumes them"
+                )
         finally:
             for handler in handlers:
                 logging.getLogger().removeHandler(handler)
@@ -159,16 +217,23 @@ class VectorizedLauncher(Launcher):
             if outcome is None:  # never trained: the sweep stops at another job's mistake
                 discard(job.run_dir)
                 continue
-            ret = JobReturn(overrides=list(job_overrides[i]), cfg=task_config(configs[i]), hydra_cfg=configs[i], working_dir=os.getcwd(), task_name=str(configs[i].hydra.job.name))
+            ret = JobReturn(
+                overrides=list(job_overrides[i]),
+                cfg=task_config(configs[i]),
+                hydra_cfg=configs[i],
+                working_dir=os.getcwd(),
+                task_name=str(configs[i].hydra.job.name),
+            )
             ret.return_value = outcome["monitor"].get("best")
             ret.status = JobStatus.COMPLETED
             self.hydra_context.callbacks.on_job_end(config=configs[i], job_return=ret)
             results[i] = ret
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        interrupted = [o.get("reason") or "" for o in outcomes if o is not None and o["status"] == "interrupted"]
-        if interrupted:
-            sys.exit(130 if "SIGINT" in interrupted[0] else 1 if "fail_fast" in interrupted[0] else 143)
-        if fail_fast and any(o is None or o["status"] != "finished" for o in outcomes):
+        # A population stops as a single job would: interrupted, or fail_fast=true at a failed job.
+        codes = [1 if o is None else exit_code(o["status"], o.get("reason")) for o in outcomes]
+        if signals := [c for c in codes if c in (130, 143)]:
+            sys.exit(signals[0])
+        if fail_fast and any(codes):
             sys.exit(1)
         return results
 
@@ -178,7 +243,11 @@ def value_error(config: DictConfig) -> str | None:
     from experiments.config import UserError, check_values
 
     try:
-        check_values(task_config(config), list(config.hydra.overrides.task), dict(config.hydra.runtime.choices))
+        check_values(
+            task_config(config),
+            list(config.hydra.overrides.task),
+            dict(config.hydra.runtime.choices),
+        )
     except UserError as error:
         return str(error)
     return None
@@ -200,7 +269,7 @@ def resume_step(config: DictConfig) -> int | None:
         status = json.loads((run_dir / "metrics.json").read_text()).get("status")
     except (OSError, ValueError):
         status = None
-    if not last.is_file() or status in ("finished", "diverged", "pruned"):
+    if not last.is_file() or status in FINAL:
         return None
     import torch
 
@@ -214,7 +283,15 @@ def differing(configs: list[DictConfig], members: list[int]) -> list[str]:
         for override in configs[i].hydra.overrides.task:
             key, _, value = str(override).partition("=")
             values.setdefault(key, set()).add(value)
-    return sorted(k for k, v in values.items() if len(v) > 1 or any(k not in {str(o).partition("=")[0] for o in configs[i].hydra.overrides.task} for i in members))
+    return sorted(
+        k
+        for k, v in values.items()
+        if len(v) > 1
+        or any(
+            k not in {str(o).partition("=")[0] for o in configs[i].hydra.overrides.task}
+            for i in members
+        )
+    )
 
 
 def save_hydra_files(config: DictConfig, overrides: Sequence[str]) -> None:

@@ -1,0 +1,69 @@
+"""Hydra's callbacks for every run and sweep (conf/train.yaml, hydra.callbacks): before a run or
+sweep writes a file, its directory is claimed and its launcher and sweeper are checked (a mistake
+is one sentence, nothing written); when a sweep ends, its tables, pictures and HParams experiment."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from experiments.cli import one_sentence
+from experiments.config import UserError
+from experiments.rundir import RESUME_ONE_RUN, claim_run_dir, claim_sweep_dir
+
+
+def check_launcher(config: DictConfig) -> None:
+    """A launcher that needs a cluster finds it, and the sweeper's settings hold, before the sweep
+    writes anything."""
+    if config.get("resume"):
+        raise UserError(RESUME_ONE_RUN)
+    if str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper"):
+        from hydra_plugins.experiments_plugins.optuna_sweeper import check_settings
+
+        check_settings(config)
+    target = str(config.hydra.launcher.get("_target_", ""))
+    if target.endswith("SlurmLauncher") and not (shutil.which("sbatch") and shutil.which("srun")):
+        raise UserError(
+            "hydra/launcher=slurm needs SLURM, but sbatch and srun are not on this machine's PATH; "
+            "run the sweep on the cluster, or use hydra/launcher=basic, parallel or submitit_local here."
+        )
+    if target.endswith("VectorizedLauncher"):
+        from experiments.population.group import check_launchable
+
+        if config.hydra.job.name != "train":
+            raise UserError(
+                f"hydra/launcher=vectorized trains the jobs of experiments.train together; experiments."
+                f"{config.hydra.job.name} runs each job on its own: use hydra/launcher=basic (the default) or parallel."
+            )
+        check_launchable(config)
+
+
+class RunDirectoryCheck(Callback):
+    """Before a run or sweep writes a file where it must not: a mistake is one sentence (printed by
+    experiments.cli) and nothing is written."""
+
+    @one_sentence
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        claim_run_dir(config)
+
+    @one_sentence
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_launcher(config)
+        claim_sweep_dir(Path(str(config.hydra.sweep.dir)))
+
+
+class SweepSummary(Callback):
+    """When every job of a sweep is done, whichever launcher ran them: its table (printed,
+    summary.csv, summary.md), pictures and HParams experiment, read back from the jobs' files.
+    The sweep exits non-zero if a job failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from experiments.summary import summarize
+
+        if summarize(Path(str(config.hydra.sweep.dir))).get("failed"):
+            sys.exit(1)
