@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import cli, read_metrics
+from conftest import cli, read_metrics, scalar_history
 from experiments.config import job_dir_name
 from experiments.summary import collect, table
 
@@ -72,7 +72,7 @@ def test_diverging_jobs_are_stopped_and_reported_while_the_sweep_goes_on(optimiz
 
 def test_summary_table_lists_every_job_best_first_in_csv_md_and_print(optimizer_sweep):
     sweep, stdout = optimizer_sweep
-    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    rows = list(csv.DictReader((sweep / "runs.csv").open()))
     assert len(rows) == 15
     assert set(rows[0]) >= {
         "job",
@@ -87,10 +87,147 @@ def test_summary_table_lists_every_job_best_first_in_csv_md_and_print(optimizer_
     assert finished == sorted(finished) and len(finished) == 13
     assert [r["status"] for r in rows[-2:]] == ["diverged", "diverged"]
     assert all(r["reason"] for r in rows[-2:])
-    markdown = (sweep / "summary.md").read_text().splitlines()
+    markdown = (sweep / "runs.md").read_text().splitlines()
     assert len(markdown) == 2 + 15 and markdown[0].startswith("| job | status |")
     assert "15 jobs: 13 finished, 2 diverged" in stdout
     assert rows[0]["job"][:40] in stdout
+
+
+def test_one_seed_per_configuration_gives_a_configuration_row_per_job(optimizer_sweep):
+    sweep, stdout = optimizer_sweep
+    configs = list(csv.DictReader((sweep / "summary.csv").open()))
+    runs = list(csv.DictReader((sweep / "runs.csv").open()))
+    assert len(configs) == 15 and all(c["seeds"] == "1" for c in configs)
+    best = configs[0]["configuration"].split(",")
+    assert len(best) == 2 and all(f"{part}," in runs[0]["job"] + "," for part in best)
+    assert configs[0]["best val/loss mean"] == runs[0]["best val/loss"]
+    assert configs[0]["best val/loss std"] == "" and "configurations, mean ±" not in stdout
+    assert [c["diverged"] for c in configs[-2:]] == ["1", "1"]
+
+
+@pytest.fixture(scope="module")
+def seed_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Three seeds of two optimizers on the default experiment (the seed draws its data, split,
+    start and batch order)."""
+    tmp_path = tmp_path_factory.mktemp("seeds")
+    done = cli(
+        ["-m", "optimizer=sgd,adam", "optimizer.lr=0.05", "seed=0,1,2", "trainer.max_epochs=3"],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return only_sweep(tmp_path), done.stdout
+
+
+def test_seeds_of_a_configuration_are_replicates_with_mean_std_and_t_interval(seed_sweep):
+    """Three seeds of two optimizers: two rows, their numbers recomputed from the jobs' metrics.json."""
+    from scipy.stats import t
+
+    sweep, stdout = seed_sweep
+    jobs = [read_metrics(job) for job in job_dirs(sweep)]
+    assert len(jobs) == 6 and {m["status"] for m in jobs} == {"finished"}
+    configs = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [c["configuration"] for c in configs] == sorted(
+        ["optimizer=sgd", "optimizer=adam"],
+        key=lambda name: sum(
+            m["monitor"]["best"] for m in jobs if m["hparams"]["optimizer"] in name
+        ),
+    )
+    for config in configs:
+        mine = [
+            m for m in jobs if f"optimizer={m['hparams']['optimizer']}" == config["configuration"]
+        ]
+        assert config["seeds"] == config["finished"] == "3" and len(mine) == 3
+        for name, values in [
+            ("best val/loss", [m["monitor"]["best"] for m in mine]),
+            ("test/loss", [m["test"]["test/loss"] for m in mine]),
+        ]:
+            mean = sum(values) / 3
+            std = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
+            half = t.ppf(0.975, 2) * std / 3**0.5
+            assert std > 0, values  # the seed changes the data, split, start and batch order
+            for part, value in [
+                ("mean", mean),
+                ("std", std),
+                ("ci95_low", mean - half),
+                ("ci95_high", mean + half),
+            ]:
+                assert float(config[f"{name} {part}"]) == pytest.approx(value, rel=1e-5), (
+                    name,
+                    part,
+                )
+        printed = next(
+            line for line in stdout.splitlines() if config["configuration"] in line and "±" in line
+        )
+        mean, half = (float(x) for x in printed.split("│")[5].split("±"))  # best val/loss
+        truth = float(config["best val/loss mean"])
+        assert half == pytest.approx(float(config["best val/loss ci95_high"]) - truth, rel=0.05)
+        assert abs(mean - truth) <= half / 10
+    assert "6 jobs: 6 finished; 2 configurations" in stdout
+    assert len(list(csv.DictReader((sweep / "runs.csv").open()))) == 6
+
+
+def test_seeds_that_change_nothing_are_said_to_instead_of_a_spread_of_zero(tmp_path: Path, capsys):
+    """The thermometer's seeds start from w = 1, b = 0 on one fixed batch: its runs are identical."""
+    from experiments.summary import summarize
+
+    for seed in (0, 1):
+        job = tmp_path / f"experiment=thermometer,seed={seed}"
+        job.mkdir()
+        record = {
+            "status": "finished",
+            "overrides": ["experiment=thermometer", f"seed={seed}"],
+            "monitor": {"name": "val/loss", "mode": "min", "best": 12.6315},
+            "metrics": {"val/loss": {"final": 12.6315}},
+            "test": {"test/loss": 11.5},
+            "hparams": {"experiment": "thermometer", "seed": seed},
+        }
+        (job / "metrics.json").write_text(json.dumps(record))
+    summarize(tmp_path)
+    out = capsys.readouterr().out
+    assert "12.6315 (seeds equal)" in out and "12.6315 ±" not in out
+    assert "The seeds of 1 configuration(s) ended identically: seed changes nothing" in out
+    (config,) = csv.DictReader((tmp_path / "summary.csv").open())
+    assert config["configuration"] == "experiment=thermometer" and config["seeds"] == "2"
+    assert float(config["best val/loss std"]) == 0
+
+
+def test_the_pictures_of_a_sweep_with_seeds_plot_the_means_over_seeds(seed_sweep):
+    """summary.png's lines are the means over seeds of the best val/loss; curves.png's lines the
+    means of the seeds' logged curves, as TensorBoard's reader reads them; both are also images of
+    the sweep's TensorBoard run."""
+    from experiments.figures import curves_figure, sweep_figure
+    from experiments.summary import configurations, learning_curves
+
+    sweep, _ = seed_sweep
+    rows = collect(sweep)
+    jobs = {row["job"]: row for row in rows}
+    figure = sweep_figure(rows, "val/loss")
+    for name in ("sgd", "adam"):
+        line = next(ln for ln in figure.axes[0].lines if ln.get_gid() == f"mean:{name}")
+        best = [r["best"] for r in rows if r["optimizer"] == name]
+        assert list(line.get_xdata()) == [0.05] and len(best) == 3
+        assert line.get_ydata()[0] == pytest.approx(sum(best) / 3, rel=1e-12)
+        dots = next(c for c in figure.axes[0].collections if c.get_gid() == f"seeds:{name}")
+        assert sorted(dots.get_offsets()[:, 1]) == pytest.approx(sorted(best))
+    configs = configurations(rows)
+    curves = learning_curves(sweep, configs, ["train/loss", "val/loss"])
+    figure = curves_figure(curves, ["train/loss", "val/loss"])
+    for config in configs:
+        histories = [scalar_history(sweep / job)["val/loss"] for job in config["jobs"]]
+        steps = [step for step, _ in histories[0]]
+        assert all([s for s, _ in h] == steps for h in histories) and len(steps) == 3
+        expected = [sum(h[k][1] for h in histories) / 3 for k in range(len(steps))]
+        line = next(
+            ln for ln in figure.axes[1].lines if ln.get_gid() == f"mean:{config['configuration']}"
+        )
+        assert list(line.get_xdata()) == steps
+        assert list(line.get_ydata()) == pytest.approx(expected, rel=1e-6)
+        assert jobs[config["jobs"][0]]["status"] == "finished"
+    for name in ("summary.png", "curves.png"):
+        assert matplotlib.image.imread(sweep / name).shape[1] > 500
+    events = EventAccumulator(str(sweep), size_guidance={"images": 0})
+    events.Reload()
+    assert {"sweep/summary", "sweep/curves"} <= set(events.Tags()["images"])
 
 
 def test_sweep_pictures_are_written(optimizer_sweep):
@@ -147,6 +284,35 @@ def test_tensorboard_shows_every_job_as_a_run_with_the_same_hparams_and_real_met
     accumulator.Reload()
     best = accumulator.Scalars("best/val_loss")[-1].value
     assert best == pytest.approx(read_metrics(sweep / finished_run)["monitor"]["best"], rel=1e-5)
+
+
+def test_the_hparams_table_shows_what_the_sweep_varied_first_and_how_each_run_ended(
+    optimizer_sweep,
+):
+    """TensorBoard picks the HParams table's default columns, and orders them, by `differs`."""
+    sweep, _ = optimizer_sweep
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(sweep))
+    multiplexer.Reload()
+    content = multiplexer.PluginRunToTagToContent("hparams")
+    parsed = [
+        plugin_data_pb2.HParamsPluginData.FromString(data)
+        for run in content
+        for data in content[run].values()
+    ]
+    experiment = next(d.experiment for d in parsed if d.HasField("experiment"))
+    infos = list(experiment.hparam_infos)
+    assert [i.name for i in infos[:3]] == ["optimizer", "optimizer.lr", "status"]
+    assert [i.differs for i in infos[:3]] == [True, True, True]
+    assert not any(i.differs for i in infos[3:]) and len(infos) > 20
+    status = next(i for i in infos if i.name == "status")
+    assert sorted(v.string_value for v in status.domain_discrete.values) == ["diverged", "finished"]
+    ended = [
+        d.session_start_info.hparams["status"].string_value
+        for d in parsed
+        if d.HasField("session_start_info")
+    ]
+    assert sorted(ended).count("diverged") == 2 and ended.count("finished") == 13
 
 
 def test_parallel_launcher_gives_the_sequential_results(optimizer_sweep, tmp_path: Path):

@@ -259,7 +259,7 @@ def test_the_cli_prints_the_grouping_and_the_usual_summary(vectorized_cli):
     assert "15 jobs, 15 of them in 1 group(s) trained together" in done.stdout
     assert "differing in optimizer, optimizer.lr" in done.stdout
     assert "15 jobs: 13 finished, 2 diverged" in done.stdout
-    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    rows = list(csv.DictReader((sweep / "runs.csv").open()))
     assert len(rows) == 15 and [r["status"] for r in rows[-2:]] == ["diverged", "diverged"]
     assert (sweep / "summary.png").is_file() and (sweep / "paths.png").is_file()
 

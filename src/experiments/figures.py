@@ -139,36 +139,95 @@ def misclassified_figure(
 
 
 def sweep_figure(rows: list[dict[str, Any]], metric: str) -> Figure:
-    """Final `metric` against learning rate, one line per optimizer, both axes logarithmic; diverged jobs as x."""
-    lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    """The monitored best against the learning rate, as DeepOBS draws it: per optimizer each seed
+    as a dot and the mean over its finished seeds as a line; diverged jobs as x above the rest.
+    Both axes logarithmic (the value's only where all are positive); the legend outside the axes."""
+    seeds: dict[str, list[tuple[float, float]]] = defaultdict(list)
     diverged: dict[str, list[float]] = defaultdict(list)
     for row in rows:
-        lr = row.get("lr")
+        lr, value = row.get("lr"), row.get("best")
         if lr is None:
             continue
-        value = row.get("final")
-        if row["status"] == "finished" and value is not None and math.isfinite(value) and value > 0:
-            lines[row["optimizer"]].append((lr, value))
+        if row["status"] == "finished" and value is not None and math.isfinite(value):
+            seeds[row["optimizer"]].append((lr, value))
         elif row["status"] in ("diverged", "failed"):
             diverged[row["optimizer"]].append(lr)
-    fig = Figure(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(7.5, 4.2), dpi=100)
     ax = fig.add_subplot()
-    finite = [v for points in lines.values() for _, v in points]
-    top = max(finite) * 3 if finite else 1.0
-    for name in sorted(set(lines) | set(diverged)):
-        points = sorted(lines[name])
-        line = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)[0]
+    values = [v for points in seeds.values() for _, v in points]
+    positive = bool(values) and min(values) > 0
+    high, low = (max(values), min(values)) if values else (1.0, 0.0)
+    top = high * 3 if positive else high + 0.15 * (high - low or 1.0)
+    for name in sorted(set(seeds) | set(diverged)):
+        by_lr: dict[float, list[float]] = defaultdict(list)
+        for lr, value in seeds[name]:
+            by_lr[lr].append(value)
+        lrs = sorted(by_lr)
+        means = [math.fsum(by_lr[lr]) / len(by_lr[lr]) for lr in lrs]
+        line = ax.plot(lrs, means, marker="o", markersize=4, label=name, gid=f"mean:{name}")[0]
+        color = line.get_color()
+        if any(len(v) > 1 for v in by_lr.values()):
+            ax.scatter(*zip(*seeds[name]), s=10, color=color, alpha=0.45, gid=f"seeds:{name}")
         if diverged[name]:
             ax.scatter(
-                diverged[name], [top] * len(diverged[name]), marker="x", color=line.get_color()
+                diverged[name],
+                [top] * len(diverged[name]),
+                marker="x",
+                color=color,
+                gid=f"diverged:{name}",
             )
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    if positive:
+        ax.set_yscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel(f"final {metric}")
-    ax.set_title(f"final {metric} by learning rate (x: diverged)")
-    ax.legend()
-    fig.tight_layout()
+    ax.set_ylabel(f"best {metric}")
+    ax.set_title(
+        f"best {metric} by learning rate: mean over seeds (dots: seeds, x: diverged)", fontsize=9
+    )
+    handles, labels = ax.get_legend_handles_labels()
+    fig.subplots_adjust(left=0.14, right=0.78, bottom=0.13, top=0.9)
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.79, 0.9), fontsize=8)
+    return fig
+
+
+def curves_figure(configs: list[dict[str, Any]], tags: Sequence[str]) -> Figure:
+    """Learning curves against step, one panel per tag: per configuration the mean over its
+    finished seeds as a line and their min-max as a band; each diverged seed as a dashed line up to
+    where it diverged, ending in an x. Losses on a log scale. `configs`: name and, per tag, the
+    finished seeds' mean, low and high at common steps and the diverged seeds' own points."""
+    legend = 0.4 + 0.055 * max((len(c["name"]) for c in configs), default=10)  # inches, font size 7
+    fig = Figure(figsize=(5 * len(tags) + legend, 4.2), dpi=100)
+    axes = fig.subplots(1, len(tags), squeeze=False)[0]
+    for ax, tag in zip(axes, tags):
+        for config in configs:
+            curve = config["curves"].get(tag)
+            if not curve:
+                continue
+            line = ax.plot(
+                curve["steps"], curve["mean"], label=config["name"], gid=f"mean:{config['name']}"
+            )[0]
+            if len(curve["runs"]) > 1:
+                ax.fill_between(
+                    curve["steps"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2
+                )
+            for steps, values in curve["diverged"]:
+                ax.plot(steps, values, linestyle="--", linewidth=0.8, color=line.get_color())
+                if steps:
+                    ax.scatter(steps[-1:], values[-1:], marker="x", color=line.get_color())
+        if "loss" in tag:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(tag, fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.suptitle("mean over seeds, band: min to max, dashed to x: a diverged seed", fontsize=9)
+    right = 1 - legend / (5 * len(tags) + legend)
+    fig.subplots_adjust(left=0.07, right=right - 0.02, bottom=0.13, top=0.86, wspace=0.25)
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 0.86), fontsize=7)
     return fig
 
 

@@ -1,6 +1,9 @@
-"""The end of a sweep: one table of every job, best first (summary.csv, summary.md and printed),
-summary.png (final validation loss by learning rate, a line per optimizer), paths.png for
-two-parameter models, and one TensorBoard HParams experiment covering every job.
+"""The end of a sweep: one row per configuration (jobs that differ only in `seed` are one
+configuration, its seeds replicates), with the mean, standard deviation and 95% t-interval of the
+monitored best and of every test metric (summary.csv, summary.md), one row per job (runs.csv,
+runs.md), summary.png (final validation loss by learning rate, a line per optimizer), paths.png
+for two-parameter models, and one TensorBoard HParams experiment covering every job. What is
+printed is the per-job table while each configuration has one seed, the configurations' otherwise.
 
 Everything is read back from the jobs' metrics.json and trajectory.json files
 (experiments.hydra_callbacks.SweepSummary calls `summarize` once all jobs are done).
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -37,6 +41,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
                 "best": monitor.get("best"),
                 "final": val_loss.get("final"),
                 "test": metrics.get("test") or {},
+                "overrides": metrics.get("overrides") or [],
                 "epochs": metrics.get("epochs"),
                 "wall_time_s": metrics.get("wall_time_s"),
                 "optimizer": hparams.get("optimizer"),
@@ -75,9 +80,6 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         "reason",
     ]
 
-    def number(value: Any) -> str:
-        return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
-
     body = [
         [
             r["job"],
@@ -93,23 +95,134 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def write_tables(sweep_dir: Path, header: list[str], body: list[list[str]]) -> None:
-    with (sweep_dir / "summary.csv").open("w", newline="") as f:
+def setting(override: str) -> str:
+    """The key an override sets: `+seed=3` and `seed=3` set seed."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def configurations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs grouped by their overrides other than `seed`, best first by the mean of the
+    monitored best over their finished seeds; each with the mean, standard deviation and 95%
+    t-interval of the monitored best and of every test metric."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        key = tuple(sorted(o for o in row["overrides"] if setting(o) != "seed"))
+        groups.setdefault(key, []).append(row)
+    shared = set.intersection(*(set(key) for key in groups)) if len(groups) > 1 else set()
+    monitors = sorted({r["monitor"] for r in rows if r["monitor"]})
+    tests = sorted({k for r in rows for k in r["test"]})
+    found = []
+    for key, jobs in groups.items():
+        finished = [r for r in jobs if r["status"] == "finished"]
+        values = {f"best {m}": [r["best"] for r in finished if r["monitor"] == m] for m in monitors}
+        values |= {t: [r["test"][t] for r in finished if t in r["test"]] for t in tests}
+        found.append(
+            {
+                "configuration": ",".join(o for o in key if o not in shared)
+                or ",".join(key)
+                or "(defaults)",
+                "seeds": len(jobs),
+                "finished": len(finished),
+                "diverged": sum(r["status"] == "diverged" for r in jobs),
+                "other": len(jobs) - len(finished) - sum(r["status"] == "diverged" for r in jobs),
+                "mode": jobs[0]["mode"],
+                "stats": {name: spread(v) for name, v in values.items() if v},
+                "jobs": [r["job"] for r in jobs],
+                "finished_jobs": [r["job"] for r in finished],
+                "diverged_jobs": [r["job"] for r in jobs if r["status"] == "diverged"],
+            }
+        )
+
+    def rank(config: dict[str, Any]) -> tuple:
+        mean = config["stats"].get(f"best {monitors[0]}", {}).get("mean") if monitors else None
+        if mean is None or not math.isfinite(mean):
+            return 1, math.inf, config["configuration"]
+        return 0, mean if config["mode"] == "min" else -mean, config["configuration"]
+
+    return sorted(found, key=rank)
+
+
+def spread(values: list[float]) -> dict[str, float | None]:
+    """Mean, sample standard deviation and the 95% Student-t interval of the mean (None for one value)."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n < 2:
+        return {"mean": mean, "std": None, "ci95_low": None, "ci95_high": None}
+    from scipy.stats import t
+
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+def configuration_table(configs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    names = list(dict.fromkeys(name for c in configs for name in c["stats"]))
+    parts = ("mean", "std", "ci95_low", "ci95_high")
+    header = ["configuration", "seeds", "finished", "diverged", "other"]
+    header += [f"{name} {part}" for name in names for part in parts]
+    body = [
+        [
+            c["configuration"],
+            *(str(c[k]) for k in ("seeds", "finished", "diverged", "other")),
+            *(number(c["stats"].get(name, {}).get(part)) for name in names for part in parts),
+        ]
+        for c in configs
+    ]
+    return header, body
+
+
+def printed_configurations(configs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The configurations as printed: each metric as mean +- the 95% interval's half-width."""
+    names = list(dict.fromkeys(name for c in configs for name in c["stats"]))
+
+    def cell(stats: dict[str, float | None] | None) -> str:
+        if not stats:
+            return ""
+        if stats["std"] is None:
+            return number(stats["mean"])
+        if stats["std"] == 0:
+            return f"{number(stats['mean'])} (seeds equal)"
+        half = stats["ci95_high"] - stats["mean"]
+        # the mean to the half-width's two significant digits: 2.928 ± 0.012, not 2.92764 ± 0.012
+        digits = min(12, max(0, 1 - math.floor(math.log10(half)))) if half > 0 else 6
+        return f"{stats['mean']:.{digits}f} ± {half:.{digits}f}"
+
+    header = ["configuration", "seeds", "finished", "diverged", *names]
+    body = [
+        [
+            c["configuration"],
+            *(str(c[k]) for k in ("seeds", "finished", "diverged")),
+            *(cell(c["stats"].get(name)) for name in names),
+        ]
+        for c in configs
+    ]
+    return header, body
+
+
+def number(value: Any) -> str:
+    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def write_table(path: Path, header: list[str], body: list[list[str]]) -> None:
+    """The table as path.csv and path.md."""
+    with path.with_suffix(".csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(body)
     escape = lambda cell: cell.replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in body]
-    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
-def print_table(header: list[str], body: list[list[str]], title: str) -> None:
+def print_table(header: list[str], body: list[list[str]], title: str, caption: str = "") -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 200, soft_wrap=False)
-    rich_table = Table(title=title, title_justify="left")
+    rich_table = Table(
+        title=title, title_justify="left", caption=caption or None, caption_justify="left"
+    )
     for name in header:
         rich_table.add_column(name, overflow="fold")
     for row in body:
@@ -118,13 +231,20 @@ def print_table(header: list[str], body: list[list[str]], title: str) -> None:
     console.print(rich_table)
 
 
-def write_figures(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
-    from experiments.figures import paths_figure, sweep_figure
+def write_figures(
+    sweep_dir: Path, rows: list[dict[str, Any]], configs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """summary.png, curves.png and, for two-parameter models, paths.png; the figures by file name."""
+    from experiments.figures import curves_figure, paths_figure, sweep_figure
 
-    written = []
+    figures = {}
+    monitors = [r["monitor"] for r in rows if r["monitor"]]
     if any(r["lr"] is not None for r in rows):
-        sweep_figure(rows, "val/loss").savefig(sweep_dir / "summary.png")
-        written.append("summary.png")
+        figures["summary.png"] = sweep_figure(rows, monitors[0] if monitors else "val/loss")
+    tags = ["train/loss", *sorted(set(monitors))[:1]]
+    curves = learning_curves(sweep_dir, configs, tags)
+    if any(c["curves"] for c in curves):
+        figures["curves.png"] = curves_figure(curves, tags)
     trajectories = []
     for r in rows:
         path = sweep_dir / r["job"] / "trajectory.json"
@@ -139,39 +259,108 @@ def write_figures(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
                 }
             )
     if trajectories and trajectories[0]["x"]:
-        paths_figure(trajectories).savefig(sweep_dir / "paths.png")
-        written.append("paths.png")
-    return written
+        figures["paths.png"] = paths_figure(trajectories)
+    for name, figure in figures.items():
+        figure.savefig(sweep_dir / name)
+    return figures
 
 
-def write_hparams_experiment(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """One HParams experiment at the sweep's root listing every key and metric any job has, so
-    TensorBoard's table shows all of them (it takes the first experiment summary it finds)."""
+def learning_curves(
+    sweep_dir: Path, configs: list[dict[str, Any]], tags: list[str]
+) -> list[dict[str, Any]]:
+    """Per configuration and tag, as its jobs' TensorBoard event files hold them: the finished
+    seeds' mean, min and max at the steps they all logged, and each diverged seed's own points."""
+    curves = []
+    for config in configs:
+        found: dict[str, dict[str, Any]] = {}
+        histories = {job: scalars(sweep_dir / job, tags) for job in config["jobs"]}
+        for tag in tags:
+            runs = [histories[job][tag] for job in config["finished_jobs"] if tag in histories[job]]
+            diverged = [
+                histories[job][tag] for job in config["diverged_jobs"] if tag in histories[job]
+            ]
+            steps = sorted(set.intersection(*(set(run) for run in runs))) if runs else []
+            if not steps and not diverged:
+                continue
+            found[tag] = {
+                "steps": steps,
+                "mean": [math.fsum(run[k] for run in runs) / len(runs) for k in steps],
+                "low": [min(run[k] for run in runs) for k in steps],
+                "high": [max(run[k] for run in runs) for k in steps],
+                "runs": runs,
+                "diverged": [(sorted(run), [run[k] for k in sorted(run)]) for run in diverged],
+            }
+        curves.append({"name": config["configuration"], "curves": found})
+    return curves
+
+
+def scalars(run_dir: Path, tags: list[str]) -> dict[str, dict[int, float]]:
+    """The run's logged values of `tags`, step -> value (the last written where a resumed run
+    logged a step twice), read by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not any(run_dir.glob("events.out.tfevents.*")):
+        return {}
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    reader_log = logging.getLogger("tensorboard")  # "No path found after ..." for each run
+    level = reader_log.level
+    reader_log.setLevel(logging.WARNING)
+    try:
+        events.Reload()
+    finally:
+        reader_log.setLevel(level)
+    present = set(events.Tags()["scalars"])
+    return {
+        tag: {event.step: event.value for event in events.Scalars(tag)}
+        for tag in tags
+        if tag in present
+    }
+
+
+def write_sweep_events(
+    sweep_dir: Path, rows: list[dict[str, Any]], figures: dict[str, Any]
+) -> None:
+    """The sweep's own TensorBoard run: one HParams experiment listing every key and metric any
+    job has, so TensorBoard's table shows all of them (it takes the first experiment summary it
+    finds), and the sweep's pictures as images (sweep/summary, sweep/curves, sweep/paths)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from experiments.hparams import summaries
+    from experiments.figures import image_of
+    from experiments.hparams import show_first, summaries
 
+    settings = [{**row["hparams"], "status": row["status"]} for row in rows]
     params: dict[str, Any] = {}
-    for row in rows:
-        for key, value in row["hparams"].items():
+    for each in settings:
+        for key, value in each.items():
             params.setdefault(key, value)
-    if not params:
-        return
     domains = {
-        k: sorted({str(r["hparams"][k]) for r in rows if k in r["hparams"]})
+        k: sorted({str(each[k]) for each in settings if k in each})
         for k, v in params.items()
         if isinstance(v, str)
     }
+    # what the sweep varied, as its jobs' overrides say: optimizer=adam,sgd, not the settings that
+    # differ because the optimizer does
+    shared = set.intersection(*(set(row["overrides"]) for row in rows))
+    overridden = [setting(o) for row in rows for o in row["overrides"] if o not in shared]
+    varied = [key for key in dict.fromkeys(overridden) if key in params]
     metrics = sorted(
         {k for r in rows for k, v in r["best_metrics"].items() if v is not None}
         | {k for r in rows for k in r["test"]}
     )
     experiment, _, _ = summaries(params, metrics, domains=domains)
+    show_first(experiment, [*varied, "status"])
     # a sweep run again: one experiment, not two
     for earlier in sweep_dir.glob(f"events.out.tfevents.*{SWEEP_EVENTS}"):
         earlier.unlink()
     with SummaryWriter(log_dir=str(sweep_dir), filename_suffix=SWEEP_EVENTS) as writer:
         writer.file_writer.add_summary(experiment)
+        for name, figure in figures.items():
+            tag = f"sweep/{name.removesuffix('.png')}"
+            writer.add_image(tag, image_of(figure), 0, dataformats="HWC")
+
+
+def all_equal(config: dict[str, Any]) -> bool:
+    return all(stats["std"] == 0 for stats in config["stats"].values())
 
 
 def summarize(sweep_dir: Path) -> dict[str, int]:
@@ -180,12 +369,29 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
     if not rows:
         return {}
     header, body = table(rows)
-    write_tables(sweep_dir, header, body)
-    figures = write_figures(sweep_dir, rows)
-    write_hparams_experiment(sweep_dir, rows)
+    write_table(sweep_dir / "runs", header, body)
+    configs = configurations(rows)
+    write_table(sweep_dir / "summary", *configuration_table(configs))
+    figures = write_figures(sweep_dir, rows, configs)
+    write_sweep_events(sweep_dir, rows, figures)
     counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}
     title = f"{len(rows)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
-    print_table(header, body, title)
-    print(f"Tables: {sweep_dir}/summary.csv, summary.md; pictures: {', '.join(figures) or 'none'}")
+    if all(c["seeds"] == 1 for c in configs):
+        print_table(header, body, title)
+    else:
+        plural = "s" if len(configs) > 1 else ""
+        title += f"; {len(configs)} configuration{plural}"
+        caption = "mean ± the half-width of its 95% t-interval, over the finished seeds"
+        print_table(*printed_configurations(configs), title, caption)
+    if equal := [c for c in configs if c["finished"] > 1 and all_equal(c)]:
+        print(
+            f"The seeds of {len(equal)} configuration(s) ended identically: seed changes nothing "
+            "in these runs (their start, batches and split are fixed); vary what it should to "
+            "see a spread."
+        )
+    print(
+        f"Tables: {sweep_dir}/summary.csv, summary.md (configurations), runs.csv, runs.md (jobs); "
+        f"pictures: {', '.join(figures) or 'none'}"
+    )
     print(f"tensorboard --logdir {sweep_dir}")
     return counts

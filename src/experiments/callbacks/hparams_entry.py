@@ -33,7 +33,7 @@ class HParamsEntry:
                 if isinstance(logger, TensorBoardLogger):
                     write_session(
                         logger,
-                        state.hparams,
+                        {**state.hparams, "status": state.status},  # a column to sort by
                         hparams_metrics(result),
                         state.status,
                         self.with_experiment,
