@@ -234,8 +234,10 @@ def print_table(header: list[str], body: list[list[str]], title: str, caption: s
 def write_figures(
     sweep_dir: Path, rows: list[dict[str, Any]], configs: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """summary.png, curves.png and, for two-parameter models, paths.png; the figures by file name."""
-    from experiments.figures import curves_figure, paths_figure, sweep_figure
+    """summary.png, curves.png and, for two-parameter models, paths.png; their pixels by file name."""
+    from matplotlib.image import imsave
+
+    from experiments.figures import curves_figure, image_of, paths_figure, sweep_figure
 
     figures = {}
     monitors = [r["monitor"] for r in rows if r["monitor"]]
@@ -260,9 +262,11 @@ def write_figures(
             )
     if trajectories and trajectories[0]["x"]:
         figures["paths.png"] = paths_figure(trajectories)
-    for name, figure in figures.items():
-        figure.savefig(sweep_dir / name)
-    return figures
+    # each figure drawn once: its pixels are both the PNG and the sweep's TensorBoard image
+    images = {name: image_of(figure) for name, figure in figures.items()}
+    for name, pixels in images.items():
+        imsave(sweep_dir / name, pixels)
+    return images
 
 
 def learning_curves(
@@ -317,15 +321,12 @@ def scalars(run_dir: Path, tags: list[str]) -> dict[str, dict[int, float]]:
     }
 
 
-def write_sweep_events(
-    sweep_dir: Path, rows: list[dict[str, Any]], figures: dict[str, Any]
-) -> None:
+def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict[str, Any]) -> None:
     """The sweep's own TensorBoard run: one HParams experiment listing every key and metric any
     job has, so TensorBoard's table shows all of them (it takes the first experiment summary it
     finds), and the sweep's pictures as images (sweep/summary, sweep/curves, sweep/paths)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from experiments.figures import image_of
     from experiments.hparams import show_first, summaries
 
     settings = [{**row["hparams"], "status": row["status"]} for row in rows]
@@ -354,9 +355,8 @@ def write_sweep_events(
         earlier.unlink()
     with SummaryWriter(log_dir=str(sweep_dir), filename_suffix=SWEEP_EVENTS) as writer:
         writer.file_writer.add_summary(experiment)
-        for name, figure in figures.items():
-            tag = f"sweep/{name.removesuffix('.png')}"
-            writer.add_image(tag, image_of(figure), 0, dataformats="HWC")
+        for name, pixels in images.items():
+            writer.add_image(f"sweep/{name.removesuffix('.png')}", pixels, 0, dataformats="HWC")
 
 
 def all_equal(config: dict[str, Any]) -> bool:
@@ -372,8 +372,8 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
     write_table(sweep_dir / "runs", header, body)
     configs = configurations(rows)
     write_table(sweep_dir / "summary", *configuration_table(configs))
-    figures = write_figures(sweep_dir, rows, configs)
-    write_sweep_events(sweep_dir, rows, figures)
+    images = write_figures(sweep_dir, rows, configs)
+    write_sweep_events(sweep_dir, rows, images)
     counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}
     title = f"{len(rows)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
     if all(c["seeds"] == 1 for c in configs):
@@ -391,7 +391,7 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
         )
     print(
         f"Tables: {sweep_dir}/summary.csv, summary.md (configurations), runs.csv, runs.md (jobs); "
-        f"pictures: {', '.join(figures) or 'none'}"
+        f"pictures: {', '.join(images) or 'none'}"
     )
     print(f"tensorboard --logdir {sweep_dir}")
     return counts
