@@ -662,6 +662,35 @@ def test_a_full_disk_is_one_sentence(tmp_path: Path):
         subprocess.run(["umount", str(disk)], check=True)
 
 
+def test_a_full_disk_met_by_a_writer_thread_leaves_the_sentence_to_the_main_thread():
+    """TensorBoard writes events from a thread of its own: when that thread meets the full disk
+    first, its traceback would be printed besides the main thread's one sentence."""
+    import errno
+    import threading
+
+    from experiments.cli import quiet_full_disk_in_threads
+
+    def fail(error: BaseException) -> None:
+        def run() -> None:
+            raise error
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+
+    before = threading.excepthook
+    printed: list[BaseException | None] = []  # what the process's own hook would print
+    try:
+        threading.excepthook = lambda args: printed.append(args.exc_value)
+        quiet_full_disk_in_threads()
+        fail(OSError(errno.ENOSPC, "No space left on device"))
+        assert printed == []
+        fail(ValueError("something else"))
+        assert [type(e) for e in printed] == [ValueError]
+    finally:
+        threading.excepthook = before
+
+
 # 9 and 10. resume= takes a sweep job's directory; a CSV log keeps its history.
 def test_a_sweep_job_directory_resumes_by_its_name_and_keeps_its_csv_history(tmp_path: Path):
     sweep = tmp_path / "sweep"

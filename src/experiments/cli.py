@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ def run_cli(entry: Callable[[], Any], config_name: str) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = [sys.argv[0], *prepare_arguments(sys.argv[1:])]
     stop_on_sigterm_while_starting()
+    quiet_full_disk_in_threads()
     code: int | str | None = 0
     try:
         if config_name in ONE_JOB and asks_for_multirun(sys.argv[1:]):
@@ -53,6 +55,19 @@ def run_cli(entry: Callable[[], Any], config_name: str) -> None:
     if isinstance(code, str) or code in (130, 143):  # a refused or interrupted start leaves nothing
         discard_claimed()
     speedups.exit_now(code)
+
+
+def quiet_full_disk_in_threads() -> None:
+    """A full disk met by a writer thread (TensorBoard writes its events from one) also fails the
+    main thread's next write, which says it in one sentence; the thread's own traceback on stderr
+    would be a second."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or disk_full(args.exc_value) is None:
+            previous(args)
+
+    threading.excepthook = hook
 
 
 def one_sentence(function: Callable[..., Any]) -> Callable[..., Any]:
