@@ -246,25 +246,30 @@ def test_each_job_records_its_parameter_path(optimizer_sweep):
     assert len(trajectory["x"]) == len(trajectory["y"]) == 11
 
 
-def test_tensorboard_shows_every_job_as_a_run_with_the_same_hparams_and_real_metrics(
-    optimizer_sweep,
-):
-    sweep, _ = optimizer_sweep
+def hparams_records(sweep: Path) -> tuple[set[str], dict, dict]:
+    """The sweep's runs as TensorBoard's multiplexer reads them, and their HParams records: each
+    run's session start, and the experiments by run."""
     multiplexer = EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(sweep))
     multiplexer.Reload()
-    job_names = {p.name for p in job_dirs(sweep)}
-    assert job_names <= set(multiplexer.Runs())
-    content = multiplexer.PluginRunToTagToContent("hparams")
-    sessions = {}
-    experiments = {}
-    for run, tags in content.items():
+    sessions, experiments = {}, {}
+    for run, tags in multiplexer.PluginRunToTagToContent("hparams").items():
         for data in tags.values():
             parsed = plugin_data_pb2.HParamsPluginData.FromString(data)
             if parsed.HasField("session_start_info"):
                 sessions[run] = parsed.session_start_info
             if parsed.HasField("experiment"):
                 experiments[run] = parsed.experiment
+    return set(multiplexer.Runs()), sessions, experiments
+
+
+def test_tensorboard_shows_every_job_as_a_run_with_the_same_hparams_and_real_metrics(
+    optimizer_sweep,
+):
+    sweep, _ = optimizer_sweep
+    runs, sessions, experiments = hparams_records(sweep)
+    job_names = {p.name for p in job_dirs(sweep)}
+    assert job_names <= runs
     assert set(sessions) == job_names
     key_sets = {frozenset(s.hparams) for s in sessions.values()}
     assert len(key_sets) == 1 and {
@@ -291,27 +296,15 @@ def test_the_hparams_table_shows_what_the_sweep_varied_first_and_how_each_run_en
 ):
     """TensorBoard picks the HParams table's default columns, and orders them, by `differs`."""
     sweep, _ = optimizer_sweep
-    multiplexer = EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(str(sweep))
-    multiplexer.Reload()
-    content = multiplexer.PluginRunToTagToContent("hparams")
-    parsed = [
-        plugin_data_pb2.HParamsPluginData.FromString(data)
-        for run in content
-        for data in content[run].values()
-    ]
-    experiment = next(d.experiment for d in parsed if d.HasField("experiment"))
+    _, sessions, experiments = hparams_records(sweep)
+    (experiment,) = experiments.values()
     infos = list(experiment.hparam_infos)
     assert [i.name for i in infos[:3]] == ["optimizer", "optimizer.lr", "status"]
     assert [i.differs for i in infos[:3]] == [True, True, True]
     assert not any(i.differs for i in infos[3:]) and len(infos) > 20
     status = next(i for i in infos if i.name == "status")
     assert sorted(v.string_value for v in status.domain_discrete.values) == ["diverged", "finished"]
-    ended = [
-        d.session_start_info.hparams["status"].string_value
-        for d in parsed
-        if d.HasField("session_start_info")
-    ]
+    ended = [start.hparams["status"].string_value for start in sessions.values()]
     assert sorted(ended).count("diverged") == 2 and ended.count("finished") == 13
 
 
