@@ -272,6 +272,14 @@ def test_half_the_files_are_named_as_missing(tmp_path: Path):
 # 7. Mistakes are one sentence, exit 1, nothing written.
 MISTAKES = [
     (["seed=abc"], ["seed must be an integer from 0 to 4294967295, got 'abc'"]),
+    (
+        ["experiment=thermometer", "sweep=compare", "seed=0,1"],
+        ["sweep=compare chooses the seeds itself", "hydra.sweeper.seeds"],
+    ),
+    (
+        ["experiment=thermometer", "sweep=compare", "hydra.sweeper.seeds=0"],
+        ["hydra.sweeper.seeds must be a positive integer, got 0"],
+    ),
     (["seed=-1"], ["seed must be an integer"]),
     (
         ["optimizer=adam", "optimizer.betas=[0.9]"],

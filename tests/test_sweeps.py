@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -436,3 +438,104 @@ def test_collect_orders_best_first_then_diverged_then_failed(tmp_path: Path):
         "reason",
     ]
     assert body[0][:4] == ["b", "finished", "2", "2"] and body[-1][-1] == "ValueError: boom"
+
+
+COMPARE = [
+    "experiment=thermometer",
+    "sweep=compare",
+    "optimizer=sgd,adam",
+    "optimizer.lr=1e-3,1e-2,1e-1",
+    "hydra.sweeper.seeds=3",
+    "trainer.max_epochs=300",
+    "trainer.check_val_every_n_epoch=100",
+]
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """sweep=compare on the thermometer, shortened: 2 optimizers x 3 learning rates, then each
+    optimizer's best learning rate with 3 seeds; then the same command into the same directory."""
+    cwd = tmp_path_factory.mktemp("compare")
+    done = cli(COMPARE, cwd, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = only_sweep(cwd)
+    again = cli([*COMPARE, f"hydra.sweep.dir={sweep}"], cwd, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    return sweep, done.stdout + done.stderr, again.stdout + again.stderr
+
+
+def test_compare_reruns_each_optimizers_best_stage_one_learning_rate_with_its_seeds(comparison):
+    """Stage 1: the 6-point grid with seed 0, every seed from a random start; stage 2: the point
+    with the best stage-1 value of each optimizer, seeds 0, 1, 2 (seed 0 is stage 1's job)."""
+    sweep, output, _ = comparison
+    jobs = {p.name: read_metrics(p) for p in job_dirs(sweep)}
+    assert len(jobs) == 6 + 2 * 2
+    assert all("model.init_weight=null" in m["overrides"] for m in jobs.values())
+    assert "random initialisation (model.init_weight=null model.init_bias=null)" in output
+    stage_one = [m for m in jobs.values() if "seed=0" in m["overrides"]]
+    assert len(stage_one) == 6 and any(m["status"] == "diverged" for m in stage_one)
+    plan = json.loads((sweep / "compare.json").read_text())
+    chosen = {
+        name: float(o.split("=")[1])
+        for name, point in plan["chosen"].items()
+        for o in point
+        if o.startswith("optimizer.lr=")
+    }
+    for name in ("sgd", "adam"):
+        finished = [
+            m for m in stage_one if m["hparams"]["optimizer"] == name and m["status"] == "finished"
+        ]
+        assert (
+            chosen[name]
+            == min(finished, key=lambda m: m["monitor"]["best"])["hparams"]["optimizer.lr"]
+        )
+    stage_two = {
+        job: m["hparams"]["seed"]
+        for job, m in jobs.items()
+        if chosen[m["hparams"]["optimizer"]] == m["hparams"]["optimizer.lr"]
+    }
+    assert sorted(plan["stage2"]) == sorted(stage_two)
+    assert sorted(stage_two.values()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_compare_ends_with_the_stage_two_table_and_a_welch_sentence_recomputed_from_the_jobs(
+    comparison,
+):
+    from scipy.stats import ttest_ind
+
+    sweep, output, _ = comparison
+    plan = json.loads((sweep / "compare.json").read_text())
+    finals = {name: {} for name in plan["chosen"]}
+    for job in plan["stage2"]:
+        m = read_metrics(sweep / job)
+        finals[m["hparams"]["optimizer"]][m["hparams"]["seed"]] = m["monitor"]["best"]
+    (first, a), (second, b) = sorted(finals.items(), key=lambda kv: sum(kv[1].values()))
+    assert min(map(statistics.stdev, (a.values(), b.values()))) > 0  # the seeds differ
+    lr = {
+        name: next(p.split("=")[1] for p in point if p.startswith("optimizer.lr="))
+        for name, point in plan["chosen"].items()
+    }
+    wins = sum(a[s] < b[s] for s in a)
+    p = ttest_ind(list(a.values()), list(b.values()), equal_var=False).pvalue
+    sentence = (sweep / "comparison.md").read_text().strip().splitlines()[-1]
+    verb = "beats" if p < 0.05 else "and"
+    assert sentence.startswith(f"{first} at lr {lr[first]} {verb} {second} at lr {lr[second]}")
+    assert f"better in {wins} of 3 seeds, p = {p:.2g} (Welch's t-test)." in sentence
+    mean = statistics.fmean(a.values())
+    shown = re.search(r": ([0-9.]+) ± ([0-9.]+) against", sentence)
+    assert float(shown[1]) == pytest.approx(mean, abs=float(shown[2]) / 10 + 1e-12)
+    assert " ".join(sentence.split()) in " ".join(output.split())
+    table = (sweep / "comparison.md").read_text().splitlines()
+    assert [row.split(" | ")[0].strip("| ") for row in table[2:4]] == [
+        f"optimizer.lr={lr[first]},optimizer={first}",
+        f"optimizer.lr={lr[second]},optimizer={second}",
+    ]
+
+
+def test_compare_run_again_into_its_directory_trains_nothing_and_says_the_same(comparison):
+    sweep, output, again = comparison
+    assert "6 of 6 jobs already have a final result" in again
+    assert "4 of 4 jobs already have a final result" in again
+    assert "running" not in again  # no progress line: nothing trained
+    sentence = (sweep / "comparison.md").read_text().strip().splitlines()[-1]
+    assert " ".join(sentence.split()) in " ".join(again.split())

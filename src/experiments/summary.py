@@ -209,10 +209,14 @@ def write_table(path: Path, header: list[str], body: list[list[str]]) -> None:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(body)
+    path.with_suffix(".md").write_text(markdown(header, body))
+
+
+def markdown(header: list[str], body: list[list[str]]) -> str:
     escape = lambda cell: cell.replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in body]
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def print_table(header: list[str], body: list[list[str]], title: str, caption: str = "") -> None:
@@ -234,7 +238,8 @@ def print_table(header: list[str], body: list[list[str]], title: str, caption: s
 def write_figures(
     sweep_dir: Path, rows: list[dict[str, Any]], configs: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """summary.png, curves.png and, for two-parameter models, paths.png; their pixels by file name."""
+    """summary.png, curves.png (of `configs`) and, for two-parameter models, paths.png; their
+    pixels by file name."""
     from matplotlib.image import imsave
 
     from experiments.figures import curves_figure, image_of, paths_figure, sweep_figure
@@ -359,6 +364,81 @@ def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict
             writer.add_image(f"sweep/{name.removesuffix('.png')}", pixels, 0, dataformats="HWC")
 
 
+def seed_of(row: dict[str, Any]) -> int | None:
+    for override in row["overrides"]:
+        if setting(override) == "seed":
+            return int(override.split("=", 1)[1])
+    return row["hparams"].get("seed")
+
+
+def described(config: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
+    """A configuration as a sentence names it: `adam at lr 0.1`."""
+    overrides = rows[config["jobs"][0]]["overrides"]
+    values = {setting(o): o.split("=", 1)[1] for o in overrides if "=" in o}
+    words = [values.get("optimizer", "")]
+    if "optimizer.lr" in values:
+        words.append(f"at lr {values['optimizer.lr']}")
+    label = config["configuration"].split(",")
+    others = [o for o in label if setting(o) not in ("optimizer", "optimizer.lr")]
+    if others:
+        words.append("with " + ", ".join(others))
+    return " ".join(w for w in words if w) or config["configuration"]
+
+
+def plus_minus(mean: float, std: float) -> str:
+    """mean ± std, both to the std's two significant digits."""
+    digits = min(12, max(0, 1 - math.floor(math.log10(std)))) if std > 0 else 4
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
+    """One sentence on the top two configurations: their means and standard deviations of the
+    monitored best, in how many paired seeds the first was better, and Welch's t-test."""
+    from scipy.stats import ttest_ind
+
+    metric = rows[first["jobs"][0]]["monitor"]
+    name = f"best {metric}"
+    values = [
+        {seed_of(rows[job]): rows[job]["best"] for job in config["finished_jobs"]}
+        for config in (first, second)
+    ]
+    a, b = (list(v.values()) for v in values)
+    stats = [first["stats"][name], second["stats"][name]]
+    shown = [plus_minus(s["mean"], s["std"] or 0.0) for s in stats]
+    paired = sorted(set(values[0]) & set(values[1]), key=lambda s: (s is None, s))
+    lower = first["mode"] == "min"
+    wins = sum(
+        (values[0][s] < values[1][s]) if lower else (values[0][s] > values[1][s]) for s in paired
+    )
+    counts = f"{len(a)} and {len(b)} seeds" if len(a) != len(b) else f"{len(a)} seeds"
+    numbers = f"{shown[0]} against {shown[1]} ({name}, mean ± std over {counts})"
+    if len(a) < 2 or len(b) < 2 or not (stats[0]["std"] or stats[1]["std"]):
+        why = "too few seeds" if len(a) < 2 or len(b) < 2 else "every seed ended identically"
+        return (
+            f"{described(first, rows)} comes out ahead of {described(second, rows)}: {numbers}, "
+            f"better in {wins} of {len(paired)} seeds; no t-test ({why})."
+        )
+    p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    if p < 0.05:
+        head = f"{described(first, rows)} beats {described(second, rows)}"
+    else:
+        head = (
+            f"{described(first, rows)} and {described(second, rows)} are not told apart (p ≥ 0.05)"
+        )
+    return (
+        f"{head}: {numbers}, better in {wins} of {len(paired)} seeds, p = {p:.2g} (Welch's t-test)."
+    )
+
+
+def compared(sweep_dir: Path, configs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """sweep=compare's stage-2 configurations, best first; None for any other sweep."""
+    plan = sweep_dir / "compare.json"
+    if not plan.is_file():
+        return None
+    stage_two = set(json.loads(plan.read_text())["stage2"])
+    return [c for c in configs if set(c["jobs"]) & stage_two]
+
+
 def all_equal(config: dict[str, Any]) -> bool:
     return all(stats["std"] == 0 for stats in config["stats"].values())
 
@@ -372,16 +452,28 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
     write_table(sweep_dir / "runs", header, body)
     configs = configurations(rows)
     write_table(sweep_dir / "summary", *configuration_table(configs))
-    images = write_figures(sweep_dir, rows, configs)
+    stage_two = compared(sweep_dir, configs)
+    images = write_figures(sweep_dir, rows, stage_two or configs)
     write_sweep_events(sweep_dir, rows, images)
     counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}
     title = f"{len(rows)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
-    if all(c["seeds"] == 1 for c in configs):
+    caption = "mean ± the half-width of its 95% t-interval, over the finished seeds"
+    if stage_two:
+        title += f"; sweep=compare, each optimizer's best point ({len(configs)} configurations in summary.csv)"
+        print_table(*printed_configurations(stage_two), title, caption)
+        by_job = {r["job"]: r for r in rows}
+        ranked = [c for c in stage_two if c["finished"]]
+        sentence = verdict(ranked[0], ranked[1], by_job) if len(ranked) > 1 else ""
+        (sweep_dir / "comparison.md").write_text(
+            f"{markdown(*printed_configurations(stage_two))}\n{caption}.\n\n{sentence}\n"
+        )
+        if sentence:
+            print(sentence)
+    elif all(c["seeds"] == 1 for c in configs):
         print_table(header, body, title)
     else:
         plural = "s" if len(configs) > 1 else ""
         title += f"; {len(configs)} configuration{plural}"
-        caption = "mean ± the half-width of its 95% t-interval, over the finished seeds"
         print_table(*printed_configurations(configs), title, caption)
     if equal := [c for c in configs if c["finished"] > 1 and all_equal(c)]:
         print(
@@ -390,7 +482,8 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
             "see a spread."
         )
     print(
-        f"Tables: {sweep_dir}/summary.csv, summary.md (configurations), runs.csv, runs.md (jobs); "
+        f"Tables: {sweep_dir}/summary.csv, summary.md (configurations), runs.csv, runs.md (jobs)"
+        f"{', comparison.md' if stage_two else ''}; "
         f"pictures: {', '.join(images) or 'none'}"
     )
     print(f"tensorboard --logdir {sweep_dir}")

@@ -120,6 +120,12 @@ class GridSweeper(Sweeper):
         self.validate_batch_is_legal(jobs)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        return self.launch_all(jobs)
+
+    def launch_all(self, jobs: list[list[str]], first_num: int = 0) -> list[Sequence[JobReturn]]:
+        """Launch the jobs, `max_batch_size` at a time, except those whose directory already holds
+        a final result; job numbers start at `first_num`."""
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         size = (
             self.max_batch_size
             if self.max_batch_size and self.max_batch_size > 0
@@ -131,7 +137,7 @@ class GridSweeper(Sweeper):
             todo = [
                 i
                 for i, overrides in enumerate(batch)
-                if not final_status(self.job_dir(overrides, first + i))
+                if not final_status(self.job_dir(overrides, first_num + first + i))
             ]
             if len(todo) < len(batch):
                 log.info(
@@ -139,7 +145,9 @@ class GridSweeper(Sweeper):
                 )
             if not todo:
                 continue
-            results = self.launcher.launch([batch[i] for i in todo], initial_job_idx=first)
+            results = self.launcher.launch(
+                [batch[i] for i in todo], initial_job_idx=first_num + first
+            )
             for result in results:
                 _ = result.return_value  # raises if the job raised, as Hydra's basic sweeper does
             returns.append(results)

@@ -1,0 +1,192 @@
+"""hydra/sweeper=compare (the sweep=compare preset): DeepOBS' protocol for comparing optimizers
+fairly, in one command.
+
+Stage 1 runs the grid of every swept key (`optimizer` and `optimizer.lr` in the preset) with
+`search_seeds` seeds per point. Stage 2 takes, for each optimizer, the grid point with the best
+mean of the monitored best over those seeds (a point where a seed diverged or failed is never
+taken) and runs it with `seeds` seeds: `seed`, `seed + 1`, ... The stage-1 seeds of that point are
+the first stage-2 seeds, so they are not trained twice. The sweep's summary then compares the
+stage-2 configurations (experiments.summary: comparison.md, the table and one sentence for the
+top two).
+
+A seed must change something for a spread to mean anything: where the model starts from fixed
+values (`model.init_weight` and `model.init_bias` of the thermometer's seed 002), the comparison
+starts each seed from the model's random initialisation instead, and says so
+(`random_start: false` keeps the fixed start).
+
+Both stages go to the launcher as batches, so hydra/launcher=vectorized (the preset's launcher)
+trains each stage as one population where the jobs share their batches. The same command into the
+same `hydra.sweep.dir` reuses every job that has a final result and chooses stage 2 again from
+stage 1's files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn
+from omegaconf import OmegaConf
+
+from experiments.config import UserError
+from hydra_plugins.experiments_plugins.grid_sweeper import GridSweeper, composed, grid
+
+log = logging.getLogger(__name__)
+PLAN = "compare.json"  # the sweep's two stages, as experiments.summary reads them
+
+
+def job_record(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stage_one_means(
+    points: dict[tuple[str, ...], list[dict[str, Any] | None]],
+) -> dict[tuple[str, ...], float | None]:
+    """Each grid point's mean monitored best over its seeds; None where a seed did not finish."""
+    means = {}
+    for point, records in points.items():
+        bests = [
+            (r.get("monitor") or {}).get("best")
+            for r in records
+            if r is not None and r.get("status") == "finished"
+        ]
+        finite = [b for b in bests if b is not None and math.isfinite(b)]
+        means[point] = math.fsum(finite) / len(finite) if len(finite) == len(records) else None
+    return means
+
+
+class CompareSweeper(GridSweeper):
+    def __init__(
+        self,
+        params: dict[str, str] | None = None,
+        search_seeds: int = 1,
+        seeds: int = 10,
+        random_start: bool = True,
+        max_batch_size: int | None = None,
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.search_seeds, self.seeds, self.random_start = search_seeds, seeds, random_start
+
+    def check(self, parsed: list[Any]) -> None:
+        for key in ("search_seeds", "seeds"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"hydra.sweeper.{key} must be a positive integer, got {value!r}.")
+        if self.search_seeds > self.seeds:
+            raise UserError(
+                f"hydra.sweeper.search_seeds={self.search_seeds} is more than hydra.sweeper.seeds={self.seeds}; stage 2 reruns stage 1's best point with at least as many seeds."
+            )
+        for override in parsed:
+            if override.get_key_element().lstrip("+") == "seed" and override.is_sweep_override():
+                raise UserError(
+                    "sweep=compare chooses the seeds itself: give hydra.sweeper.seeds (stage 2, default 10) and hydra.sweeper.search_seeds (stage 1, default 1) instead of sweeping seed."
+                )
+        if not any(o.is_sweep_override() for o in parsed):
+            raise UserError(
+                "sweep=compare has no grid to search: sweep the optimizer and its learning rate, as optimizer=sgd,adam optimizer.lr=1e-3,1e-2,1e-1."
+            )
+
+    def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        # the command line's values of a key replace the preset's
+        given = {o.get_key_element(): o for o in parser.parse_overrides(list(arguments))}
+        preset = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()])
+        parsed = [o for o in preset if o.get_key_element() not in given] + list(given.values())
+        self.check(parsed)
+        points = grid(parsed)
+        first_seed = int(composed(self.hydra_context, self.config, points[0]).seed)
+        fixed = self.random_start_overrides(points[0], given)
+        points = [[*point, *fixed] for point in points]
+        search = [f"seed={first_seed + k}" for k in range(self.search_seeds)]
+        stage_one = [[*point, seed] for point in points for seed in search]
+        self.validate_batch_is_legal(stage_one)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        if fixed:
+            log.info(
+                f"sweep=compare starts each seed from the model's random initialisation ({' '.join(fixed)}): "
+                "from a fixed start every seed would be the same run (hydra.sweeper.random_start=false keeps it)"
+            )
+        log.info(
+            f"sweep=compare, stage 1: {len(points)} grid points x {len(search)} seed(s) = {len(stage_one)} jobs"
+        )
+        returns = self.launch_all(stage_one)
+        records = {
+            tuple(point): [
+                job_record(self.job_dir([*point, seed], 0)) for seed in search
+            ]  # the name does not depend on the number
+            for point in points
+        }
+        means = stage_one_means(records)
+        chosen = self.choose(points, means, records)
+        seeds = [f"seed={first_seed + k}" for k in range(self.seeds)]
+        stage_two = [[*point, seed] for point in chosen.values() for seed in seeds]
+        new = [job for job in stage_two if job not in stage_one]
+        log.info(
+            f"sweep=compare, stage 2: the best point of {len(chosen)} optimizer(s) x {len(seeds)} seeds = "
+            f"{len(stage_two)} jobs, {len(stage_two) - len(new)} of them from stage 1"
+        )
+        returns += self.launch_all(new, first_num=len(stage_one))
+        (sweep_dir / PLAN).write_text(
+            json.dumps(
+                {
+                    "stage1": [
+                        {"overrides": list(point), "mean": means[tuple(point)]} for point in points
+                    ],
+                    "chosen": {name: list(point) for name, point in chosen.items()},
+                    "stage2": [self.job_dir(job, 0).name for job in stage_two],
+                    "seeds": [int(s.split("=")[1]) for s in seeds],
+                },
+                indent=2,
+            )
+        )
+        return returns
+
+    def random_start_overrides(self, point: list[str], given: dict[str, Any]) -> list[str]:
+        """`model.init_*=null` for each initial value the model fixes, unless the command line fixed it."""
+        if not self.random_start:
+            return []
+        model = composed(self.hydra_context, self.config, point).get("model") or {}
+        return [
+            f"model.{key}=null"
+            for key, value in model.items()
+            if str(key).startswith("init_") and value is not None and f"model.{key}" not in given
+        ]
+
+    def choose(
+        self,
+        points: list[list[str]],
+        means: dict[tuple[str, ...], float | None],
+        records: dict[tuple[str, ...], list[dict[str, Any] | None]],
+    ) -> dict[str, list[str]]:
+        """Each optimizer's grid point with the best stage-1 mean."""
+        chosen: dict[str, tuple[float, list[str]]] = {}
+        for point in points:
+            mean = means[tuple(point)]
+            name = next((o.split("=", 1)[1] for o in point if o.startswith("optimizer=")), "")
+            if mean is None:
+                continue
+            record = next(r for r in records[tuple(point)] if r is not None)
+            score = mean if (record.get("monitor") or {}).get("mode", "min") == "min" else -mean
+            if name not in chosen or score < chosen[name][0]:
+                chosen[name] = (score, point)
+        names = list(
+            dict.fromkeys(
+                next((o.split("=", 1)[1] for o in p if o.startswith("optimizer=")), "")
+                for p in points
+            )
+        )
+        if left := [n or "(the configured optimizer)" for n in names if n not in chosen]:
+            log.warning(
+                f"sweep=compare: no grid point of {', '.join(left)} finished every seed, so stage 2 leaves it out"
+            )
+        return {name: point for name, (_, point) in chosen.items()}
