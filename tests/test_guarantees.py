@@ -133,7 +133,7 @@ def test_a_sweep_into_a_run_is_refused_and_a_folders_own_event_files_are_kept(
         )
         assert done.returncode == 0, done.stderr[-2000:]
     assert (logs / "events.out.tfevents.1.mine").read_bytes() == b"kept" and len(
-        list(logs.glob("events.out.tfevents.*.sweep"))
+        list(logs.glob("_sweep/events.out.tfevents.*.sweep"))
     ) == 1
 
 

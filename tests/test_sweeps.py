@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import statistics
 import subprocess
@@ -31,7 +32,7 @@ def only_sweep(cwd: Path) -> Path:
 
 
 def job_dirs(sweep: Path) -> list[Path]:
-    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,24 @@ def test_diverging_jobs_are_stopped_and_reported_while_the_sweep_goes_on(optimiz
         / "train.log"
     ).read_text()
     assert "Diverged" in log
+
+
+def test_a_diverged_run_shows_its_loss_up_to_where_it_diverged_and_a_status_scalar(
+    optimizer_sweep,
+):
+    """In TensorBoard's Scalars tab: the diverged run's train/loss goes on to its last finite
+    value, the step before its reason's step, and a status/diverged scalar marks where it stopped;
+    a finished run has no status scalar."""
+    sweep, _ = optimizer_sweep
+    for job in job_dirs(sweep):
+        record, history = read_metrics(job), scalar_history(job)
+        if record["status"] == "finished":
+            assert not [tag for tag in history if tag.startswith("status/")]
+            continue
+        step = int(re.search(r"step (\d+)", record["reason"])[1])  # counted from 1
+        last_step, last = history["train/loss"][-1]
+        assert last_step == step - 2 and math.isfinite(last) and last > 1e6
+        assert history["status/diverged"] == [(record["epochs"], 1.0)]
 
 
 def test_summary_table_lists_every_job_best_first_in_csv_md_and_print(optimizer_sweep):
@@ -227,7 +246,7 @@ def test_the_pictures_of_a_sweep_with_seeds_plot_the_means_over_seeds(seed_sweep
         assert jobs[config["jobs"][0]]["status"] == "finished"
     for name in ("summary.png", "curves.png"):
         assert matplotlib.image.imread(sweep / name).shape[1] > 500
-    events = EventAccumulator(str(sweep), size_guidance={"images": 0})
+    events = EventAccumulator(str(sweep / "_sweep"), size_guidance={"images": 0})
     events.Reload()
     assert {"sweep/summary", "sweep/curves"} <= set(events.Tags()["images"])
 
@@ -283,9 +302,13 @@ def test_tensorboard_shows_every_job_as_a_run_with_the_same_hparams_and_real_met
     } <= next(iter(key_sets))
     adam = next(s for run, s in sessions.items() if "optimizer=adam" in run)
     assert adam.hparams["optimizer.momentum"].number_value == 0.0  # neutral, not dropped
-    assert list(experiments) == ["."]  # one experiment, at the sweep's root, for the whole table
-    assert {m.name.tag for m in experiments["."].metric_infos} == {"best/val_loss", "test/loss"}
-    assert {h.name for h in experiments["."].hparam_infos} == set(next(iter(key_sets)))
+    # one experiment for the whole table, in the sweep's own run (no run named ".")
+    assert list(experiments) == ["_sweep"] and "." not in runs
+    assert {m.name.tag for m in experiments["_sweep"].metric_infos} == {
+        "best/val_loss",
+        "test/loss",
+    }
+    assert {h.name for h in experiments["_sweep"].hparam_infos} == set(next(iter(key_sets)))
     finished_run = next(run for run in sessions if "lr=0.01,optimizer=adam" in run)
     accumulator = EventAccumulator(str(sweep / finished_run))
     accumulator.Reload()

@@ -266,7 +266,7 @@ def test_the_cli_prints_the_grouping_and_the_usual_summary(vectorized_cli):
 
 def test_every_job_leaves_a_complete_run_directory(vectorized_cli):
     sweep, _ = vectorized_cli
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     assert len(jobs) == 15
     for job in jobs:
         record = read_metrics(job)
@@ -359,7 +359,9 @@ def test_an_interrupted_population_resumes_where_it_stopped(tmp_path: Path):
     ]
     assert terminate_at_epoch(args, tmp_path, 250) == 143
     jobs = sorted(
-        p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith(".")
+        p
+        for p in (tmp_path / "sweep").iterdir()
+        if p.is_dir() and not p.name.startswith((".", "_"))
     )
     stopped = [read_metrics(job) for job in jobs]
     assert [r["status"] for r in stopped] == ["interrupted", "interrupted"] and 249 * 8 <= stopped[
@@ -402,7 +404,7 @@ def test_fail_fast_stops_the_population_at_its_first_diverged_job(tmp_path: Path
         for r in (
             read_metrics(p)
             for p in (tmp_path / "sweep").iterdir()
-            if p.is_dir() and not p.name.startswith(".")
+            if p.is_dir() and not p.name.startswith((".", "_"))
         )
     }
     statuses = sorted(r["status"] for r in records.values())

@@ -128,6 +128,8 @@ class RunState:
     earlier_wall_s: float = 0.0  # the segments before a resume
     started: float = field(default_factory=time.perf_counter)
     population: dict[str, Any] | None = None  # set when one fit trained several runs
+    # a diverged run's last finite training loss, (step, value): the last point of its curve
+    last_finite_loss: tuple[int, float] | None = None
 
     @property
     def run_dir(self) -> Path:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+SWEEP_RUN = "_sweep"  # the sweep's own TensorBoard run (HParams experiment, pictures), listed first
 SWEEP_EVENTS = ".sweep"  # the suffix of the sweep's own event file, the only one it replaces
 STATUS_ORDER = {"finished": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
 
@@ -327,7 +328,7 @@ def scalars(run_dir: Path, tags: list[str]) -> dict[str, dict[int, float]]:
 
 
 def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict[str, Any]) -> None:
-    """The sweep's own TensorBoard run: one HParams experiment listing every key and metric any
+    """The sweep's own TensorBoard run, `_sweep` (TensorBoard lists it first): one HParams experiment listing every key and metric any
     job has, so TensorBoard's table shows all of them (it takes the first experiment summary it
     finds), and the sweep's pictures as images (sweep/summary, sweep/curves, sweep/paths)."""
     from torch.utils.tensorboard import SummaryWriter
@@ -355,10 +356,13 @@ def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict
     )
     experiment, _, _ = summaries(params, metrics, domains=domains)
     show_first(experiment, [*varied, "status"])
-    # a sweep run again: one experiment, not two
-    for earlier in sweep_dir.glob(f"events.out.tfevents.*{SWEEP_EVENTS}"):
+    # a sweep run again: one experiment, not two (an older version wrote it to the sweep's root)
+    for earlier in [
+        *sweep_dir.glob(f"events.out.tfevents.*{SWEEP_EVENTS}"),
+        *sweep_dir.glob(f"{SWEEP_RUN}/events.out.tfevents.*{SWEEP_EVENTS}"),
+    ]:
         earlier.unlink()
-    with SummaryWriter(log_dir=str(sweep_dir), filename_suffix=SWEEP_EVENTS) as writer:
+    with SummaryWriter(log_dir=str(sweep_dir / SWEEP_RUN), filename_suffix=SWEEP_EVENTS) as writer:
         writer.file_writer.add_summary(experiment)
         for name, pixels in images.items():
             writer.add_image(f"sweep/{name.removesuffix('.png')}", pixels, 0, dataformats="HWC")

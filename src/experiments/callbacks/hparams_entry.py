@@ -11,6 +11,20 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from experiments.hparams import hparams_metrics, write_session
 from experiments.state import RunState
 
+# Runs that stop before their last epoch: TensorBoard's Scalars tab shows them by a
+# `status/<status>` scalar at the step they stopped (filter the tags by "status").
+ENDED_EARLY = ("diverged", "pruned")
+
+
+def ended_early(state: RunState) -> list[tuple[dict[str, float], int]]:
+    """What a run that stopped early adds to its scalars, as (values, step): a diverged run's
+    last finite training loss, so that its curve reaches the step it diverged, and its status."""
+    points = []
+    if state.last_finite_loss is not None:
+        step, value = state.last_finite_loss
+        points.append(({"train/loss": value}, step))
+    return [*points, ({f"status/{state.status}": 1.0}, state.steps)]
+
 
 class HParamsEntry:
     def __init__(self, runs: Any, with_experiment: bool) -> None:
@@ -38,6 +52,9 @@ class HParamsEntry:
                         state.status,
                         self.with_experiment,
                     )
+                    if state.status in ENDED_EARLY:
+                        for values, step in ended_early(state):
+                            logger.log_metrics(values, step=step)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.write(trainer)  # a run that ended since (a population's diverged or pruned runs)

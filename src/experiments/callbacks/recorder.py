@@ -244,6 +244,8 @@ class StatusRecord:
                 )
             else:
                 state.end(status, reason)
+            if isinstance(exception, Diverged):
+                state.last_finite_loss = exception.last_finite_loss
         self.write(trainer, tolerant=True)
 
 

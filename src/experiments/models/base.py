@@ -20,7 +20,12 @@ STAGES = ("train", "val", "test")
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite; the message says when."""
+    """The training loss became NaN or infinite; the message says when, `last_finite_loss` the
+    last finite training loss seen before, as (step, value)."""
+
+    def __init__(self, message: str, last_finite_loss: tuple[int, float] | None = None) -> None:
+        super().__init__(message)
+        self.last_finite_loss = last_finite_loss
 
 
 class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
@@ -116,6 +121,7 @@ class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
         outputs = self(inputs)
         loss = self.loss(outputs, targets)
         self.check_finite(loss)
+        self._finite_loss = (self.global_step, loss.detach())  # read only if a later one diverges
         if self._train_outputs is not None:
             self._train_outputs.append((loss.detach(), outputs.detach(), targets))
         return loss
@@ -128,8 +134,12 @@ class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
             if trainer.world_size > 1:  # every process stops together, or the others wait forever
                 bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
             if bad:
+                step, last = getattr(self, "_finite_loss", (None, None))
                 raise Diverged(
-                    f"train loss became {value} at epoch {self.current_epoch + 1}, step {self.global_step + 1}"
+                    f"train loss became {value} at epoch {self.current_epoch + 1}, step {self.global_step + 1}",
+                    None
+                    if last is None or not math.isfinite(last := float(last))
+                    else (step, last),
                 )
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -207,6 +207,10 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         outputs = self.stacked_forward(inputs)
         losses = self.stacked_loss(outputs, targets)
         self.watch(losses)
+        self._finite_losses = (
+            self.global_step,
+            losses.detach(),
+        )  # read only if a later one diverges
         if self._train_outputs is not None:
             self._train_outputs.append((losses.detach(), outputs.detach(), targets))
         return losses.sum()
@@ -242,7 +246,11 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
             return
         self.population_optimizer.any_frozen = True
         epochs, values = self.diverged_epoch.tolist(), self.diverged_loss.tolist()
+        step, last = getattr(self, "_finite_losses", (None, None))
+        last = [None] * len(steps) if last is None else last.tolist()
         for i in rows:
+            if last[i] is not None and math.isfinite(last[i]):
+                self.states[i].last_finite_loss = (step, last[i])
             self.stop_run(
                 i,
                 "diverged",
