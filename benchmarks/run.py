@@ -20,6 +20,11 @@ sizes once (the smoke test of this script). With a GPU, cases 1 to 3 also run on
      each job's test accuracy is its solo run's.
   6. How a population's cost grows: thermometer sweeps of K = 1, 4, 16, 64 Adam learning rates on
      hydra/launcher=vectorized, seconds per job and peak memory.
+  7. A fair comparison on the thermometer: `sweep=compare` (5 optimizers x 13 learning rates with
+     one seed, then each optimizer's best learning rate with 10 seeds: 110 distinct fits) on the
+     vectorized launcher (the preset's) and on the basic launcher, against a plain loop doing the
+     same fits one after another (benchmarks/plain_compare.py).
+  8. The same on Fashion-MNIST: adam, sgd and momentum x 5 learning rates, 5 seeds, 2 epochs.
 Case 3 also runs the 15 jobs on hydra/launcher=vectorized.
 """
 
@@ -41,7 +46,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 TRAIN = [PY, "-m", "experiments.train"]
-ALL_CASES = "1,2,3,4,5,6"
+ALL_CASES = "1,2,3,4,5,6,7,8"
 
 
 @dataclass
@@ -268,6 +273,89 @@ def cases(
         )
         for k in sizes_k
     ]
+    compare = [*TRAIN, "sweep=compare", *accelerator]
+    plain_compare = [PY, str(HERE / "plain_compare.py")]
+    thermometer = (
+        [
+            "optimizer=sgd,adam",
+            "optimizer.lr=1e-2,1e-1",
+            "hydra.sweeper.seeds=2",
+            "trainer.max_epochs=50",
+        ]
+        if quick
+        else []
+    )
+    plain_thermometer = (
+        ["--optimizers", "sgd,adam", "--lrs", "1e-2,1e-1", "--seeds", "2", "--epochs", "50"]
+        if quick
+        else []
+    )
+    fits = 6 if quick else 110
+    found["7 thermometer comparison" + suffix] = [
+        Variant(
+            "package, vectorized launcher",
+            [*compare, "experiment=thermometer", *thermometer],
+            "sweep",
+            jobs=fits,
+        ),
+        Variant(
+            "package, basic launcher",
+            [*compare, "hydra/launcher=basic", "experiment=thermometer", *thermometer],
+            "sweep",
+            jobs=fits,
+        ),
+        Variant(
+            "plain loop",
+            [*plain_compare, "thermometer", *plain_thermometer, *plain_device],
+            "json",
+            jobs=fits,
+        ),
+    ]
+    if data is not None:
+        names, lrs, seeds = (
+            ("adam,sgd", "1e-3,1e-2", 2)
+            if quick
+            else ("adam,sgd,momentum", "1e-4,1e-3,1e-2,3e-2,1e-1", 5)
+        )
+        fits = len(names.split(",")) * (len(lrs.split(",")) + seeds - 1)
+        fashion_compare = [
+            f"experiment={experiment}",
+            f"data.root={data}",
+            f"optimizer={names}",
+            f"optimizer.lr={lrs}",
+            f"hydra.sweeper.seeds={seeds}",
+            *(["data.val_size=100", "trainer.max_epochs=1"] if quick else []),
+        ]
+        found["8 " + experiment + " comparison" + suffix] = [
+            Variant(
+                "package, vectorized launcher", [*compare, *fashion_compare], "sweep", jobs=fits
+            ),
+            Variant(
+                "package, basic launcher",
+                [*compare, "hydra/launcher=basic", *fashion_compare],
+                "sweep",
+                jobs=fits,
+            ),
+            Variant(
+                "plain loop",
+                [
+                    *plain_compare,
+                    "mnist",
+                    str(torchvision_root),
+                    *flag,
+                    "--optimizers",
+                    names,
+                    "--lrs",
+                    lrs,
+                    "--seeds",
+                    str(seeds),
+                    *(["--epochs", "1"] if quick else []),
+                    *plain_device,
+                ],
+                "json",
+                jobs=fits,
+            ),
+        ]
     if not gpu:
         found["4 start-up"] = [
             Variant("python -c 'import torch'", [PY, "-c", "import torch"]),
@@ -402,6 +490,42 @@ def targets(results: dict[str, list[dict]]) -> list[dict]:
                     "target": f"seconds per job at {last['variant']} vs {first['variant']} (1/K would be {1 / last['jobs']:.3g})",
                     "value": ratio(last["per_job_s"], first["per_job_s"]),
                     "limit": 4 / last["jobs"],
+                    "better": "lower",
+                }
+            )
+        elif case.startswith(("7 ", "8 ")):
+            package, basic, plain = (
+                by_name["package, vectorized launcher"],
+                by_name["package, basic launcher"],
+                by_name["plain loop"],
+            )
+            if case.startswith("7 "):
+                twenty = None if plain["per_job_s"] is None else 20 * plain["per_job_s"]
+                rows.append(
+                    {
+                        "case": case,
+                        "target": f"end to end <= 20 plain fits one after another ({number(twenty)} s)",
+                        "value": ratio(package["wall_s"], twenty),
+                        "limit": 1.0,
+                        "better": "lower",
+                        "unit": "x those 20 fits",
+                    }
+                )
+            rows.append(
+                {
+                    "case": case,
+                    "target": "vectorized launcher against the basic launcher (speed-up)",
+                    "value": ratio(basic["wall_s"], package["wall_s"]),
+                    "limit": 1.0,
+                    "better": "higher",
+                }
+            )
+            rows.append(
+                {
+                    "case": case,
+                    "target": "vectorized launcher against the plain loop of the same fits",
+                    "value": ratio(package["wall_s"], plain["wall_s"]),
+                    "limit": 1.0,
                     "better": "lower",
                 }
             )

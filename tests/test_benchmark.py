@@ -41,6 +41,8 @@ def test_the_quick_benchmark_runs_every_case_and_writes_its_tables(tmp_path: Pat
         "4 start-up",
         "5 mnist sweep of 6",
         "6 population size",
+        "7 thermometer comparison",
+        "8 mnist comparison",
     ]
     for variants in report["results"].values():
         assert all(v["repetitions"] == 1 and v["wall_s"] > 0 for v in variants)
@@ -62,6 +64,14 @@ def test_the_quick_benchmark_runs_every_case_and_writes_its_tables(tmp_path: Pat
         and len(fashion["package, sequential"]["accuracies"]) == 6
     )
     assert [v["jobs"] for v in report["results"]["6 population size"]] == [1, 4]
+    for case in ("7 thermometer comparison", "8 mnist comparison"):
+        compared = {v["variant"]: v for v in report["results"][case]}
+        assert set(compared) == {
+            "package, vectorized launcher",
+            "package, basic launcher",
+            "plain loop",
+        }
+        assert compared["package, vectorized launcher"]["jobs"] == 6
     assert {row["case"] for row in report["targets"]} == set(report["results"])
     table = (tmp_path / "out" / "RESULTS.md").read_text()
     assert (

@@ -100,7 +100,7 @@ def test_multirun_over_two_learning_rates_runs_both_jobs(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
     assert len(sweeps) == 1
-    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
+    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
     assert jobs == [
         "experiment=thermometer,optimizer.lr=0.001,trainer.max_epochs=100",
         "experiment=thermometer,optimizer.lr=0.01,trainer.max_epochs=100",

@@ -105,9 +105,7 @@ def test_a_sweep_of_ddp_jobs_runs_each_job_once_in_its_own_directory(tmp_path: P
     assert done.returncode == 0, done.stderr[-3000:]
     sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
     assert len(sweeps) == 1 and not (tmp_path / "outputs" / "runs").exists()
-    jobs = sorted(
-        p for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
-    )
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [p.name for p in jobs] == [
         "experiment=thermometer,optimizer.lr=0.001,trainer.max_epochs=50,trainer=ddp_cpu",
         "experiment=thermometer,optimizer.lr=0.01,trainer.max_epochs=50,trainer=ddp_cpu",
@@ -164,7 +162,7 @@ def test_submitit_local_executor_runs_a_two_job_sweep(tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
-    jobs = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+    jobs = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(jobs) == 2 and all(read_metrics(job)["status"] == "finished" for job in jobs)
     assert (sweep / ".submitit").is_dir() and (sweep / "summary.csv").is_file()
 
@@ -181,7 +179,7 @@ def test_a_sweep_job_run_again_after_preemption_resumes_from_its_checkpoint(tmp_
     ]
     assert terminate_at_epoch(args, tmp_path, 700) == 143
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
-    job = next(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    job = next(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     stopped = read_metrics(job)
     assert stopped["status"] == "interrupted" and 700 <= stopped["steps"] < 3000
 

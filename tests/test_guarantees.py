@@ -133,7 +133,7 @@ def test_a_sweep_into_a_run_is_refused_and_a_folders_own_event_files_are_kept(
         )
         assert done.returncode == 0, done.stderr[-2000:]
     assert (logs / "events.out.tfevents.1.mine").read_bytes() == b"kept" and len(
-        list(logs.glob("_sweep/events.out.tfevents.*.sweep"))
+        list(logs.glob(".sweep/events.out.tfevents.*.sweep"))
     ) == 1
 
 
@@ -221,7 +221,9 @@ def test_a_sweep_run_again_leaves_finished_and_diverged_jobs_alone(tmp_path: Pat
     sweep = tmp_path / "sweep"
     args = ["-m", *SHORT, "data.input_scale=null", f"hydra.sweep.dir={sweep}"]
     assert cli([*args, "optimizer.lr=1e-5,1e-2"], tmp_path).returncode == 0
-    jobs = {p.name: snapshot(p) for p in sweep.iterdir() if p.is_dir()}
+    jobs = {
+        p.name: snapshot(p) for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")
+    }
     statuses = sorted(read_metrics(sweep / name)["status"] for name in jobs)
     assert statuses == ["diverged", "finished"]
     done = cli([*args, "optimizer.lr=1e-5,1e-2,1e-6"], tmp_path)
@@ -230,8 +232,9 @@ def test_a_sweep_run_again_leaves_finished_and_diverged_jobs_alone(tmp_path: Pat
     assert {
         name: snapshot(sweep / name) for name in jobs
     } == jobs  # not a byte changed, no event file added
-    assert len([p for p in sweep.iterdir() if p.is_dir()]) == 3
-    assert len(list(sweep.glob("events.out.tfevents.*"))) == 1  # one HParams experiment at the root
+    assert len([p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]) == 3
+    # one HParams experiment, in the sweep's own run
+    assert len(list(sweep.glob("**/events.out.tfevents.*.sweep"))) == 1
     assert "3 jobs: 2 finished, 1 diverged" in done.stdout
 
 

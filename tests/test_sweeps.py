@@ -32,7 +32,7 @@ def only_sweep(cwd: Path) -> Path:
 
 
 def job_dirs(sweep: Path) -> list[Path]:
-    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +246,7 @@ def test_the_pictures_of_a_sweep_with_seeds_plot_the_means_over_seeds(seed_sweep
         assert jobs[config["jobs"][0]]["status"] == "finished"
     for name in ("summary.png", "curves.png"):
         assert matplotlib.image.imread(sweep / name).shape[1] > 500
-    events = EventAccumulator(str(sweep / "_sweep"), size_guidance={"images": 0})
+    events = EventAccumulator(str(sweep / ".sweep"), size_guidance={"images": 0})
     events.Reload()
     assert {"sweep/summary", "sweep/curves"} <= set(events.Tags()["images"])
 
@@ -303,12 +303,12 @@ def test_tensorboard_shows_every_job_as_a_run_with_the_same_hparams_and_real_met
     adam = next(s for run, s in sessions.items() if "optimizer=adam" in run)
     assert adam.hparams["optimizer.momentum"].number_value == 0.0  # neutral, not dropped
     # one experiment for the whole table, in the sweep's own run (no run named ".")
-    assert list(experiments) == ["_sweep"] and "." not in runs
-    assert {m.name.tag for m in experiments["_sweep"].metric_infos} == {
+    assert list(experiments) == [".sweep"] and "." not in runs
+    assert {m.name.tag for m in experiments[".sweep"].metric_infos} == {
         "best/val_loss",
         "test/loss",
     }
-    assert {h.name for h in experiments["_sweep"].hparam_infos} == set(next(iter(key_sets)))
+    assert {h.name for h in experiments[".sweep"].hparam_infos} == set(next(iter(key_sets)))
     finished_run = next(run for run in sessions if "lr=0.01,optimizer=adam" in run)
     accumulator = EventAccumulator(str(sweep / finished_run))
     accumulator.Reload()

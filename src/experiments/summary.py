@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SWEEP_RUN = "_sweep"  # the sweep's own TensorBoard run (HParams experiment, pictures), listed first
+# the sweep's own TensorBoard run (HParams experiment, pictures), listed first; hidden, as .hydra
+# is, so that every visible folder of a sweep is a job
+SWEEP_RUN = ".sweep"
 SWEEP_EVENTS = ".sweep"  # the suffix of the sweep's own event file, the only one it replaces
 STATUS_ORDER = {"finished": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
 
@@ -328,7 +330,7 @@ def scalars(run_dir: Path, tags: list[str]) -> dict[str, dict[int, float]]:
 
 
 def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict[str, Any]) -> None:
-    """The sweep's own TensorBoard run, `_sweep` (TensorBoard lists it first): one HParams experiment listing every key and metric any
+    """The sweep's own TensorBoard run, `.sweep` (TensorBoard lists it first): one HParams experiment listing every key and metric any
     job has, so TensorBoard's table shows all of them (it takes the first experiment summary it
     finds), and the sweep's pictures as images (sweep/summary, sweep/curves, sweep/paths)."""
     from torch.utils.tensorboard import SummaryWriter
