@@ -667,14 +667,22 @@ def main() -> None:
     )
     parser.add_argument("--cases", default=ALL_CASES, help="which cases to run, e.g. 2,3")
     parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="a new folder to keep every command's output in (default: a temporary one, removed)",
+    )
+    parser.add_argument(
         "--devices",
         default="auto",
         help="cpu, cuda, or cpu,cuda; auto: cpu, and cuda when there is a GPU",
     )
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)  # a new folder: no earlier output is touched
     with tempfile.TemporaryDirectory(prefix="experiments-bench-") as tmp:
-        work = Path(tmp)
+        work = Path(tmp) if args.keep is None else args.keep.resolve()
         data = args.data if args.data.is_dir() else None
         if args.quick:
             from experiments.data.idx_files import write_fake_set

@@ -444,7 +444,7 @@ def test_a_job_whose_value_is_refused_is_not_grouped_and_fail_fast_stops_before_
     assert "error: optimizer.lr must be a positive number, got -0.2." in done.stderr
     records = sorted(
         (r["status"], next(o for o in r["overrides"] if o.startswith("optimizer.lr=")))
-        for r in map(read_metrics, (tmp_path / "on").glob("*/"))
+        for r in map(read_metrics, (p.parent for p in (tmp_path / "on").glob("*/metrics.json")))
     )
     assert records == [
         ("failed", "optimizer.lr=-0.2"),
