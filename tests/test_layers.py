@@ -36,6 +36,7 @@ LAYERS = {
     "experiments.run": 2,
     "experiments.population.group": 2,
     # 3: the process and Hydra: entry points, Hydra's callbacks and plugins
+    "experiments.api": 3,
     "experiments.cli": 3,
     "experiments.train": 3,
     "experiments.evaluate": 3,

@@ -3,7 +3,8 @@
 How the code is laid out (tests/test_layers.py keeps it so: imports, those inside functions too,
 point only down, and none goes round in a cycle):
 
-  3  process and Hydra   cli (the process: arguments, every mistake as one sentence, exit codes),
+  3  process and Hydra   api (train, sweep and load from Python and Jupyter, the command line's
+                         entry point run in-process), cli (the process: arguments, every mistake as one sentence, exit codes),
                          train, evaluate, lr_find, gradcheck (entry points), hydra_callbacks,
                          hydra_plugins/ (the grid and Optuna sweepers, the vectorized launcher)
   2  one fit each        run.train_and_test (a single run), population.group.train_group (a
@@ -36,4 +37,7 @@ test_reliability.py (Interrupting and resuming), test_sweeps.py (Sweeps), test_t
 Extending example), test_data.py (MNIST offline), test_cli.py (the two commands, the summary).
 """
 
+from experiments.config import UserError
+
+__all__ = ["UserError"]
 __version__ = "0.1.0"

@@ -16,6 +16,9 @@ from experiments.cli import one_sentence
 from experiments.config import UserError
 from experiments.rundir import RESUME_ONE_RUN, claim_run_dir, claim_sweep_dir
 
+# The run and sweep directories this process claimed, newest last: experiments.api returns them.
+CLAIMED: list[Path] = []
+
 
 def check_launcher(config: DictConfig) -> None:
     """A launcher that needs a cluster finds it, and the sweeper's settings hold, before the sweep
@@ -50,11 +53,13 @@ class RunDirectoryCheck(Callback):
     @one_sentence
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         claim_run_dir(config)
+        CLAIMED.append(Path(str(config.resume if config.get("resume") else config.hydra.run.dir)))
 
     @one_sentence
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_launcher(config)
         claim_sweep_dir(Path(str(config.hydra.sweep.dir)))
+        CLAIMED.append(Path(str(config.hydra.sweep.dir)))
 
 
 class SweepSummary(Callback):

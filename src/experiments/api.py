@@ -1,0 +1,332 @@
+"""Experiments from Python and Jupyter, with the command line's guarantees:
+
+    from experiments import api
+
+    run = api.train("experiment=thermometer")          # python -m experiments.train experiment=thermometer
+    run.status, run.best, run.test, run.parameters      # from its metrics.json
+    run.history                                         # every logged scalar: a pandas DataFrame
+    sweep = api.sweep("experiment=thermometer", "optimizer=sgd,adam", "seed=0,1,2")
+    sweep.configurations                                # mean, std, 95% CI per configuration
+    api.load("outputs/runs/<time>")                     # a Run or Sweep the command line wrote
+
+`train` and `sweep` run the command line's own Hydra entry point in this process: the same
+composition (experiments, presets, `hydra.searchpath`, `resume=`), the same run or sweep directory
+with `.hydra/` and `train.log`, the same ownership lock and checks. A mistake raises
+`experiments.UserError` with the command line's sentence and leaves nothing behind. The caller's
+`sys.argv` (a Jupyter kernel's included), working directory, logging and warnings filters are
+as they were afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.config import UserError
+
+
+def literal(value: Any) -> str:
+    """A Python value as an override's value: True -> true, None -> null, [1, 2] -> [1,2]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(literal(v) for v in value) + "]"
+    return str(value)
+
+
+def arguments(overrides: tuple[str, ...], options: dict[str, Any]) -> list[str]:
+    for override in overrides:
+        if not isinstance(override, str):
+            raise UserError(
+                f"overrides are strings such as 'optimizer=adam', got {override!r}; give settings with dots as keywords of their own, as optimizer__lr=0.01 for optimizer.lr."
+            )
+    return [*overrides, *(f"{k.replace('__', '.')}={literal(v)}" for k, v in options.items())]
+
+
+class Preserved:
+    """The caller's process as it was: sys.argv, the working directory, every logger's handlers,
+    level and propagation (Hydra configures logging for each run), the warnings filters, and the
+    environment variable the entry point sets."""
+
+    def __enter__(self) -> Preserved:
+        self.argv, self.cwd = list(sys.argv), os.getcwd()
+        self.loggers = {
+            logger: (list(logger.handlers), logger.level, logger.propagate, logger.disabled)
+            for logger in self.all_loggers()
+        }
+        self.filters = list(warnings.filters)
+        self.environ = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR",)}
+        return self
+
+    @staticmethod
+    def all_loggers() -> list[logging.Logger]:
+        found = [logging.getLogger()]
+        found += [
+            logger
+            for logger in logging.root.manager.loggerDict.values()
+            if isinstance(logger, logging.Logger)
+        ]
+        return found
+
+    def __exit__(self, *exc: object) -> None:
+        sys.argv = self.argv
+        os.chdir(self.cwd)
+        for logger in self.all_loggers():
+            handlers, level, propagate, disabled = self.loggers.get(
+                logger, ([], logging.NOTSET, True, False)
+            )
+            for handler in list(logger.handlers):
+                if handler not in handlers:  # a run's train.log, Hydra's console handler
+                    logger.removeHandler(handler)
+                    handler.close()
+            for handler in handlers:
+                if handler not in logger.handlers:
+                    logger.addHandler(handler)
+            logger.setLevel(level)
+            logger.propagate, logger.disabled = propagate, disabled
+        warnings.filters[:] = self.filters
+        for key, value in self.environ.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def entry(args: list[str]) -> Path:
+    """Run `python -m experiments.train ARGS` in this process; the run or sweep directory."""
+    from experiments import hydra_callbacks
+    from experiments.config import mistake
+    from experiments.overrides import config_error, prepare_arguments
+    from experiments.rundir import discard_claimed
+    from experiments.train import main
+
+    with Preserved():
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        sys.argv = ["experiments.train", *prepare_arguments(args)]
+        hydra_callbacks.CLAIMED.clear()
+        try:
+            main()
+        except SystemExit as done:
+            if isinstance(done.code, str):  # a mistake, as the command line prints it
+                discard_claimed()
+                raise UserError(done.code.removeprefix("error: ").strip()) from None
+        except UserError:
+            discard_claimed()
+            raise
+        except KeyboardInterrupt:
+            discard_claimed()
+            raise
+        except Exception as error:
+            message = config_error(error, sys.argv[1:], "train")
+            if message is None:
+                raise
+            discard_claimed()
+            raise UserError(mistake(message).removeprefix("error: ").strip()) from None
+    if not hydra_callbacks.CLAIMED:
+        raise RuntimeError("the run ended before its directory was claimed")
+    return hydra_callbacks.CLAIMED[-1]
+
+
+def train(*overrides: str, **options: Any) -> Run:
+    """Train one run, as `python -m experiments.train OVERRIDES` does; keywords are overrides too
+    (`optimizer__lr=0.01` is `optimizer.lr=0.01`). Returns the Run, whatever its status; a
+    mistake raises experiments.UserError with the command line's sentence."""
+    from experiments.cli import asks_for_multirun
+
+    args = arguments(overrides, options)
+    if asks_for_multirun(args) or any(
+        a.replace(" ", "").startswith("sweep=") and not a.endswith("=null") for a in args
+    ):
+        raise UserError(
+            "experiments.api.train runs one configuration; give a sweep to experiments.api.sweep."
+        )
+    return Run(entry(args))
+
+
+def sweep(*overrides: str, **options: Any) -> Sweep:
+    """Run a sweep, as `python -m experiments.train -m OVERRIDES` (or a sweep=... preset) does,
+    with any launcher and sweeper (`"hydra/launcher=vectorized"`, `"sweep=compare"`). Returns the
+    Sweep with its tables and pictures."""
+    args = arguments(overrides, options)
+    if not any(a.replace(" ", "").startswith("sweep=") for a in args):
+        args = ["-m", *args]
+    return Sweep(entry(args))
+
+
+def load(path: str | os.PathLike[str]) -> Run | Sweep:
+    """A run or a sweep directory that the command line (or this module) wrote."""
+    folder = Path(path)
+    if (folder / "metrics.json").is_file():
+        return Run(folder)
+    if (folder / "multirun.yaml").is_file():
+        return Sweep(folder)
+    raise UserError(
+        f"{folder} holds neither a run (metrics.json) nor a sweep (multirun.yaml); give a folder of outputs/runs/ or outputs/sweeps/."
+    )
+
+
+def event_scalars(folder: Path) -> Any:
+    """Every scalar a run logged, as TensorBoard's reader reads its event files: a DataFrame with
+    one row per step and one column per tag (the last value where a step was logged twice)."""
+    import pandas as pd
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    quiet = logging.getLogger("tensorboard")
+    level, quiet.level = quiet.level, logging.WARNING
+    try:
+        events.Reload()
+    finally:
+        quiet.setLevel(level)
+    columns = {
+        tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]
+    }
+    frame = pd.DataFrame(columns).sort_index()
+    frame.index.name = "step"
+    return frame
+
+
+def image_html(png: bytes, width: int = 480) -> str:
+    import base64
+
+    return f'<img width="{width}" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
+
+
+@dataclass
+class Run:
+    """One run directory: what its metrics.json, event files and checkpoints hold."""
+
+    run_dir: Path
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """metrics.json, read afresh."""
+        return json.loads((self.run_dir / "metrics.json").read_text())
+
+    @property
+    def status(self) -> str:
+        return self.record["status"]
+
+    @property
+    def reason(self) -> str | None:
+        return self.record.get("reason")
+
+    @property
+    def best(self) -> float | None:
+        """The monitored metric's best value (`monitor`, val/loss unless set)."""
+        return (self.record.get("monitor") or {}).get("best")
+
+    @property
+    def test(self) -> dict[str, float]:
+        return self.record.get("test") or {}
+
+    @property
+    def parameters(self) -> dict[str, Any] | None:
+        """A line's fitted weight and bias (None for other models)."""
+        return self.record.get("parameters")
+
+    @property
+    def history(self) -> Any:
+        """Every logged scalar, one row per step, one column per metric (pandas)."""
+        return event_scalars(self.run_dir)
+
+    @property
+    def images(self) -> dict[str, bytes]:
+        """The run's TensorBoard images (fit/line, test/confusion_matrix, ...) as PNG bytes, the last of each."""
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(self.run_dir), size_guidance={"images": 0})
+        events.Reload()
+        return {tag: events.Images(tag)[-1].encoded_image_string for tag in events.Tags()["images"]}
+
+    @property
+    def checkpoints(self) -> dict[str, Path]:
+        return {p.stem: p for p in sorted((self.run_dir / "checkpoints").glob("*.ckpt"))}
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.run_dir)!r}, status={self.status!r}, best={self.best!r})"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        record = self.record
+        rows = {
+            "run_dir": str(self.run_dir),
+            "status": record["status"] + (f" ({record['reason']})" if record.get("reason") else ""),
+            f"best {(record.get('monitor') or {}).get('name')}": self.best,
+            **self.test,
+            **(self.parameters or {}),
+        }
+        table = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+            for k, v in rows.items()
+        )
+        images = self.images
+        main = next((images[t] for t in ("fit/line", "test/confusion_matrix") if t in images), None)
+        return f"<table>{table}</table>" + (image_html(main) if main else "")
+
+
+@dataclass
+class Sweep:
+    """One sweep directory: its tables (pandas) and pictures."""
+
+    sweep_dir: Path
+
+    def __post_init__(self) -> None:
+        self.sweep_dir = Path(self.sweep_dir)
+
+    @property
+    def runs(self) -> list[Run]:
+        return [Run(p.parent) for p in sorted(self.sweep_dir.glob("*/metrics.json"))]
+
+    @property
+    def table(self) -> Any:
+        """One row per job, best first (runs.csv)."""
+        import pandas as pd
+
+        return pd.read_csv(self.sweep_dir / "runs.csv")
+
+    @property
+    def configurations(self) -> Any:
+        """One row per configuration, its seeds' mean, std and 95% t-interval (summary.csv)."""
+        import pandas as pd
+
+        return pd.read_csv(self.sweep_dir / "summary.csv")
+
+    @property
+    def comparison(self) -> str | None:
+        """sweep=compare's verdict on the top two (the last line of comparison.md)."""
+        path = self.sweep_dir / "comparison.md"
+        return path.read_text().strip().splitlines()[-1] if path.is_file() else None
+
+    @property
+    def pictures(self) -> dict[str, Path]:
+        return {p.stem: p for p in sorted(self.sweep_dir.glob("*.png"))}
+
+    def __repr__(self) -> str:
+        return f"Sweep({str(self.sweep_dir)!r}, jobs={len(self.runs)})"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        table = self.configurations
+        if len(table) == len(self.table):
+            table = self.table
+        verdict = f"<p>{html.escape(self.comparison)}</p>" if self.comparison else ""
+        picture = self.sweep_dir / "summary.png"
+        return (
+            table.to_html(index=False)
+            + verdict
+            + (image_html(picture.read_bytes(), 640) if picture.is_file() else "")
+        )

@@ -1,0 +1,165 @@
+"""experiments.api: the command line's runs and sweeps from Python, in this process, with its
+guarantees; and the notebooks of notebooks/, executed by a real Jupyter kernel."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import cli, read_metrics
+from experiments import UserError, api
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT = ["experiment=thermometer", "trainer.max_epochs=100", "trainer.check_val_every_n_epoch=50"]
+
+
+def readme_python() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## From Python and Jupyter") :]
+    return section[section.index("```python\n") + 10 : section.index("```\n", 10)]
+
+
+def test_the_readmes_python_example_trains_twice_under_a_kernels_argv_with_the_guarantees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    """The README's example, run as written under a Jupyter kernel's sys.argv: two runs the
+    command line takes (experiments.evaluate run=, resume=), a sweep, a mistake; the caller's
+    argv, working directory, logging and warnings as they were."""
+    monkeypatch.chdir(tmp_path)
+    kernel_argv = ["ipykernel_launcher.py", "-f", str(tmp_path / "kernel-1.json")]
+    monkeypatch.setattr(sys, "argv", list(kernel_argv))
+    handlers, filters = list(logging.getLogger().handlers), list(warnings.filters)
+    names: dict = {}
+    code = readme_python()
+    first, rest = code.split("longer = ", 1)
+    exec(first, names)
+    # seed 002's fit, as the example's comments say
+    assert names["run"].status == "finished"
+    assert names["run"].parameters["weight"] == pytest.approx(5.367, abs=5e-4)
+    assert names["run"].parameters["bias"] == pytest.approx(-17.30, abs=5e-3)
+    assert names["run"].test["test/loss"] == pytest.approx(2.9276, abs=1e-4)
+    exec("longer = " + rest, names)
+
+    assert sys.argv == kernel_argv and Path.cwd() == tmp_path
+    assert logging.getLogger().handlers == handlers and warnings.filters == filters
+    run, longer, slower, sweep = (names[k] for k in ("run", "longer", "slower", "sweep"))
+    assert capsys.readouterr().out.endswith("optimizer.lr must be a positive number, got 'abc'.\n")
+    assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 2  # the mistake left nothing
+    # the same run resumed to 6000 epochs (nearer the least-squares w = 5.3677), then another run
+    assert run.parameters["weight"] == pytest.approx(5.3677, abs=2e-4)
+    assert longer.run_dir.resolve() == run.run_dir.resolve() and longer.record["epochs"] == 6000
+    assert slower.run_dir != run.run_dir and run.run_dir.parent == Path("outputs/runs")
+    for each in (run, slower):
+        record = read_metrics(each.run_dir)
+        assert record["experiment"] == "thermometer" and record["status"] == "finished"
+        assert (each.run_dir / ".hydra" / "config.yaml").is_file()
+        assert "Finished in" in (each.run_dir / "train.log").read_text()
+        assert set(each.checkpoints) == {"best", "last"}
+    assert "optimizer.lr=0.005" in read_metrics(slower.run_dir)["overrides"]
+    history = run.history
+    assert isinstance(history, pd.DataFrame) and history.index.name == "step"
+    assert {"train/loss", "val/loss", "test/loss"} <= set(history.columns)
+    assert history["val/loss"].dropna().min() == pytest.approx(run.best, rel=1e-6)
+    assert run.images["fit/line"][:4] == b"\x89PNG"
+    assert "data:image/png;base64," in run._repr_html_()
+    assert len(sweep.configurations) == 2 and len(sweep.runs) == 6
+    assert list(names["same"].table["job"]) == list(sweep.table["job"])
+    evaluated = cli([f"run={slower.run_dir}"], tmp_path, module="experiments.evaluate")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+
+
+def test_a_mistake_raises_the_command_lines_sentence_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+    said = cli(["optimizer=adamm"], tmp_path).stderr.strip().removeprefix("error: ")
+    assert said and not (tmp_path / "outputs").exists()
+    for call, sentence in [
+        (lambda: api.train("optimizer=adamm"), said),
+        (
+            lambda: api.train("optimizer.lr=abc"),
+            "optimizer.lr must be a positive number, got 'abc'.",
+        ),
+        (
+            lambda: api.sweep("experiment=thermometer", "sweep=compare", "seed=0,1"),
+            "sweep=compare chooses the seeds itself",
+        ),
+        (lambda: api.train("-m", "optimizer.lr=0.1,0.2"), "experiments.api.train runs one"),
+        (lambda: api.load(tmp_path), "holds neither a run"),
+    ]:
+        with pytest.raises(UserError) as raised:
+            call()
+        assert sentence in str(raised.value) and "\n" not in str(raised.value)
+        assert not (tmp_path / "outputs").exists(), sentence
+
+
+def test_sweep_returns_the_command_lines_tables_and_load_reads_what_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    args = [*SHORT, "optimizer=sgd,adam", "seed=0,1"]
+    (tmp_path / "cli").mkdir()
+    done = cli(["-m", *args], tmp_path / "cli")
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = api.load(next((tmp_path / "cli" / "outputs" / "sweeps").iterdir()))
+    monkeypatch.chdir(tmp_path)
+    swept = api.sweep(*args)
+    assert isinstance(written, api.Sweep) and isinstance(swept, api.Sweep)
+    numbers = [c for c in swept.configurations.columns if c != "configuration"]
+    pd.testing.assert_frame_equal(swept.configurations, written.configurations)
+    assert len(swept.configurations) == 2 and numbers
+    assert list(swept.table["job"]) == list(written.table["job"])
+    assert list(swept.table["best val/loss"]) == list(written.table["best val/loss"])
+    assert len(swept.runs) == 4 and all(run.status == "finished" for run in swept.runs)
+    assert set(swept.pictures) >= {"summary", "curves"}
+    run = api.load(written.runs[0].run_dir)
+    assert isinstance(run, api.Run) and run.best == read_metrics(run.run_dir)["monitor"]["best"]
+    assert "<table" in swept._repr_html_()
+
+
+def test_every_notebook_runs_in_a_real_jupyter_kernel(tmp_path: Path):
+    """The notebooks retell the seeds: the thermometer by hand and by train (seed 002's w and b),
+    an optimizer comparison with seeds, the MNIST MLP (on a small set of IDX files here)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from conftest import fake_mnist
+
+    notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) == 3
+    printed = {}
+    digits = fake_mnist(tmp_path / "digits", n_train=5300, n_test=100)  # 5000 for validation
+    env = {"EXPERIMENTS_MNIST_ROOT": str(digits), "CI": "true"}
+    for path in notebooks:
+        notebook = nbformat.read(path, as_version=4)
+        os.environ.update(env)
+        try:
+            NotebookClient(
+                notebook,
+                timeout=600,
+                kernel_name="python3",
+                resources={"metadata": {"path": str(tmp_path)}},
+            ).execute()
+        finally:
+            for key in env:
+                os.environ.pop(key, None)
+        printed[path.name] = "\n".join(
+            output.get("text", "")
+            for cell in notebook.cells
+            if cell.cell_type == "code"
+            for output in cell.get("outputs", [])
+            if output.get("output_type") == "stream"
+        )
+    thermometer = printed["01_thermometer.ipynb"]
+    assert "by hand: w = 5.367, b = -17.30" in thermometer
+    assert "with train: w = 5.367, b = -17.30" in thermometer
+    assert re.search(r"(beats|are not told apart)", printed["02_comparing_optimizers.ipynb"])
+    assert re.search(r"test accuracy \d\.\d+", printed["03_mnist_mlp.ipynb"])
+    assert json.loads(json.dumps(printed))  # plain text
