@@ -71,6 +71,10 @@ def test_the_readmes_python_example_trains_twice_under_a_kernels_argv_with_the_g
     assert run.images["fit/line"][:4] == b"\x89PNG"
     assert "data:image/png;base64," in run._repr_html_()
     assert len(sweep.configurations) == 2 and len(sweep.runs) == 6
+    # the same jobs as one population: bit for bit the same numbers
+    batched = names["batched"]
+    assert list(batched.table["best val/loss"]) == list(sweep.table["best val/loss"])
+    assert {r.record["population"] is not None for r in batched.runs} == {True}
     assert list(names["same"].table["job"]) == list(sweep.table["job"])
     evaluated = cli([f"run={slower.run_dir}"], tmp_path, module="experiments.evaluate")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
@@ -157,6 +161,15 @@ def test_every_notebook_runs_in_a_real_jupyter_kernel(tmp_path: Path):
             for output in cell.get("outputs", [])
             if output.get("output_type") == "stream"
         )
+        if path.name == "01_thermometer.ipynb":  # progress: one output updated in place
+            shown = [
+                output
+                for output in notebook.cells[3].outputs
+                if output.get("output_type") in ("display_data", "update_display_data")
+            ]
+            assert [o["data"]["text/plain"] for o in shown][-1].startswith("━" * 21)
+            assert "epoch 5000/5000" in shown[-1]["data"]["text/plain"]
+            assert "━━" not in "".join(o.get("text", "") for o in notebook.cells[3].outputs)
     thermometer = printed["01_thermometer.ipynb"]
     assert "by hand: w = 5.367, b = -17.30" in thermometer
     assert "with train: w = 5.367, b = -17.30" in thermometer

@@ -151,11 +151,19 @@ def train(*overrides: str, **options: Any) -> Run:
     return Run(entry(args))
 
 
-def sweep(*overrides: str, **options: Any) -> Sweep:
-    """Run a sweep, as `python -m experiments.train -m OVERRIDES` (or a sweep=... preset) does,
-    with any launcher and sweeper (`"hydra/launcher=vectorized"`, `"sweep=compare"`). Returns the
-    Sweep with its tables and pictures."""
+def sweep(
+    *overrides: str, launcher: str | None = None, sweeper: str | None = None, **options: Any
+) -> Sweep:
+    """Run a sweep, as `python -m experiments.train -m OVERRIDES` (or a sweep=... preset) does.
+    `launcher` and `sweeper` pick Hydra's (`launcher="vectorized"` is `hydra/launcher=vectorized`;
+    `sweeper="optuna"`); other keywords are overrides. Returns the Sweep with its tables and
+    pictures."""
     args = arguments(overrides, options)
+    args += [
+        f"hydra/{group}={name}"
+        for group, name in (("launcher", launcher), ("sweeper", sweeper))
+        if name
+    ]
     if not any(a.replace(" ", "").startswith("sweep=") for a in args):
         args = ["-m", *args]
     return Sweep(entry(args))

@@ -1,4 +1,5 @@
-"""Progress as one live line on a terminal, and as plain periodic lines in CI or a log file.
+"""Progress as one live line on a terminal, as one output updated in place in a Jupyter notebook,
+and as plain periodic lines in CI or a log file.
 
 A full-batch fit (one step per epoch) shows epochs; a mini-batch fit shows the steps of the
 current epoch. The line is redrawn at most every `refresh_seconds`, so it costs nothing per step.
@@ -22,6 +23,20 @@ def is_live(stream: TextIO) -> bool:
     return not ci and hasattr(stream, "isatty") and stream.isatty()
 
 
+def notebook_output() -> Any | None:
+    """In a Jupyter kernel, an output of the running cell that can be updated in place (IPython's
+    display handle); None elsewhere."""
+    if "ipykernel" not in sys.modules:
+        return None
+    from IPython import get_ipython
+    from IPython.display import display
+
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return None
+    return display({"text/plain": ""}, raw=True, display_id=True)
+
+
 class ProgressLine(ProgressBar):
     def __init__(
         self,
@@ -36,6 +51,7 @@ class ProgressLine(ProgressBar):
         self._enabled = True
         self._next_render = 0.0
         self._start = 0.0
+        self.notebook: Any | None = None
 
     @property
     def stream(self) -> TextIO:
@@ -52,7 +68,8 @@ class ProgressLine(ProgressBar):
         return self._enabled and self.trainer.is_global_zero
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.live = is_live(self.stream)
+        self.notebook = notebook_output() if self._stream is None and self.is_enabled else None
+        self.live = self.notebook is not None or is_live(self.stream)
         self._start = time.monotonic()
         self._next_render = self._start + (
             self.refresh_seconds if self.live else self.plain_every_seconds
@@ -111,6 +128,9 @@ class ProgressLine(ProgressBar):
 
     def render(self, trainer: pl.Trainer, batch: int, final: bool = False) -> None:
         text = self.line(trainer, batch)
+        if self.notebook is not None:
+            self.notebook.update({"text/plain": text}, raw=True)
+            return
         if self.live:
             width = shutil.get_terminal_size((100, 20)).columns - 1
             self.stream.write("\r" + text[:width] + "\x1b[K" + ("\n" if final else ""))

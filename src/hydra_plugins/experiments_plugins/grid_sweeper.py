@@ -47,6 +47,7 @@ ConfigStore.instance().store(
 )
 # Each job's composed config, kept for the launcher: composing one costs about 70 ms, and a
 # sweep would otherwise compose every job three times (to check it, to find its directory, to run it).
+# Emptied when a sweeper starts: a second sweep in one process (experiments.api) composes anew.
 COMPOSED: dict[tuple[str, ...], DictConfig] = {}
 
 
@@ -94,6 +95,7 @@ class GridSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        COMPOSED.clear()
         self.hydra_context = hydra_context
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
