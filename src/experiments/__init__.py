@@ -32,7 +32,8 @@ one run). Its contract with the single run is the bit-for-bit tests of tests/tes
 
 Which test pins each README guarantee: tests/test_guarantees.py (What the package guarantees),
 test_vectorized.py (Many jobs in one pass), test_search.py (Finding a learning rate),
-test_reliability.py (Interrupting and resuming), test_sweeps.py (Sweeps), test_tensorboard.py
+test_reliability.py (Interrupting and resuming), test_sweeps.py (Sweeps, Comparing fairly),
+test_api.py (From Python and Jupyter, the notebooks), test_tensorboard.py
 (TensorBoard), test_distributed.py (Scaling out), test_lightning_features.py (schedules, the
 Extending example), test_data.py (MNIST offline), test_cli.py (the two commands, the summary).
 """
