@@ -280,6 +280,10 @@ MISTAKES = [
         ["sweep=compare chooses the seeds itself", "hydra.sweeper.seeds"],
     ),
     (
+        ["experiment=thermometer", "sweep=compare", "model.init_weight=0.5,1.0"],
+        ["but model.init_weight is swept too", "give model.init_weight one value"],
+    ),
+    (
         ["experiment=thermometer", "sweep=compare", "hydra.sweeper.seeds=0"],
         ["hydra.sweeper.seeds must be a positive integer, got 0"],
     ),

@@ -54,7 +54,8 @@ def arguments(overrides: tuple[str, ...], options: dict[str, Any]) -> list[str]:
 class Preserved:
     """The caller's process as it was: sys.argv, the working directory, every logger's handlers,
     level and propagation (Hydra configures logging for each run), the warnings filters, and the
-    environment variable the entry point sets."""
+    environment (the entry point sets HYDRA_FULL_ERROR, Lightning PL_GLOBAL_SEED, the run's lock
+    EXPERIMENTS_OWNED_DIRS)."""
 
     def __enter__(self) -> Preserved:
         self.argv, self.cwd = list(sys.argv), os.getcwd()
@@ -63,7 +64,7 @@ class Preserved:
             for logger in self.all_loggers()
         }
         self.filters = list(warnings.filters)
-        self.environ = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR",)}
+        self.environ = dict(os.environ)
         return self
 
     @staticmethod
@@ -93,21 +94,21 @@ class Preserved:
             logger.setLevel(level)
             logger.propagate, logger.disabled = propagate, disabled
         warnings.filters[:] = self.filters
-        for key, value in self.environ.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        for key in set(os.environ) - set(self.environ):
+            del os.environ[key]
+        os.environ.update(self.environ)
 
 
 def entry(args: list[str]) -> Path:
-    """Run `python -m experiments.train ARGS` in this process; the run or sweep directory."""
+    """Run `python -m experiments.train ARGS` in this process; the run or sweep directory. The
+    directories it locked are given up when it ends, as the command line's process would."""
     from experiments import hydra_callbacks
     from experiments.config import mistake
     from experiments.overrides import config_error, prepare_arguments
-    from experiments.rundir import discard_claimed
+    from experiments.rundir import discard_claimed, holdings, release_since
     from experiments.train import main
 
+    earlier = holdings()
     with Preserved():
         os.environ["HYDRA_FULL_ERROR"] = "1"
         sys.argv = ["experiments.train", *prepare_arguments(args)]
@@ -118,10 +119,9 @@ def entry(args: list[str]) -> Path:
             if isinstance(done.code, str):  # a mistake, as the command line prints it
                 discard_claimed()
                 raise UserError(done.code.removeprefix("error: ").strip()) from None
-        except UserError:
-            discard_claimed()
-            raise
-        except KeyboardInterrupt:
+            if done.code in (130, 143):  # Ctrl-C, SIGTERM: the command line's exit codes
+                raise KeyboardInterrupt from None
+        except (UserError, KeyboardInterrupt):
             discard_claimed()
             raise
         except Exception as error:
@@ -130,8 +130,12 @@ def entry(args: list[str]) -> Path:
                 raise
             discard_claimed()
             raise UserError(mistake(message).removeprefix("error: ").strip()) from None
+        finally:
+            release_since(earlier)
     if not hydra_callbacks.CLAIMED:
-        raise RuntimeError("the run ended before its directory was claimed")
+        raise UserError(
+            f"{' '.join(args)} runs nothing (--help, --cfg and --info print and stop); use the command line for them."
+        )
     return hydra_callbacks.CLAIMED[-1]
 
 
@@ -314,9 +318,13 @@ class Sweep:
 
     @property
     def comparison(self) -> str | None:
-        """sweep=compare's verdict on the top two (the last line of comparison.md)."""
+        """sweep=compare's sentence on the top two (the last line of comparison.md); None for
+        another sweep, or a comparison of fewer than two configurations."""
         path = self.sweep_dir / "comparison.md"
-        return path.read_text().strip().splitlines()[-1] if path.is_file() else None
+        if not path.is_file():
+            return None
+        last = path.read_text().strip().splitlines()[-1]
+        return None if last.startswith("mean ± ") else last
 
     @property
     def pictures(self) -> dict[str, Path]:

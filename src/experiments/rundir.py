@@ -54,6 +54,22 @@ def own(folder: Path, key: str) -> None:
     os.environ[OWNER_VARIABLE] = os.pathsep.join([*owned, resolved])
 
 
+def holdings() -> tuple[set[str], set[str]]:
+    """The directories this process holds and has created now (experiments.api runs many runs in
+    one process and gives up each one's directories when it ends)."""
+    return set(_held), set(_created)
+
+
+def release_since(earlier: tuple[set[str], set[str]]) -> None:
+    """Give up the locks taken since `earlier` was read from holdings(): an in-process run that
+    ended no longer owns its directory (closing the descriptor drops the lock)."""
+    held, created = earlier
+    for folder in set(_held) - held:
+        os.close(_held.pop(folder))
+    for folder in set(_created) - created:
+        _created.pop(folder)
+
+
 def check_writable(key: str, folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)

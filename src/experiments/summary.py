@@ -371,10 +371,11 @@ def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict
 
 
 def seed_of(row: dict[str, Any]) -> int | None:
-    for override in row["overrides"]:
-        if setting(override) == "seed":
-            return int(override.split("=", 1)[1])
-    return row["hparams"].get("seed")
+    """The job's seed: as it trained (hparams), else its last seed= override."""
+    if (seed := row["hparams"].get("seed")) is not None:
+        return int(seed)
+    seeds = [o.split("=", 1)[1] for o in row["overrides"] if setting(o) == "seed"]
+    return int(seeds[-1]) if seeds else None
 
 
 def described(config: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
@@ -391,9 +392,11 @@ def described(config: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
     return " ".join(w for w in words if w) or config["configuration"]
 
 
-def plus_minus(mean: float, std: float) -> str:
-    """mean ± std, both to the std's two significant digits."""
-    digits = min(12, max(0, 1 - math.floor(math.log10(std)))) if std > 0 else 4
+def plus_minus(mean: float, std: float | None) -> str:
+    """mean ± std, both to the std's two significant digits; the mean alone without a spread."""
+    if not std:
+        return number(mean)
+    digits = min(12, max(0, 1 - math.floor(math.log10(std))))
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
@@ -410,14 +413,20 @@ def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[
     ]
     a, b = (list(v.values()) for v in values)
     stats = [first["stats"][name], second["stats"][name]]
-    shown = [plus_minus(s["mean"], s["std"] or 0.0) for s in stats]
+    shown = [plus_minus(s["mean"], s["std"]) for s in stats]
     paired = sorted(set(values[0]) & set(values[1]), key=lambda s: (s is None, s))
     lower = first["mode"] == "min"
     wins = sum(
         (values[0][s] < values[1][s]) if lower else (values[0][s] > values[1][s]) for s in paired
     )
     counts = f"{len(a)} and {len(b)} seeds" if len(a) != len(b) else f"{len(a)} seeds"
-    numbers = f"{shown[0]} against {shown[1]} ({name}, mean ± std over {counts})"
+    numbers = f"{shown[0]} against {shown[1]} ({name}, mean ± std over {counts}"
+    diverged = [
+        f"{c['diverged']} more of {described(c, rows)} diverged"
+        for c in (first, second)
+        if c["diverged"]
+    ]
+    numbers += f"; {' and '.join(diverged)})" if diverged else ")"
     if len(a) < 2 or len(b) < 2 or not (stats[0]["std"] or stats[1]["std"]):
         why = "too few seeds" if len(a) < 2 or len(b) < 2 else "every seed ended identically"
         return (
@@ -436,13 +445,17 @@ def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[
     )
 
 
-def compared(sweep_dir: Path, configs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """sweep=compare's stage-2 configurations, best first; None for any other sweep."""
+def compared(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """sweep=compare's stage-2 configurations, of its stage-2 jobs only (a rerun with fewer
+    seeds leaves more in the folder), best first, those where a seed diverged last; None for any
+    other sweep."""
     plan = sweep_dir / "compare.json"
     if not plan.is_file():
         return None
     stage_two = set(json.loads(plan.read_text())["stage2"])
-    return [c for c in configs if set(c["jobs"]) & stage_two]
+    configs = configurations([r for r in rows if r["job"] in stage_two])
+    # a configuration whose seeds diverged does not come first on the seeds that survived
+    return sorted(configs, key=lambda c: c["diverged"] > 0)
 
 
 def all_equal(config: dict[str, Any]) -> bool:
@@ -458,7 +471,7 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
     write_table(sweep_dir / "runs", header, body)
     configs = configurations(rows)
     write_table(sweep_dir / "summary", *configuration_table(configs))
-    stage_two = compared(sweep_dir, configs)
+    stage_two = compared(sweep_dir, rows)
     images = write_figures(sweep_dir, rows, stage_two or configs)
     write_sweep_events(sweep_dir, rows, images)
     counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}

@@ -93,6 +93,16 @@ class CompareSweeper(GridSweeper):
             raise UserError(
                 "sweep=compare has no grid to search: sweep the optimizer and its learning rate, as optimizer=sgd,adam optimizer.lr=1e-3,1e-2,1e-1."
             )
+        for override in parsed:
+            key = override.get_key_element().lstrip("+~")
+            tuned = key in ("optimizer", "scheduler") or key.startswith(
+                ("optimizer.", "scheduler.")
+            )
+            if override.is_sweep_override() and not tuned:
+                raise UserError(
+                    f"sweep=compare compares optimizers and tunes their settings, but {key} is swept too, so each optimizer's best point could come from another {key}: "
+                    f"give {key} one value, or run sweep=compare once per value."
+                )
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -101,13 +111,29 @@ class CompareSweeper(GridSweeper):
         preset = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()])
         parsed = [o for o in preset if o.get_key_element() not in given] + list(given.values())
         self.check(parsed)
+        # a fixed seed=N is the first seed, not a setting of every job
+        seeds_given = [o for o in parsed if o.get_key_element().lstrip("+") == "seed"]
+        parsed = [o for o in parsed if o not in seeds_given]
         points = grid(parsed)
-        first_seed = int(composed(self.hydra_context, self.config, points[0]).seed)
+        seed_value = composed(
+            self.hydra_context,
+            self.config,
+            [*points[0], *(f"seed={o.get_value_element_as_str()}" for o in seeds_given)],
+        ).seed
+        if isinstance(seed_value, bool) or not isinstance(seed_value, int) or seed_value < 0:
+            raise UserError(f"seed must be an integer from 0 to {2**32 - 1}, got {seed_value!r}.")
+        first_seed = seed_value
         fixed = self.random_start_overrides(points[0], given)
         points = [[*point, *fixed] for point in points]
         search = [f"seed={first_seed + k}" for k in range(self.search_seeds)]
         stage_one = [[*point, seed] for point in points for seed in search]
         self.validate_batch_is_legal(stage_one)
+        names = [self.job_dir(job, 0).name for job in stage_one]
+        if len(set(names)) < len(names):
+            raise UserError(
+                f"hydra.sweep.subdir={self.config.hydra.sweep.subdir} gives several jobs of sweep=compare one folder; "
+                "leave it at its default (the folder named by the job's overrides) so each stage can find the other's jobs."
+            )
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
