@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from conftest import compose_train
 from experiments.build import build
@@ -152,3 +154,79 @@ def test_bad_values_fail_with_one_sentence_naming_the_key(
         check_values(cfg)
         build(cfg)
     assert "\n" not in str(error.value)
+
+
+def sweep_jobs(experiment: str, sweep: str) -> tuple[DictConfig, list[list[str]]]:
+    """The master config and every job of `-m experiment=... sweep=...`, as the grid sweeper expands them."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    from hydra_plugins.experiments_plugins.grid_sweeper import grid
+
+    loader = GlobalHydra.instance().config_loader()
+    arguments = [f"experiment={experiment}", f"sweep={sweep}"]
+    master = loader.load_configuration("train", arguments, run_mode=RunMode.MULTIRUN)
+    str(master.hydra.sweep.dir)  # as Hydra's run does before its sweeper: `now` is then one time
+    params = {k: v for k, v in (master.hydra.sweeper.get("params") or {}).items()}
+    if sweep == "optuna_lr":  # ranges: the trials' own values
+        params = {"optimizer.lr": "0.000123,0.0456"}
+    parser = OverridesParser.create(config_loader=loader)
+    jobs = grid(parser.parse_overrides([*(f"{k}={v}" for k, v in params.items()), *arguments]))
+    # what sweep=compare's second stage and a seed sweep add
+    start = (
+        ["model.init_weight=null", "model.init_bias=null"] if "init_weight" in master.model else []
+    )
+    # two of the first configuration's jobs, the last job, and it with a seed: Hydra's own
+    # composition of each, the reference, takes 0.1 to 0.2 s
+    return master, [*jobs[:2], jobs[-1], [*jobs[-1], "seed=3", *start]]
+
+
+@pytest.mark.parametrize("sweep", sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
+def test_each_jobs_config_equals_hydras_own_composition(sweep: str):
+    """The sweepers compose each choice of config groups once and set a job's plain values on a
+    copy (grid_sweeper.compose); every job of every preset, under every experiment, must be what
+    Hydra's config loader composes, its override_dirname and directory included."""
+    from types import SimpleNamespace
+
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf, open_dict
+
+    from hydra_plugins.experiments_plugins import grid_sweeper
+
+    def directory(config: DictConfig, num: int) -> str:
+        config = copy.deepcopy(config)
+        with open_dict(config):
+            config.hydra.job.num = num
+        return f"{config.hydra.sweep.dir}/{config.hydra.sweep.subdir}"
+
+    experiments = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
+        loader = GlobalHydra.instance().config_loader()
+        context = SimpleNamespace(config_loader=loader)
+        fast_ones = 0
+        for experiment in experiments:
+            master, jobs = sweep_jobs(experiment, sweep)
+            grid_sweeper.forget_composed()
+            for num, overrides in enumerate(jobs):
+                before = len(grid_sweeper.TEMPLATES)
+                ours = grid_sweeper.compose(context, master, overrides)
+                fast_ones += len(grid_sweeper.TEMPLATES) == before
+                hydras = loader.load_sweep_config(master, list(overrides))
+                assert OmegaConf.to_container(ours) == OmegaConf.to_container(hydras), overrides
+                assert ours.hydra.job.override_dirname == hydras.hydra.job.override_dirname
+                assert directory(ours, num) == directory(hydras, num)
+                assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(hydras)
+        # the shortcut was taken: the second job differs from the first in a value only
+        assert fast_ones >= len(experiments)
+        # a key the config lacks fails in Hydra's words
+        master, jobs = sweep_jobs("thermometer", sweep)
+        grid_sweeper.forget_composed()
+        grid_sweeper.compose(context, master, jobs[0])
+        bad = [*jobs[0], "model.no_such_key=1"]
+        with pytest.raises(ConfigCompositionException) as ours:
+            grid_sweeper.compose(context, master, bad)
+        with pytest.raises(ConfigCompositionException) as hydras:
+            loader.load_sweep_config(master, bad)
+        assert str(ours.value) == str(hydras.value)

@@ -263,9 +263,9 @@ class OptunaSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        from hydra_plugins.experiments_plugins.grid_sweeper import COMPOSED
+        from hydra_plugins.experiments_plugins.grid_sweeper import forget_composed
 
-        COMPOSED.clear()  # a second sweep in one process (experiments.api) composes anew
+        forget_composed()  # a second sweep in one process (experiments.api) composes anew
         self.hydra_context = hydra_context
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
