@@ -75,5 +75,29 @@ def test_the_quick_benchmark_runs_every_case_and_writes_its_tables(tmp_path: Pat
     assert {row["case"] for row in report["targets"]} == set(report["results"])
     table = (tmp_path / "out" / "RESULTS.md").read_text()
     assert (
-        "## Targets" in table and "| 2 thermometer | end to end <= 2x the plain script |" in table
+        "## Targets" in table and "| 2 thermometer | end to end <= 1.5x the plain script |" in table
     )
+
+
+def test_before_runs_each_package_command_on_the_earlier_code_and_reports_both_ratios():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import run as benchmark
+
+    plain = benchmark.Variant("plain script", [sys.executable, "plain_thermometer.py"], "json")
+    package = benchmark.Variant("package", [*benchmark.TRAIN, "experiment=thermometer"], "package")
+    plan = benchmark.with_before({"2 thermometer": [package, plain]}, Path("/old/src"))
+    names = [(v.name, v.env) for v in plan["2 thermometer"]]
+    assert names == [
+        ("package", {}),
+        ("package [before]", {"PYTHONPATH": "/old/src"}),
+        ("plain script", {}),
+    ]
+    results = {
+        "2 thermometer": [
+            {"variant": "package", "wall_s": 12.0},
+            {"variant": "package [before]", "wall_s": 18.0},
+            {"variant": "plain script", "wall_s": 10.0},
+        ]
+    }
+    (row,) = benchmark.targets(results)
+    assert (row["value"], row["before"], row["met"]) == (1.2, 1.8, True)

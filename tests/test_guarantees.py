@@ -826,6 +826,7 @@ def test_the_quick_benchmark_never_replaces_the_published_tables():
                 "cases": "2,3" if "--cases" in argv else benchmark.ALL_CASES,
                 "devices": "auto",
                 "reps": 1 if "--quick" in argv else 3,
+                "skip": "",
             },
         )()
 

@@ -11,6 +11,7 @@ validation, at the end and at an interruption.
 from __future__ import annotations
 
 import functools
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -119,19 +120,30 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
+def save_atomically(checkpoint: dict[str, Any] | bytes, path: str | Path) -> None:
+    """A checkpoint (or its bytes, serialized once for several files) written whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as f:
-            torch.save(checkpoint, f)
+            if isinstance(checkpoint, bytes):
+                f.write(checkpoint)
+            else:
+                torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def serialized(checkpoint: dict[str, Any]) -> bytes:
+    """What torch.save writes for a checkpoint, byte for byte."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return buffer.getvalue()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

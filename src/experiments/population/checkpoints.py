@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from experiments.callbacks.checkpoint import AtomicCheckpointIO, save_atomically
+from experiments.callbacks.checkpoint import AtomicCheckpointIO, save_atomically, serialized
 from experiments.callbacks.interruption import Interruption
 from experiments.models.base import TRAIN_EPOCH
 from experiments.population.module import PopulationModule
@@ -40,8 +40,15 @@ class PopulationCheckpointIO(AtomicCheckpointIO):
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
         replicas = checkpoint.pop(REPLICAS, {})
+        # a run's best.ckpt and last.ckpt of one validation are the same bytes: serialized once
+        files_of: dict[int, list[str]] = {}
         for file, own in replicas.items():
-            save_atomically({**checkpoint, **own}, file)
+            files_of.setdefault(id(own), []).append(file)
+        for files in files_of.values():
+            own = replicas[files[0]]
+            data = {**checkpoint, **own} if len(files) == 1 else serialized({**checkpoint, **own})
+            for file in files:
+                save_atomically(data, file)
 
     def load_checkpoint(
         self, path: Any, map_location: Any | None = None, weights_only: bool | None = None

@@ -27,7 +27,7 @@ from hydra.core.utils import JobReturn
 from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from experiments.config import CONF_DIR
 from experiments.state import FINAL
@@ -198,8 +198,9 @@ class GridSweeper(Sweeper):
             composed(self.hydra_context, self.config, overrides, mutable=False)
 
     def job_dir(self, overrides: Sequence[str], num: int) -> Path:
-        config = composed(self.hydra_context, self.config, overrides)
-        with open_dict(config):
+        # the kept config: the launcher sets the same number on it
+        config = composed(self.hydra_context, self.config, overrides, mutable=False)
+        with read_write(config.hydra), open_dict(config):  # read-only once the job has run
             config.hydra.job.num = num
         return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
 
