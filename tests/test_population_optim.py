@@ -5,6 +5,7 @@ package offers, with its state saved and loaded in torch's own format."""
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -266,3 +267,34 @@ def test_a_model_without_a_batched_formula_is_vmapped_on_an_accelerator():
         ]
     )
     assert torch.allclose(losses(outputs(model, params, x), t), expected, rtol=1e-6)
+
+
+def test_the_batched_mean_losses_are_each_replicas_torchmetrics_value_bit_for_bit():
+    """The population adds every replica's losses to its mean at once (stacked.add_to_means);
+    each mean must be what that replica's own `loss` metric (a torchmetrics MeanMetric, updated
+    as a single run updates it) computes, to the bit."""
+    from experiments.models.linear import LinearRegression
+    from experiments.population.stacked import add_to_means
+
+    torch.manual_seed(0)
+    replicas = 4
+    models = [LinearRegression() for _ in range(replicas)]
+    nothing = torch.zeros(0)
+    sums = None
+    # a training epoch's steps (losses per step, uneven batch sizes), then evaluation batches
+    sizes = torch.tensor([128, 128, 77, 1])
+    steps = torch.rand(replicas, len(sizes)) * 10 ** torch.randint(-3, 4, (replicas, 1))
+    for i, model in enumerate(models):
+        model.update_metrics("train", steps[i], sizes, nothing, nothing)
+    sums = add_to_means(sums, steps.repeat_interleave(sizes, dim=1), torch.float32)
+    for n in (11, 48000, 3):
+        batch = torch.rand(replicas) * 100
+        batch[0] = torch.nan if n == 3 else batch[0]  # a diverged replica stays NaN
+        for i, model in enumerate(models):
+            model.update_metrics("train", batch[i], n, nothing, nothing)
+        sums = add_to_means(sums, batch.unsqueeze(1).expand(-1, n), torch.float32)
+    total, count = sums
+    means = (total / count).tolist()
+    expected = [model.train_metrics["loss"].compute().item() for model in models]
+    assert means[1:] == expected[1:] and all(map(math.isnan, (means[0], expected[0])))
+    assert len(set(means[1:])) == replicas - 1  # the replicas' values differ

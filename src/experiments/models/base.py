@@ -112,7 +112,11 @@ class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
         metrics["loss"].update(
             loss.expand(sizes) if loss.ndim == 0 else loss.repeat_interleave(sizes)
         )
-        for name, metric in metrics.items():
+        self.update_output_metrics(stage, outputs, targets)
+
+    def update_output_metrics(self, stage: str, outputs: Tensor, targets: Tensor) -> None:
+        """A stage's metrics other than the loss (extra_metrics) take the outputs."""
+        for name, metric in getattr(self, f"{stage}_metrics").items():
             if name != "loss":
                 metric.update(outputs, targets)
 

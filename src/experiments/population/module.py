@@ -34,7 +34,12 @@ from experiments.models.base import (
     train_epoch_record,
 )
 from experiments.population.optim import PopulationOptimizer
-from experiments.population.stacked import batched_form, one_by_one_losses, one_by_one_outputs
+from experiments.population.stacked import (
+    add_to_means,
+    batched_form,
+    one_by_one_losses,
+    one_by_one_outputs,
+)
 from experiments.state import RunState
 
 log = logging.getLogger("experiments")
@@ -78,6 +83,8 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         self.tested: set[int] = set()  # replicas whose weights the test uses (not diverged)
         self._train_outputs: list[tuple[Tensor, Tensor, Tensor]] | None = []
         self._last_logged_step = -1
+        # each stage's running sums for every replica's mean loss (add_losses)
+        self._loss_means: dict[str, tuple[Tensor, Tensor]] = {}
         self._resumed_epoch: dict[str, Any] | None = None
         self._in_epoch = False
         self.diverged_step = torch.full((len(models),), -1, dtype=torch.long)
@@ -373,23 +380,42 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
             self._train_outputs = None
             self._last_logged_step = self.global_step
             rows = self.running()
-            for i in rows:
-                self.models[i].update_metrics("train", losses[i], sizes, outputs[i], targets)
+            self.add_losses("train", losses.repeat_interleave(sizes, dim=1))
+            if self.output_metrics:
+                for i in rows:
+                    self.models[i].update_output_metrics("train", outputs[i], targets)
             self.log_runs(self.compute_metrics("train", rows), rows)
         self.step_schedules("epoch", plateau=True, index=self.current_epoch)
 
+    @property
+    def output_metrics(self) -> bool:
+        """Whether the models have metrics besides the loss (extra_metrics)."""
+        return len(self.models[0].train_metrics) > 1
+
+    def add_losses(self, stage: str, losses: Tensor) -> None:
+        """Every replica's per-sample losses [replicas, samples] into its stage's mean loss, all
+        replicas at once (stacked.add_to_means: each mean is its own MeanMetric's)."""
+        dtype = self.models[0].train_metrics["loss"].dtype
+        self._loss_means[stage] = add_to_means(self._loss_means.get(stage), losses, dtype)
+
     def compute_metrics(self, stage: str, rows: list[int]) -> dict[str, Tensor]:
-        """Each replica's metrics of a stage, from its own torchmetrics objects (so each is what a
-        single run computes), as columns over the population; then reset."""
+        """Each replica's metrics of a stage as columns over the population, then reset: the mean
+        loss of all replicas at once (add_losses), the others from each replica's own
+        torchmetrics objects, so each is what a single run computes."""
         names = list(getattr(self.models[0], f"{stage}_metrics"))
         values = {
             f"{stage}/{name}": torch.full((self.size,), math.nan, dtype=torch.float64)
             for name in names
         }
+        if stage in self._loss_means:
+            total, count = self._loss_means.pop(stage)
+            means = (total / count).to("cpu", torch.float64)
+            values[f"{stage}/loss"][rows] = means[rows]
         for i in rows:
             for name, metric in getattr(self.models[i], f"{stage}_metrics").items():
-                values[f"{stage}/{name}"][i] = metric.compute().item()
-                metric.reset()
+                if name != "loss":
+                    values[f"{stage}/{name}"][i] = metric.compute().item()
+                    metric.reset()
         return values
 
     def log_runs(self, values: dict[str, Tensor], rows: list[int]) -> None:
@@ -422,8 +448,10 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
         inputs, targets = batch
         outputs = self.stacked_forward(inputs)
         losses = self.stacked_loss(outputs, targets)
-        for i in self.rows_for(stage):
-            self.models[i].update_metrics(stage, losses[i], len(targets), outputs[i], targets)
+        self.add_losses(stage, losses.unsqueeze(1).expand(-1, len(targets)))
+        if self.output_metrics:
+            for i in self.rows_for(stage):
+                self.models[i].update_output_metrics(stage, outputs[i], targets)
 
     def rows_for(self, stage: str) -> list[int]:
         return sorted(self.tested) if stage == "test" else self.running()

@@ -107,3 +107,21 @@ def one_by_one_outputs(model: ExperimentModule, params: Params, x: Tensor) -> Te
 
 def one_by_one_losses(model: ExperimentModule, outputs: Tensor, targets: Tensor) -> Tensor:
     return torch.stack([model.loss(replica, targets) for replica in outputs])
+
+
+def add_to_means(
+    sums: tuple[Tensor, Tensor] | None, losses: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Per-sample losses [replicas, samples] added to each replica's running sum and count: the
+    float operations torchmetrics' MeanMetric (nan_strategy="disable", no weights) does for one
+    replica's update, in its order, for all replicas at once; `total / count` is then each one's
+    `compute()` (tests/test_population_optim.py compares them)."""
+    values = losses.to(dtype)
+    weight = torch.ones_like(values)
+    if sums is None:
+        zeros = torch.zeros(values.shape[0], dtype=dtype, device=values.device)
+        sums = (zeros, zeros.clone())
+    total, count = sums
+    total += (values * weight).sum(dim=1)
+    count += weight.sum(dim=1)
+    return total, count
