@@ -47,10 +47,11 @@ class VectorizedLauncher(Launcher):
         self.hydra_context = hydra_context
         self.task_function = task_function
 
-    def job_config(self, overrides: Sequence[str], idx: int) -> DictConfig:
-        """The job's full config, its output directory set, as Hydra's own launchers make it.
-        It is the sweeper's kept config of the job (no copy: a job is launched once)."""
-        config = composed(self.hydra_context, self.config, overrides, mutable=False)
+    def job_config(self, overrides: Sequence[str], idx: int, copy: bool = False) -> DictConfig:
+        """The job's full config, its output directory set, as Hydra's own launchers make it: the
+        sweeper's kept config of the job, or a copy of it when the batch holds the same
+        overrides twice."""
+        config = composed(self.hydra_context, self.config, overrides, mutable=copy)
         with read_write(config.hydra), open_dict(config):
             config.hydra.job.id = idx
             config.hydra.job.num = idx
@@ -67,10 +68,12 @@ class VectorizedLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = [
-            self.job_config(overrides, initial_job_idx + i)
-            for i, overrides in enumerate(job_overrides)
-        ]
+        configs, seen = [], set()
+        for i, overrides in enumerate(job_overrides):
+            configs.append(
+                self.job_config(overrides, initial_job_idx + i, copy=tuple(overrides) in seen)
+            )
+            seen.add(tuple(overrides))
         # each job's config as its task receives it, made once (a copy costs 10 to 30 ms)
         tasks = [task_config(config) for config in configs]
         if configs:
