@@ -711,6 +711,15 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def skipped(skip: str, case: str, name: str) -> bool:
+    """Whether --skip leaves a variant out: a part of its name, or CASE:part for one case only."""
+    for part in filter(None, skip.split(",")):
+        number, _, words = part.rpartition(":")
+        if words in name and (not number or case.startswith(f"{number} ")):
+            return True
+    return False
+
+
 def output_dir(args: argparse.Namespace) -> Path:
     """The published tables (benchmarks/RESULTS.md) are replaced only by a full run of every case;
     --quick, a subset of cases or a device of choice write to benchmarks/out/ (ignored by git)."""
@@ -766,7 +775,7 @@ def main() -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated parts of variant names not to run, e.g. 'basic launcher,sequential'",
+        help="comma-separated parts of variant names not to run, e.g. 'basic launcher,3:sequential' (3: in case 3 only)",
     )
     parser.add_argument(
         "--devices",
@@ -804,9 +813,8 @@ def main() -> None:
                 if name[0] in args.cases.split(",")
             )
         )
-        skip = [part for part in args.skip.split(",") if part]
         plan = {
-            case: [v for v in variants if not any(part in v.name for part in skip)]
+            case: [v for v in variants if not skipped(args.skip, case, v.name)]
             for case, variants in plan.items()
         }
         if args.before:

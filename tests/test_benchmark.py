@@ -101,3 +101,10 @@ def test_before_runs_each_package_command_on_the_earlier_code_and_reports_both_r
     }
     (row,) = benchmark.targets(results)
     assert (row["value"], row["before"], row["met"]) == (1.2, 1.8, True)
+
+    assert benchmark.skipped("3:sequential,K=4", "3 sweep of 15", "package, sequential")
+    assert not benchmark.skipped(
+        "3:sequential,K=4", "5 fashion_mnist sweep of 6", "package, sequential"
+    )
+    assert benchmark.skipped("3:sequential,K=4", "6 population size", "K=4")
+    assert not benchmark.skipped("3:sequential,K=4", "6 population size", "K=64")
