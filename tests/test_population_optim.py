@@ -281,8 +281,9 @@ def test_the_batched_mean_losses_are_each_replicas_torchmetrics_value_bit_for_bi
     models = [LinearRegression() for _ in range(replicas)]
     nothing = torch.zeros(0)
     sums = None
-    # a training epoch's steps (losses per step, uneven batch sizes), then evaluation batches
-    sizes = torch.tensor([128, 128, 77, 1])
+    # a training epoch's steps (losses per step, uneven batch sizes: 60000 samples, which torch
+    # sums in chunks across threads), then evaluation batches
+    sizes = torch.tensor([128] * 468 + [77, 19])
     steps = torch.rand(replicas, len(sizes)) * 10 ** torch.randint(-3, 4, (replicas, 1))
     for i, model in enumerate(models):
         model.update_metrics("train", steps[i], sizes, nothing, nothing)

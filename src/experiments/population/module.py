@@ -395,7 +395,7 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
     def add_losses(self, stage: str, losses: Tensor) -> None:
         """Every replica's per-sample losses [replicas, samples] into its stage's mean loss, all
         replicas at once (stacked.add_to_means: each mean is its own MeanMetric's)."""
-        dtype = self.models[0].train_metrics["loss"].dtype
+        dtype = self.models[0].train_metrics["loss"].mean_value.dtype  # the state's own
         self._loss_means[stage] = add_to_means(self._loss_means.get(stage), losses, dtype)
 
     def compute_metrics(self, stage: str, rows: list[int]) -> dict[str, Tensor]:

@@ -114,14 +114,16 @@ def add_to_means(
 ) -> tuple[Tensor, Tensor]:
     """Per-sample losses [replicas, samples] added to each replica's running sum and count: the
     float operations torchmetrics' MeanMetric (nan_strategy="disable", no weights) does for one
-    replica's update, in its order, for all replicas at once; `total / count` is then each one's
-    `compute()` (tests/test_population_optim.py compares them)."""
+    replica's update, in its order, so `total / count` is each one's `compute()`
+    (tests/test_population_optim.py compares them). Each row is summed on its own: torch splits
+    a long 1-D sum across threads, so a sum over dim 1 would add in another order."""
     values = losses.to(dtype)
     weight = torch.ones_like(values)
+    products = values * weight
     if sums is None:
         zeros = torch.zeros(values.shape[0], dtype=dtype, device=values.device)
         sums = (zeros, zeros.clone())
     total, count = sums
-    total += (values * weight).sum(dim=1)
-    count += weight.sum(dim=1)
+    total += torch.stack([row.sum() for row in products])
+    count += torch.stack([row.sum() for row in weight])
     return total, count

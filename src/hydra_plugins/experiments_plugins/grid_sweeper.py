@@ -61,29 +61,35 @@ COMPOSED: dict[tuple[str, ...], DictConfig] = {}
 TEMPLATES: dict[tuple, tuple[list[Override], DictConfig]] = {}
 
 
-def plain_value(override: Override, groups: Any) -> bool:
-    """Whether an override sets a plain value (`optimizer.lr=0.01`, `seed=3`): no config group,
-    no +, ~ or ++, no package, not a hydra key, a number, string, bool or null."""
+def plain_value(override: Override, master: DictConfig) -> bool:
+    """Whether an override sets a plain value (`optimizer.lr=0.01`, `seed=3`): no +, ~ or ++, no
+    package, not a hydra key, a number, string, bool or null, and a key inside a node
+    (`optimizer.lr`) or a top-level key holding a plain value (`seed`), never a config group."""
     key = override.key_or_group
-    return (
+    if not (
         override.type == OverrideType.CHANGE
         and not override.is_sweep_override()
         and override.package is None
         and not override.is_hydra_override()
         and "/" not in key
-        and key not in groups
+        and key not in master.hydra.runtime.choices
         and not (CONF_DIR / key).is_dir()
         and isinstance(override.value(), (int, float, str, bool, type(None)))
-    )
+    ):
+        return False
+    if "." in key:
+        return True
+    node = OmegaConf.select(master, key, default=None, throw_on_resolution_failure=False)
+    return node is not None and not OmegaConf.is_config(node)
 
 
-def shape(overrides: list[Override], groups: Any) -> tuple | None:
+def shape(overrides: list[Override], master: DictConfig) -> tuple | None:
     """The jobs that share this key share their config up to plain values; None: compose anew."""
     keys = [o.key_or_group for o in overrides]
     if len(set(keys)) < len(keys):
         return None
     return tuple(
-        ("value", o.key_or_group) if plain_value(o, groups) else ("line", o.input_line)
+        ("value", o.key_or_group) if plain_value(o, master) else ("line", o.input_line)
         for o in overrides
     )
 
@@ -98,12 +104,12 @@ def from_template(
             # what ConfigLoaderImpl._apply_overrides_to_config does with `key=value`
             OmegaConf.update(config, new.key_or_group, new.value(), merge=True)
     job = config.hydra.job
-    config.hydra.overrides.task = [o.input_line for o in overrides]
+    # hydra.* lines go to hydra.overrides.hydra, the same in the template (they are its shape)
+    task = [o for o in overrides if not o.is_hydra_override()]
+    config.hydra.overrides.task = [o.input_line for o in task]
     # what hydra's get_overrides_dirname does
     lines = sorted(
-        o.input_line
-        for o in overrides
-        if o.key_or_group not in job.config.override_dirname.exclude_keys
+        o.input_line for o in task if o.key_or_group not in job.config.override_dirname.exclude_keys
     )
     job.override_dirname = re.sub(
         "[=]", job.config.override_dirname.kv_sep, job.config.override_dirname.item_sep.join(lines)
@@ -118,7 +124,7 @@ def compose(
     """A job's config, equal to what Hydra's config loader composes (load_sweep_config)."""
     loader = hydra_context.config_loader
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(overrides))
-    key = shape(parsed, config.hydra.runtime.choices)
+    key = shape(parsed, config)
     if key is not None and key in TEMPLATES:
         try:
             return from_template(TEMPLATES[key], parsed, config)
