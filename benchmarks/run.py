@@ -577,6 +577,7 @@ def measured(results: dict[str, list[dict]]) -> list[dict]:
 
 
 BEFORE = " [before]"
+PACKAGE = "python -m experiments.train"
 
 
 def targets(results: dict[str, list[dict]]) -> list[dict]:
@@ -589,8 +590,8 @@ def targets(results: dict[str, list[dict]]) -> list[dict]:
             case: [
                 {**v, "variant": v["variant"].removesuffix(BEFORE)}
                 for v in variants
-                if v["variant"].endswith(BEFORE)
-                or f"{v['variant']}{BEFORE}" not in {w["variant"] for w in variants}
+                # a plain loop is shared; a package variant without its twin has no earlier value
+                if v["variant"].endswith(BEFORE) or not v["command"].startswith(PACKAGE)
             ]
             for case, variants in results.items()
         }
@@ -772,7 +773,7 @@ def main() -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated parts of variant names not to run, e.g. 'basic launcher,3:sequential' (3: in case 3 only)",
+        help="comma-separated parts of variant names not to run, e.g. 'basic launcher,3:sequential' (3: in case 3 only; '[before]' the earlier code's runs)",
     )
     parser.add_argument(
         "--devices",
@@ -830,7 +831,10 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
-            plan = with_before(plan, tree / "src")
+            plan = {  # --skip "K=256 [before]" leaves out the earlier code's run alone
+                case: [v for v in variants if not skipped(args.skip, case, v.name)]
+                for case, variants in with_before(plan, tree / "src").items()
+            }
         try:
             for rep in range(reps):
                 for name, variants in plan.items():

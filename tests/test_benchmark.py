@@ -92,15 +92,28 @@ def test_before_runs_each_package_command_on_the_earlier_code_and_reports_both_r
         ("package [before]", {"PYTHONPATH": "/old/src"}),
         ("plain script", {}),
     ]
+    train = "python -m experiments.train"
     results = {
         "2 thermometer": [
-            {"variant": "package", "wall_s": 12.0},
-            {"variant": "package [before]", "wall_s": 18.0},
-            {"variant": "plain script", "wall_s": 10.0},
-        ]
+            {"variant": "package", "command": train, "wall_s": 12.0},
+            {"variant": "package [before]", "command": train, "wall_s": 18.0},
+            {"variant": "plain script", "command": "python plain_thermometer.py", "wall_s": 10.0},
+        ],
+        # --skip "K=256 [before]": K=256 has no earlier ratio (not this revision's taken for it)
+        "6 population size": [
+            {"variant": "K=1", "command": train, "wall_s": 10.0},
+            {"variant": "K=1 [before]", "command": train, "wall_s": 10.0},
+            {"variant": "K=64", "command": train, "wall_s": 14.0},
+            {"variant": "K=64 [before]", "command": train, "wall_s": 30.0},
+            {"variant": "K=256", "command": train, "wall_s": 40.0},
+        ],
     }
-    (row,) = benchmark.targets(results)
+    row, k64, k256 = benchmark.targets(results)
     assert (row["value"], row["before"], row["met"]) == (1.2, 1.8, True)
+    assert (k64["value"], k64["before"], k64["met"]) == (1.4, 3.0, True)
+    assert (k256["value"], k256["before"]) == (4.0, None)
+    assert benchmark.skipped("6:K=256 [before]", "6 population size", "K=256 [before]")
+    assert not benchmark.skipped("6:K=256 [before]", "6 population size", "K=256")
 
     assert benchmark.skipped("3:sequential,K=4", "3 sweep of 15", "package, sequential")
     assert not benchmark.skipped(
