@@ -251,6 +251,56 @@ def test_the_pictures_of_a_sweep_with_seeds_plot_the_means_over_seeds(seed_sweep
     assert {"sweep/summary", "sweep/curves"} <= set(events.Tags()["images"])
 
 
+def test_many_learning_rates_of_one_optimizer_are_coloured_by_learning_rate_not_listed():
+    """Past ten lines of one optimizer a legend repeats its ten colours: curves.png and paths.png
+    colour each line by its learning rate on a log scale, with a colorbar; fewer lines, or
+    several optimizers, keep the legend."""
+    from matplotlib.colors import to_rgba
+
+    from experiments.figures import curves_figure, paths_figure
+
+    def curves(lrs, optimizers):
+        return [
+            {
+                "name": f"optimizer={o},optimizer.lr={lr:g}",
+                "lr": lr,
+                "optimizer": o,
+                "curves": {
+                    "train/loss": {
+                        "steps": [0, 1],
+                        "mean": [2.0, 1.0 / (1 + k)],
+                        "low": [2.0, 1.0],
+                        "high": [2.0, 1.0],
+                        "runs": [{}],
+                        "diverged": [],
+                    }
+                },
+            }
+            for k, (lr, o) in enumerate(zip(lrs, optimizers))
+        ]
+
+    lrs = [10 ** (-3 + 2 * k / 11) for k in range(12)]
+    figure = curves_figure(curves(lrs, ["adam"] * 12), ["train/loss"])
+    assert not figure.legends and len(figure.axes) == 2  # the panel and its colorbar
+    bar = figure.axes[1]
+    assert bar.get_ylim() == pytest.approx((1e-3, 1e-1))
+    colours = [to_rgba(line.get_color()) for line in figure.axes[0].lines]
+    assert len(set(colours)) == 12 and colours[0] != colours[-1]
+    for few in (curves(lrs[:10], ["adam"] * 10), curves(lrs, ["adam", "sgd"] * 6)):
+        figure = curves_figure(few, ["train/loss"])
+        assert len(figure.axes) == 1 and len(figure.legends[0].get_texts()) == len(few)
+
+    path = {"x": [0.0, 1.0, 2.0], "y": [1.0, 3.0, 5.0], "w": [0.0, 1.0], "b": [0.0, 0.5]}
+    trajectories = [
+        {**path, "name": f"job{k}", "optimizer": "adam", "lr": lr, "status": "finished"}
+        for k, lr in enumerate(lrs)
+    ]
+    figure = paths_figure(trajectories)
+    assert figure.axes[0].get_legend() is None and len(figure.axes) == 2
+    figure = paths_figure(trajectories[:10])
+    assert len(figure.axes[0].get_legend().get_texts()) == 10
+
+
 def test_sweep_pictures_are_written(optimizer_sweep):
     sweep, _ = optimizer_sweep
     for name in ("summary.png", "paths.png"):

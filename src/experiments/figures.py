@@ -41,6 +41,24 @@ def image_of(figure: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+LEGEND_LINES = 10  # more lines than this, all of one optimizer: colour by learning rate instead
+
+
+def lr_colours(lrs: Sequence[float | None], optimizers: Sequence[str]) -> tuple[list, Any] | None:
+    """For many lines that differ only in the learning rate: each line's colour on a log scale
+    of the learning rate, and what a colorbar needs (a legend of more than ten lines repeats its
+    ten colours and hides the plot). None where a legend tells them apart."""
+    if len(lrs) <= LEGEND_LINES or len(set(optimizers)) > 1 or any(lr is None for lr in lrs):
+        return None
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LogNorm
+
+    low, high = min(lrs), max(lrs)
+    scale = ScalarMappable(LogNorm(low, high if high > low else low * 10), colormaps["plasma"])
+    return [scale.to_rgba(lr) for lr in lrs], scale
+
+
 def fit_line_images(
     x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_lines: list[np.ndarray], title: str = ""
 ) -> list[np.ndarray]:
@@ -195,16 +213,25 @@ def curves_figure(configs: list[dict[str, Any]], tags: Sequence[str]) -> Figure:
     finished seeds as a line and their min-max as a band; each diverged seed as a dashed line up to
     where it diverged, ending in an x. Losses on a log scale. `configs`: name and, per tag, the
     finished seeds' mean, low and high at common steps and the diverged seeds' own points."""
-    legend = 0.4 + 0.055 * max((len(c["name"]) for c in configs), default=10)  # inches, font size 7
+    by_lr = lr_colours([c.get("lr") for c in configs], [str(c.get("optimizer")) for c in configs])
+    legend = (
+        0.5
+        if by_lr
+        else 0.4 + 0.055 * max((len(c["name"]) for c in configs), default=10)  # inches, size 7
+    )
     fig = Figure(figsize=(5 * len(tags) + legend, 4.2), dpi=100)
     axes = fig.subplots(1, len(tags), squeeze=False)[0]
     for ax, tag in zip(axes, tags):
-        for config in configs:
+        for k, config in enumerate(configs):
             curve = config["curves"].get(tag)
             if not curve:
                 continue
             line = ax.plot(
-                curve["steps"], curve["mean"], label=config["name"], gid=f"mean:{config['name']}"
+                curve["steps"],
+                curve["mean"],
+                label=config["name"],
+                gid=f"mean:{config['name']}",
+                color=by_lr[0][k] if by_lr else None,
             )[0]
             if len(curve["runs"]) > 1:
                 ax.fill_between(
@@ -227,7 +254,11 @@ def curves_figure(configs: list[dict[str, Any]], tags: Sequence[str]) -> Figure:
     fig.suptitle("mean over seeds, band: min to max, dashed to x: a diverged seed", fontsize=9)
     right = 1 - legend / (5 * len(tags) + legend)
     fig.subplots_adjust(left=0.07, right=right - 0.02, bottom=0.13, top=0.86, wspace=0.25)
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 0.86), fontsize=7)
+    if by_lr:
+        bar = fig.colorbar(by_lr[1], ax=list(axes), fraction=0.04, pad=0.02)
+        bar.set_label(f"{configs[0].get('optimizer')} learning rate ({len(configs)} lines)")
+    else:
+        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 0.86), fontsize=7)
     return fig
 
 
@@ -261,21 +292,31 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
     fig = Figure(figsize=(4.2 * cols, 3.6 * rows), dpi=100)
     for k, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, k + 1)
+        paths = sorted(groups[name], key=lambda t: t.get("lr") or 0)
+        by_lr = lr_colours([t.get("lr") for t in paths], [name] * len(paths))
         ax.contour(
-            grid_w, grid_b, np.log10(loss + 1e-12), levels=25, cmap="viridis", linewidths=0.6
+            grid_w,
+            grid_b,
+            np.log10(loss + 1e-12),
+            levels=25,
+            cmap="Greys" if by_lr else "viridis",  # grey under paths coloured by learning rate
+            linewidths=0.6,
         )
-        for t in sorted(groups[name], key=lambda t: t.get("lr") or 0):
+        for k, t in enumerate(paths):
             w, b = np.asarray(t["w"], dtype=float), np.asarray(t["b"], dtype=float)
             inside = (w >= w_lim[0]) & (w <= w_lim[1]) & (b >= b_lim[0]) & (b <= b_lim[1])
             # up to the first point outside
             end = len(w) if inside.all() else int(np.argmin(inside)) + 1
             w, b = np.clip(w[:end], *w_lim), np.clip(b[:end], *b_lim)
             label = f"lr={t['lr']:g}" if t.get("lr") is not None else t["name"]
+            diverged = t["status"] == "diverged"
             ax.plot(
                 w,
                 b,
                 linewidth=1.2,
-                label=label + (" (diverged)" if t["status"] == "diverged" else ""),
+                label=label + (" (diverged)" if diverged else ""),
+                color=by_lr[0][k] if by_lr else None,
+                linestyle="--" if diverged and by_lr else "-",
             )
         ax.plot([w_opt], [b_opt], marker="*", color="black", markersize=9)
         ax.set_xlim(*w_lim)
@@ -283,8 +324,15 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
         ax.set_title(name)
         ax.set_xlabel("w")
         ax.set_ylabel("b")
-        ax.legend(fontsize=7)
-    fig.suptitle("paths over the loss surface (contours: log10 MSE, star: least squares)")
+        if by_lr:
+            bar = fig.colorbar(by_lr[1], ax=ax, fraction=0.06, pad=0.02)
+            bar.set_label(f"learning rate ({len(paths)} paths; dashed: diverged)", fontsize=7)
+        else:
+            ax.legend(fontsize=7)
+    fig.suptitle(
+        "paths over the loss surface (contours: log10 MSE, star: least squares)",
+        fontsize=10 if cols > 1 else 8,
+    )
     fig.tight_layout()
     return fig
 

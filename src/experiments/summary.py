@@ -253,6 +253,10 @@ def write_figures(
         figures["summary.png"] = sweep_figure(rows, monitors[0] if monitors else "val/loss")
     tags = ["train/loss", *sorted(set(monitors))[:1]]
     curves = learning_curves(sweep_dir, configs, tags)
+    first_job = {r["job"]: r for r in rows}
+    for curve, config in zip(curves, configs):  # what curves_figure colours many lines by
+        curve["lr"] = first_job[config["jobs"][0]]["lr"]
+        curve["optimizer"] = first_job[config["jobs"][0]]["optimizer"]
     if any(c["curves"] for c in curves):
         figures["curves.png"] = curves_figure(curves, tags)
     trajectories = []
