@@ -139,10 +139,53 @@ def seed_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return only_sweep(tmp_path), done.stdout
 
 
+# Student's t as tables print it: scipy.stats.t.ppf(0.975, 2)
+T_975_DF2 = 4.302652729749464
+
+
+def t_density(t: float, df: float):
+    import mpmath
+
+    return (
+        mpmath.gamma((df + 1) / 2)
+        / (mpmath.sqrt(df * mpmath.pi) * mpmath.gamma(df / 2))
+        * (1 + t * t / df) ** (-(df + 1) / 2)
+    )
+
+
+def welch_p_by_quadrature(a: list[float], b: list[float]) -> float:
+    """Welch's two-sided p-value by integrating the t density: another road than the package's
+    incomplete beta function (experiments.summary.welch_p)."""
+    import mpmath
+
+    va, vb = (statistics.variance(x) / len(x) for x in (a, b))
+    t = abs(statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return float(2 * mpmath.quad(lambda s: t_density(s, df), [t, mpmath.inf]))
+
+
+def test_the_t_quantile_and_welchs_p_value_agree_with_the_t_density():
+    """The package's Student t (mpmath's incomplete beta function, no scipy) against quadrature
+    of the density and the tables' 4.3027 for 95% with two degrees of freedom."""
+    import mpmath
+
+    from experiments.summary import t_quantile, welch_p
+
+    assert t_quantile(0.975, 2) == pytest.approx(T_975_DF2, rel=1e-14)
+    for df in (1, 2, 4, 9, 29, 7.3):
+        t = t_quantile(0.975, df)
+        below = mpmath.quad(lambda s: t_density(s, df), [-mpmath.inf, 0, t])
+        assert float(below) == pytest.approx(0.975, rel=1e-12)
+    for a, b in [
+        ([2.9, 3.1, 3.0], [3.4, 3.9, 3.6]),
+        ([1.0, 1.5, 0.7, 1.2, 1.1], [1.3, 0.9, 1.8]),
+        ([5.0, 5.0, 5.1], [4.0, 6.0, 5.5, 4.5]),
+    ]:
+        assert welch_p(a, b) == pytest.approx(welch_p_by_quadrature(a, b), rel=1e-10)
+
+
 def test_seeds_of_a_configuration_are_replicates_with_mean_std_and_t_interval(seed_sweep):
     """Three seeds of two optimizers: two rows, their numbers recomputed from the jobs' metrics.json."""
-    from scipy.stats import t
-
     sweep, stdout = seed_sweep
     jobs = [read_metrics(job) for job in job_dirs(sweep)]
     assert len(jobs) == 6 and {m["status"] for m in jobs} == {"finished"}
@@ -164,7 +207,7 @@ def test_seeds_of_a_configuration_are_replicates_with_mean_std_and_t_interval(se
         ]:
             mean = sum(values) / 3
             std = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
-            half = t.ppf(0.975, 2) * std / 3**0.5
+            half = T_975_DF2 * std / 3**0.5
             assert std > 0, values  # the seed changes the data, split, start and batch order
             for part, value in [
                 ("mean", mean),
@@ -582,8 +625,6 @@ def test_compare_reruns_each_optimizers_best_stage_one_learning_rate_with_its_se
 def test_compare_ends_with_the_stage_two_table_and_a_welch_sentence_recomputed_from_the_jobs(
     comparison,
 ):
-    from scipy.stats import ttest_ind
-
     sweep, output, _, _ = comparison
     plan = json.loads((sweep / "compare.json").read_text())
     finals = {name: {} for name in plan["chosen"]}
@@ -597,7 +638,7 @@ def test_compare_ends_with_the_stage_two_table_and_a_welch_sentence_recomputed_f
         for name, point in plan["chosen"].items()
     }
     wins = sum(a[s] < b[s] for s in a)
-    p = ttest_ind(list(a.values()), list(b.values()), equal_var=False).pvalue
+    p = welch_p_by_quadrature(list(a.values()), list(b.values()))
     sentence = (sweep / "comparison.md").read_text().strip().splitlines()[-1]
     verb = "beats" if p < 0.05 else "and"
     assert sentence.startswith(f"{first} at lr {lr[first]} {verb} {second} at lr {lr[second]}")
