@@ -323,9 +323,10 @@ class PopulationModule(speedups.FastHookNames, pl.LightningModule):
             self.trainer.datamodule.hparams_initial if self.trainer.datamodule is not None else {}
         )
         for model, loggers in zip(self.models, self.run_loggers):
-            for logger in loggers:
-                # as Lightning logs a single run's
+            for logger in loggers:  # as Lightning logs a single run's
                 logger.log_hyperparams({**model.hparams_initial, **data})
+        for loggers in self.run_loggers:  # each waits for its writer: all of them write meanwhile
+            for logger in loggers:
                 logger.save()
 
     def on_train_epoch_start(self) -> None:
