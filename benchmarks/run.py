@@ -29,8 +29,9 @@ sizes once (the smoke test of this script). With a GPU, cases 1 to 3 also run on
 Case 3 also runs the 15 jobs on hydra/launcher=vectorized.
 
 --before REV runs every package command a second time on the code of git revision REV (a
-worktree, on PYTHONPATH), side by side with this one, so the tables hold both and the targets
-table gives each ratio then and now; --skip leaves out variants by name (e.g. 'basic launcher').
+worktree, on PYTHONPATH, with --before-path's folders after it), side by side with this one, so
+the tables hold both and the targets table gives each ratio then and now; --skip leaves out
+variants by name (e.g. 'basic launcher').
 """
 
 from __future__ import annotations
@@ -601,8 +602,11 @@ def targets(results: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
-def with_before(plan: dict[str, list[Variant]], src: Path) -> dict[str, list[Variant]]:
-    """Each package variant twice: as it is, and on the earlier revision's code (PYTHONPATH)."""
+def with_before(
+    plan: dict[str, list[Variant]], src: Path, extra: str = ""
+) -> dict[str, list[Variant]]:
+    """Each package variant twice: as it is, and on the earlier revision's code (PYTHONPATH, then
+    `extra`: folders holding what the earlier code needs that this one does not)."""
     return {
         case: [
             twin
@@ -617,7 +621,7 @@ def with_before(plan: dict[str, list[Variant]], src: Path) -> dict[str, list[Var
                         v.command,
                         v.reads,
                         jobs=v.jobs,
-                        env={"PYTHONPATH": str(src)},
+                        env={"PYTHONPATH": os.pathsep.join(filter(None, [str(src), extra]))},
                     ),
                 ]
             )
@@ -771,6 +775,12 @@ def main() -> None:
         help="a git revision: each package command also runs on its code, side by side (a git worktree)",
     )
     parser.add_argument(
+        "--before-path",
+        default="",
+        help="folders added to the earlier code's PYTHONPATH: the packages it needs that this "
+        "revision does not (ca44279 needs scipy: pip install --target DIR scipy)",
+    )
+    parser.add_argument(
         "--skip",
         default="",
         help="comma-separated parts of variant names not to run, e.g. 'basic launcher,3:sequential' (3: in case 3 only; '[before]' the earlier code's runs)",
@@ -833,7 +843,7 @@ def main() -> None:
             )
             plan = {  # --skip "K=256 [before]" leaves out the earlier code's run alone
                 case: [v for v in variants if not skipped(args.skip, case, v.name)]
-                for case, variants in with_before(plan, tree / "src").items()
+                for case, variants in with_before(plan, tree / "src", args.before_path).items()
             }
         try:
             for rep in range(reps):

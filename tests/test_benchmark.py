@@ -6,6 +6,7 @@ benchmarks/RESULTS.md."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,8 @@ def test_before_runs_each_package_command_on_the_earlier_code_and_reports_both_r
         ("package [before]", {"PYTHONPATH": "/old/src"}),
         ("plain script", {}),
     ]
+    plan = benchmark.with_before({"2 thermometer": [package]}, Path("/old/src"), "/old/deps")
+    assert plan["2 thermometer"][1].env == {"PYTHONPATH": f"/old/src{os.pathsep}/old/deps"}
     train = "python -m experiments.train"
     results = {
         "2 thermometer": [
