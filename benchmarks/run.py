@@ -778,7 +778,7 @@ def main() -> None:
         "--before-path",
         default="",
         help="folders added to the earlier code's PYTHONPATH: the packages it needs that this "
-        "revision does not (ca44279 needs scipy: pip install --target DIR scipy)",
+        "revision does not (ca44279 needs scipy: pip install --no-deps --target DIR scipy)",
     )
     parser.add_argument(
         "--skip",
@@ -843,7 +843,13 @@ def main() -> None:
             )
             plan = {  # --skip "K=256 [before]" leaves out the earlier code's run alone
                 case: [v for v in variants if not skipped(args.skip, case, v.name)]
-                for case, variants in with_before(plan, tree / "src", args.before_path).items()
+                for case, variants in with_before(
+                    plan,
+                    tree / "src",
+                    os.pathsep.join(
+                        str(Path(p).resolve()) for p in args.before_path.split(os.pathsep) if p
+                    ),
+                ).items()
             }
         try:
             for rep in range(reps):

@@ -176,12 +176,17 @@ def test_the_t_quantile_and_welchs_p_value_agree_with_the_t_density():
         t = t_quantile(0.975, df)
         below = mpmath.quad(lambda s: t_density(s, df), [-mpmath.inf, 0, t])
         assert float(below) == pytest.approx(0.975, rel=1e-12)
-    for a, b in [
-        ([2.9, 3.1, 3.0], [3.4, 3.9, 3.6]),
-        ([1.0, 1.5, 0.7, 1.2, 1.1], [1.3, 0.9, 1.8]),
-        ([5.0, 5.0, 5.1], [4.0, 6.0, 5.5, 4.5]),
+    # scipy.stats.ttest_ind(a, b, equal_var=False).pvalue, scipy 1.17.1
+    for a, b, scipys in [
+        ([2.9, 3.1, 3.0], [3.4, 3.9, 3.6], 0.034932368723705934),
+        ([1.0, 1.5, 0.7, 1.2, 1.1], [1.3, 0.9, 1.8], 0.48091836456603004),
+        ([5.0, 5.0, 5.0], [4.0, 6.0, 5.5, 4.5], 1.0),  # one sample without spread
+        ([0.1] * 3, [0.3, 0.2, 0.25], 0.03509871864598465),
     ]:
+        assert welch_p(a, b) == pytest.approx(scipys, rel=1e-12)
         assert welch_p(a, b) == pytest.approx(welch_p_by_quadrature(a, b), rel=1e-10)
+    # seeds that ended identically: no t-test, though their rounded std is not 0
+    assert math.isnan(welch_p([0.1] * 3, [0.1] * 3))
 
 
 def test_seeds_of_a_configuration_are_replicates_with_mean_std_and_t_interval(seed_sweep):
@@ -302,12 +307,12 @@ def test_many_learning_rates_of_one_optimizer_are_coloured_by_learning_rate_not_
 
     from experiments.figures import curves_figure, paths_figure
 
-    def curves(lrs, optimizers):
+    def curves(lrs, optimizers, momenta=None):
         return [
             {
                 "name": f"optimizer={o},optimizer.lr={lr:g}",
                 "lr": lr,
-                "optimizer": o,
+                "others": (o, f"optimizer.momentum={momenta[k]}" if momenta else ""),
                 "curves": {
                     "train/loss": {
                         "steps": [0, 1],
@@ -329,19 +334,30 @@ def test_many_learning_rates_of_one_optimizer_are_coloured_by_learning_rate_not_
     assert bar.get_ylim() == pytest.approx((1e-3, 1e-1))
     colours = [to_rgba(line.get_color()) for line in figure.axes[0].lines]
     assert len(set(colours)) == 12 and colours[0] != colours[-1]
-    for few in (curves(lrs[:10], ["adam"] * 10), curves(lrs, ["adam", "sgd"] * 6)):
+    # a legend where the learning rate does not tell the lines apart: few lines, several
+    # optimizers, another setting swept as well, or one learning rate for all
+    for few in (
+        curves(lrs[:10], ["sgd"] * 10),
+        curves(lrs, ["adam", "sgd"] * 6),
+        curves(lrs[:3] * 4, ["sgd"] * 12, [0.5, 0.9, 0.95, 0.99] * 3),
+        curves([0.01] * 12, ["sgd"] * 12, [m / 20 for m in range(12)]),
+    ):
         figure = curves_figure(few, ["train/loss"])
         assert len(figure.axes) == 1 and len(figure.legends[0].get_texts()) == len(few)
 
     path = {"x": [0.0, 1.0, 2.0], "y": [1.0, 3.0, 5.0], "w": [0.0, 1.0], "b": [0.0, 0.5]}
     trajectories = [
         {**path, "name": f"job{k}", "optimizer": "adam", "lr": lr, "status": "finished"}
-        for k, lr in enumerate(lrs)
+        for k, lr in enumerate(lrs + lrs)  # two seeds of each learning rate
     ]
+    for t in trajectories:
+        t["others"] = ("adam",)
     figure = paths_figure(trajectories)
     assert figure.axes[0].get_legend() is None and len(figure.axes) == 2
     figure = paths_figure(trajectories[:10])
     assert len(figure.axes[0].get_legend().get_texts()) == 10
+    trajectories[0]["others"] = ("adam", "optimizer.weight_decay=0.1")
+    assert paths_figure(trajectories).axes[0].get_legend() is not None
 
 
 def test_sweep_pictures_are_written(optimizer_sweep):

@@ -44,11 +44,18 @@ def image_of(figure: Figure) -> np.ndarray:
 LEGEND_LINES = 10  # more lines than this, all of one optimizer: colour by learning rate instead
 
 
-def lr_colours(lrs: Sequence[float | None], optimizers: Sequence[str]) -> tuple[list, Any] | None:
-    """For many lines that differ only in the learning rate: each line's colour on a log scale
-    of the learning rate, and what a colorbar needs (a legend of more than ten lines repeats its
-    ten colours and hides the plot). None where a legend tells them apart."""
-    if len(lrs) <= LEGEND_LINES or len(set(optimizers)) > 1 or any(lr is None for lr in lrs):
+def lr_colours(lrs: Sequence[float | None], others: Sequence[Any]) -> tuple[list, Any] | None:
+    """For many lines that differ only in the learning rate (`others`: everything else that sets
+    each line apart, the same for all; seeds may repeat a learning rate): each line's colour on a
+    log scale of the learning rate, and what a colorbar needs (a legend of more than ten lines
+    repeats its ten colours and hides the plot). None where only a legend tells them apart."""
+    if (
+        len(lrs) <= LEGEND_LINES
+        or any(lr is None for lr in lrs)
+        or len(set(lrs)) < 2
+        or any(o is None for o in others)
+        or len(set(others)) > 1
+    ):
         return None
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
@@ -213,7 +220,7 @@ def curves_figure(configs: list[dict[str, Any]], tags: Sequence[str]) -> Figure:
     finished seeds as a line and their min-max as a band; each diverged seed as a dashed line up to
     where it diverged, ending in an x. Losses on a log scale. `configs`: name and, per tag, the
     finished seeds' mean, low and high at common steps and the diverged seeds' own points."""
-    by_lr = lr_colours([c.get("lr") for c in configs], [str(c.get("optimizer")) for c in configs])
+    by_lr = lr_colours([c.get("lr") for c in configs], [c.get("others") for c in configs])
     legend = (
         0.5
         if by_lr
@@ -256,7 +263,7 @@ def curves_figure(configs: list[dict[str, Any]], tags: Sequence[str]) -> Figure:
     fig.subplots_adjust(left=0.07, right=right - 0.02, bottom=0.13, top=0.86, wspace=0.25)
     if by_lr:
         bar = fig.colorbar(by_lr[1], ax=list(axes), fraction=0.04, pad=0.02)
-        bar.set_label(f"{configs[0].get('optimizer')} learning rate ({len(configs)} lines)")
+        bar.set_label(f"{configs[0]['others'][0]} learning rate ({len(configs)} lines)")
     else:
         fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 0.86), fontsize=7)
     return fig
@@ -293,7 +300,7 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
     for k, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, k + 1)
         paths = sorted(groups[name], key=lambda t: t.get("lr") or 0)
-        by_lr = lr_colours([t.get("lr") for t in paths], [name] * len(paths))
+        by_lr = lr_colours([t.get("lr") for t in paths], [t.get("others") for t in paths])
         ax.contour(
             grid_w,
             grid_b,
@@ -302,7 +309,7 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
             cmap="Greys" if by_lr else "viridis",  # grey under paths coloured by learning rate
             linewidths=0.6,
         )
-        for k, t in enumerate(paths):
+        for j, t in enumerate(paths):
             w, b = np.asarray(t["w"], dtype=float), np.asarray(t["b"], dtype=float)
             inside = (w >= w_lim[0]) & (w <= w_lim[1]) & (b >= b_lim[0]) & (b <= b_lim[1])
             # up to the first point outside
@@ -315,7 +322,7 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
                 b,
                 linewidth=1.2,
                 label=label + (" (diverged)" if diverged else ""),
-                color=by_lr[0][k] if by_lr else None,
+                color=by_lr[0][j] if by_lr else None,
                 linestyle="--" if diverged and by_lr else "-",
             )
         ax.plot([w_opt], [b_opt], marker="*", color="black", markersize=9)

@@ -12,6 +12,7 @@ Everything is read back from the jobs' metrics.json and trajectory.json files
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -170,6 +171,7 @@ def t_two_sided(statistic: float, df: float) -> float:
     return float(mpmath.betainc(mpmath.mpf(df) / 2, 0.5, 0, x, regularized=True))
 
 
+@functools.lru_cache(maxsize=None)
 def t_quantile(q: float, df: float) -> float:
     """The value t > 0 below which Student's t distribution with `df` degrees of freedom has
     probability q (q > 0.5), as scipy.stats.t.ppf(q, df)."""
@@ -184,8 +186,10 @@ def t_quantile(q: float, df: float) -> float:
 
 def welch_p(a: list[float], b: list[float]) -> float:
     """Welch's t-test of two samples (unequal variances): the two-sided p-value, as
-    scipy.stats.ttest_ind(a, b, equal_var=False).pvalue."""
+    scipy.stats.ttest_ind(a, b, equal_var=False).pvalue; nan where neither sample varies."""
     va, vb = (statistics.variance(x) / len(x) for x in (a, b))
+    if va + vb == 0:
+        return math.nan
     statistic = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return t_two_sided(statistic, df)
@@ -286,10 +290,10 @@ def write_figures(
         figures["summary.png"] = sweep_figure(rows, monitors[0] if monitors else "val/loss")
     tags = ["train/loss", *sorted(set(monitors))[:1]]
     curves = learning_curves(sweep_dir, configs, tags)
-    first_job = {r["job"]: r for r in rows}
+    by_job = {r["job"]: r for r in rows}
     for curve, config in zip(curves, configs):  # what curves_figure colours many lines by
-        curve["lr"] = first_job[config["jobs"][0]]["lr"]
-        curve["optimizer"] = first_job[config["jobs"][0]]["optimizer"]
+        curve["lr"] = by_job[config["jobs"][0]]["lr"]
+        curve["others"] = besides_lr(by_job[config["jobs"][0]])
     if any(c["curves"] for c in curves):
         figures["curves.png"] = curves_figure(curves, tags)
     trajectories = []
@@ -302,6 +306,7 @@ def write_figures(
                     "name": r["job"],
                     "optimizer": r["optimizer"] or r["job"],
                     "lr": r["lr"],
+                    "others": besides_lr(r),
                     "status": r["status"],
                 }
             )
@@ -312,6 +317,15 @@ def write_figures(
     for name, pixels in images.items():
         imsave(sweep_dir / name, pixels)
     return images
+
+
+def besides_lr(row: dict[str, Any]) -> tuple[str, ...]:
+    """What sets a job apart other than its learning rate and seed: lines alike in this differ
+    only in the learning rate (figures.lr_colours)."""
+    return (
+        str(row["optimizer"]),
+        *sorted(o for o in row["overrides"] if setting(o) not in ("optimizer.lr", "seed")),
+    )
 
 
 def learning_curves(
@@ -462,13 +476,14 @@ def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[
         if c["diverged"]
     ]
     numbers += f"; {' and '.join(diverged)})" if diverged else ")"
-    if len(a) < 2 or len(b) < 2 or not (stats[0]["std"] or stats[1]["std"]):
+    # seeds that ended identically have no spread for a t-test (their rounded std may not be 0)
+    p = welch_p(a, b) if len(a) >= 2 and len(b) >= 2 else math.nan
+    if math.isnan(p):
         why = "too few seeds" if len(a) < 2 or len(b) < 2 else "every seed ended identically"
         return (
             f"{described(first, rows)} comes out ahead of {described(second, rows)}: {numbers}, "
             f"better in {wins} of {len(paired)} seeds; no t-test ({why})."
         )
-    p = welch_p(a, b)
     if p < 0.05:
         head = f"{described(first, rows)} beats {described(second, rows)}"
     else:
