@@ -189,6 +189,31 @@ def test_the_t_quantile_and_welchs_p_value_agree_with_the_t_density():
     assert math.isnan(welch_p([0.1] * 3, [0.1] * 3))
 
 
+def test_the_verdict_on_seeds_that_ended_identically_is_no_t_test():
+    """0.1 three times has a rounded std of 1.7e-17, not 0: still no t-test, and no crash."""
+    from experiments.summary import configurations, verdict
+
+    rows = [
+        {
+            "job": f"{name},seed={seed}",
+            "overrides": [f"optimizer={name}", "optimizer.lr=0.1", f"seed={seed}"],
+            "hparams": {"seed": seed},
+            "status": "finished",
+            "monitor": "val/loss",
+            "mode": "min",
+            "best": best,
+            "test": {},
+        }
+        for name, best in (("adam", 0.1), ("sgd", 0.3))
+        for seed in (1, 2, 3)
+    ]
+    first, second = configurations(rows)
+    assert first["stats"]["best val/loss"]["std"] > 0  # the rounding the guard must not trust
+    sentence = verdict(first, second, {row["job"]: row for row in rows})
+    assert sentence.endswith("better in 3 of 3 seeds; no t-test (every seed ended identically).")
+    assert sentence.startswith("adam at lr 0.1 comes out ahead of sgd at lr 0.1")
+
+
 def test_seeds_of_a_configuration_are_replicates_with_mean_std_and_t_interval(seed_sweep):
     """Three seeds of two optimizers: two rows, their numbers recomputed from the jobs' metrics.json."""
     sweep, stdout = seed_sweep
