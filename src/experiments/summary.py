@@ -163,12 +163,13 @@ def spread(values: list[float]) -> dict[str, float | None]:
 # start-up, as torchmetrics then imports scipy.signal. Both agree with scipy to 1e-14.
 
 
-def t_two_sided(statistic: float, df: float) -> float:
-    """P(|T| >= |statistic|) for T of Student's t distribution with `df` degrees of freedom."""
+def t_two_sided(statistic: Any, df: float) -> Any:
+    """P(|T| >= |statistic|) for T of Student's t distribution with `df` degrees of freedom, as
+    an mpmath number (float() it)."""
     import mpmath
 
     x = mpmath.mpf(df) / (df + mpmath.mpf(statistic) ** 2)
-    return float(mpmath.betainc(mpmath.mpf(df) / 2, 0.5, 0, x, regularized=True))
+    return mpmath.betainc(mpmath.mpf(df) / 2, 0.5, 0, x, regularized=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -178,10 +179,7 @@ def t_quantile(q: float, df: float) -> float:
     import mpmath
 
     tail = 2 * (1 - mpmath.mpf(q))
-    two_sided = lambda t: mpmath.betainc(  # noqa: E731
-        mpmath.mpf(df) / 2, 0.5, 0, df / (df + t * t), regularized=True
-    )
-    return float(mpmath.findroot(lambda t: two_sided(t) - tail, (0, 1e4), solver="illinois"))
+    return float(mpmath.findroot(lambda t: t_two_sided(t, df) - tail, (0, 1e4), solver="illinois"))
 
 
 def welch_p(a: list[float], b: list[float]) -> float:
@@ -192,7 +190,7 @@ def welch_p(a: list[float], b: list[float]) -> float:
         return math.nan
     statistic = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return t_two_sided(statistic, df)
+    return float(t_two_sided(statistic, df))
 
 
 def configuration_table(configs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
