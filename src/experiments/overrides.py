@@ -144,6 +144,11 @@ def config_error(error: Exception, argv: list[str], config_name: str) -> str | N
         )
     if isinstance(error, InstantiationException):
         return instantiation_error(error, overrides)
+    several = re.match(
+        r"Ambiguous value for argument '(.+)'|Sweep parameters '(.+)' requires", head
+    )
+    if several:
+        return several_values(several[1] or several[2], overrides, config_name)
     missing = re.match(r"Could not override '([^']+)'", head)
     if missing and "+" + missing[1] in " ".join(rest):
         return unknown_key(
@@ -155,6 +160,30 @@ def config_error(error: Exception, argv: list[str], config_name: str) -> str | N
     if "Missing mandatory value" in head and (key := re.search(r"full_key: (\S+)", str(error))):
         return f"{key[1]}= is required; see `--help`."
     return head.rstrip(".") + "."
+
+
+def several_values(given: str, overrides: list[str], config_name: str) -> str:
+    """The sentence for a value list Hydra would not sweep. Hydra reads the mode (`hydra.mode`,
+    which a sweep preset sets) from a composition of the whole command line, so any other mistake
+    on it makes the sweep a single run that blames the list: compose the sweep's jobs one value
+    at a time to find and name that mistake."""
+    from hydra import compose, initialize_config_dir
+
+    from experiments.config import CONF_DIR
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            for job in some_jobs(overrides):
+                compose(config_name, overrides=job)
+    except Exception as error:  # the job's own mistake, in the command line's words
+        message = config_error(error, job, config_name)
+        if message is not None:
+            return message
+    key, _, values = given.partition("=")
+    return (
+        f"{given} gives {key} several values: add -m to run a job for each (or pick a sweep= preset), "
+        f"write {key}=[{values}] for one list, or quote it ({key}='{values}') for one string."
+    )
 
 
 def instantiation_error(error: Exception, overrides: list[str]) -> str:
@@ -236,12 +265,16 @@ def unknown_key(key: str, others: list[str], config_name: str) -> str:
 
     parent, _, leaf = key.rpartition(".")
     where, node = parent or "the config", None
+    hydra_key = key.startswith("hydra.")  # a sweeper's or launcher's setting
+    skipped = ("hydra.",) if hydra_key else ("hydra.", "hydra/")
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             # the job that lacks the key
-            for job in some_jobs([o for o in others if not o.startswith(("hydra.", "hydra/"))]):
+            for job in some_jobs([o for o in others if not o.startswith(skipped)]):
                 node = (
-                    OmegaConf.select(compose(config_name, overrides=job), parent)
+                    OmegaConf.select(
+                        compose(config_name, overrides=job, return_hydra_config=hydra_key), parent
+                    )
                     if parent
                     else None
                 )
@@ -256,9 +289,7 @@ def unknown_key(key: str, others: list[str], config_name: str) -> str:
             if not parent:
                 node = compose(
                     config_name,
-                    overrides=next(
-                        some_jobs([o for o in others if not o.startswith(("hydra.", "hydra/"))])
-                    ),
+                    overrides=next(some_jobs([o for o in others if not o.startswith(skipped)])),
                 )
     except Exception:  # the rest of the command line has its own mistake: name this one plainly
         node = None
