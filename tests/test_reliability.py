@@ -95,6 +95,20 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(
     ).read_text()
 
 
+def test_a_fit_gives_the_signal_handlers_back_when_it_ends(tmp_path: Path):
+    """While it trains, Ctrl-C and SIGTERM stop at a step boundary; afterwards the process's own
+    handlers are back (Lightning restores its originals before a callback's teardown runs, so a
+    handler put back there would leave Lightning's installed for good)."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    short = [
+        "experiment=thermometer",
+        "trainer.max_epochs=20",
+        "trainer.check_val_every_n_epoch=10",
+    ]
+    assert train_in_process(short, tmp_path / "run")["status"] == "finished"
+    assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
+
+
 def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path: Path):
     done = cli([f"resume={tmp_path}"], tmp_path)
     assert done.returncode == 1

@@ -68,13 +68,21 @@ class Interruption(pl.Callback):
             and self.save_to
         ):
             trainer.save_checkpoint(self.save_to)
+        self.restore_handlers()
         super().on_exception(trainer, pl_module, exception)
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.restore_handlers()
+        super().on_train_end(trainer, pl_module)
+
+    def restore_handlers(self) -> None:
+        """Lightning's handlers back, while Lightning's teardown (which runs before a callback's
+        `teardown`) can still put back the process's own: a handler restored later would leave
+        Lightning's installed for good, and SIGTERM would no longer end a Python or Jupyter
+        process that trained (experiments.api)."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
-        super().teardown(trainer, pl_module, stage)
 
     @property
     def saved(self) -> bool:
