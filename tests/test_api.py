@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -111,6 +113,48 @@ def test_a_mistake_raises_the_command_lines_sentence_and_leaves_nothing(
         ),
         (lambda: api.train("-m", "optimizer.lr=0.1,0.2"), "experiments.api.train runs one"),
         (lambda: api.load(tmp_path), "holds neither a run"),
+        # a value list beside a typo, under a preset that turns on multirun: the typo is named
+        (
+            lambda: api.sweep(
+                "experiment=thermometer", "sweep=lr", "optimizer.lr=0.1,0.2", "optimizer.lrr=1"
+            ),
+            "optimizer.lrr is not a key of optimizer: did you mean optimizer.lr?",
+        ),
+        (
+            lambda: api.sweep(
+                "experiment=thermometer",
+                "sweep=compare",
+                "optimizer=sgd,adam",
+                "hydra.sweeper.seed=5",
+            ),
+            "hydra.sweeper.seed is not a key of hydra.sweeper: did you mean hydra.sweeper.seeds?",
+        ),
+        (
+            lambda: api.sweep(
+                "experiment=thermometer", "sweep=lr", "optimizer.lr=0.1,0.2", trainer="cpux"
+            ),
+            "Could not find 'trainer/cpux'; available options in 'trainer': cpu,",
+        ),
+        (
+            lambda: api.sweep("sweep=compare", hydra__sweeper__random_start="maybe"),
+            "hydra.sweeper.random_start must be true",
+        ),
+        (
+            lambda: api.sweep("sweep=lr", hydra__sweeper__max_batch_size=0),
+            "hydra.sweeper.max_batch_size must be a positive integer",
+        ),
+        (
+            lambda: api.sweep("sweep=compare", sweeper="optuna"),
+            "but hydra/sweeper=optuna replaces it",
+        ),
+        (
+            lambda: api.train("optimizer=sgd,adam"),
+            "optimizer=sgd,adam gives optimizer several values, a sweep: experiments.api.sweep runs a job for each",
+        ),
+        (
+            lambda: api.train("trainer.max_epochs=2", trainer__max_epochs=3),
+            "trainer.max_epochs is given twice, as 'trainer.max_epochs=2' and as the keyword trainer__max_epochs=3",
+        ),
     ]:
         with pytest.raises(UserError) as raised:
             call()
@@ -201,3 +245,60 @@ def test_every_notebook_runs_in_a_real_jupyter_kernel(tmp_path: Path):
     )
     assert re.search(r"test accuracy \d\.\d+", printed["03_mnist_mlp.ipynb"])
     assert json.loads(json.dumps(printed))  # plain text
+
+
+def test_keyword_values_are_one_value_whatever_they_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A path with a space and a comma, given as a keyword, is one path (Hydra would read a
+    comma as a sweep and refuse it as ambiguous)."""
+    monkeypatch.chdir(tmp_path)
+    where = tmp_path / "a b,c" / "run"
+    run = api.train(*SHORT, hydra__run__dir=str(where))
+    assert run.run_dir == where and run.status == "finished"
+    assert read_metrics(where)["status"] == "finished"
+
+
+def test_history_of_a_run_logged_to_csv_is_its_metrics_csv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """logger=csv: the same steps and values as the TensorBoard run of the same command (which
+    stores them as float32); logger=none: a sentence, not an empty table."""
+    monkeypatch.chdir(tmp_path)
+    events = api.train(*SHORT).history
+    logged = api.train(*SHORT, logger="csv")
+    history = logged.history
+    assert (logged.run_dir / "metrics.csv").is_file() and history.index.name == "step"
+    for tag in ("train/loss", "val/loss", "test/loss"):
+        ours, theirs = history[tag].dropna(), events[tag].dropna()
+        assert list(ours.index) == list(theirs.index) and len(ours) > 1 or tag == "test/loss"
+        assert list(ours) == pytest.approx(list(theirs), rel=1e-6)
+    with pytest.raises(UserError, match="holds no logged scalars .* logger=none"):
+        api.train(*SHORT, logger="none").history
+
+
+def test_sigterm_still_ends_the_process_after_train_and_sweep(tmp_path: Path):
+    """A fit installs Lightning's SIGTERM handler; once it ends the process's own is back, so a
+    notebook or script that trained can still be terminated (exit by signal 15)."""
+    code = f"""
+import os, signal, sys, time
+from experiments import api
+short = {SHORT!r}
+api.train(*short)
+api.sweep(*short, "optimizer.lr=0.01,0.02", launcher="vectorized")
+print("default handler:", signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(10)
+print("STILL ALIVE")
+"""
+    env = {**os.environ, "CI": "true"}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
+    assert "default handler: True" in done.stdout and "STILL ALIVE" not in done.stdout

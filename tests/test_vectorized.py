@@ -24,6 +24,7 @@ from conftest import (
     terminate_at_epoch,
     train_in_process,
 )
+from experiments import api
 from experiments.config import UserError
 from experiments.evaluate import evaluate
 from experiments.population.group import Job, group_key, train_group
@@ -368,6 +369,11 @@ def test_an_interrupted_population_resumes_where_it_stopped(tmp_path: Path):
     assert "resume=" in stopped[0]["reason"] and all(
         (job / "checkpoints" / "last.ckpt").is_file() for job in jobs
     )
+    # the stopped sweep has no runs.csv or summary.csv yet: its tables come from its jobs
+    stopped_sweep = api.load(tmp_path / "sweep")
+    assert list(stopped_sweep.table["status"]) == ["interrupted", "interrupted"]
+    assert list(stopped_sweep.configurations["seeds"]) == [1, 1]
+    assert "interrupted" in stopped_sweep._repr_html_() and stopped_sweep.comparison is None
     done = cli(args, tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 jobs: 2 finished" in done.stdout

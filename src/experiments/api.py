@@ -19,10 +19,14 @@ as they were afterwards.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import re
+import signal
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,33 +36,65 @@ from experiments.config import UserError
 
 
 def literal(value: Any) -> str:
-    """A Python value as an override's value: True -> true, None -> null, [1, 2] -> [1,2]."""
+    """A Python value as one override value: True -> true, None -> null, [1, 2] -> [1,2], and a
+    string as it is, quoted where Hydra would read more into it ('/data/a b,c' is one path)."""
+    from experiments.overrides import quote_value
+
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(literal(v) for v in value) + "]"
+    if isinstance(value, str) and not re.fullmatch(r"[\w.+\-/:@~]+", value):
+        return quote_value(value)
     return str(value)
 
 
 def arguments(overrides: tuple[str, ...], options: dict[str, Any]) -> list[str]:
+    """The command line of overrides and keywords (`optimizer__lr=0.01` is `optimizer.lr=0.01`);
+    a key given both ways is refused rather than one of them silently winning."""
+    from experiments.overrides import key_of
+
     for override in overrides:
         if not isinstance(override, str):
             raise UserError(
                 f"overrides are strings such as 'optimizer=adam', got {override!r}; give settings with dots as keywords of their own, as optimizer__lr=0.01 for optimizer.lr."
             )
+    given = {key_of(o): o for o in overrides if "=" in o}
+    for name, value in options.items():
+        key = name.replace("__", ".")
+        if key in given:
+            raise UserError(
+                f"{key} is given twice, as {given[key]!r} and as the keyword {name}={value!r}; give it once."
+            )
     return [*overrides, *(f"{k.replace('__', '.')}={literal(v)}" for k, v in options.items())]
+
+
+def swept(args: list[str]) -> str | None:
+    """The first override that gives a key several values (a sweep), as Hydra's parser reads it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from experiments.overrides import overrides_of, quote_paths
+
+    try:  # paths (resume=, ckpt_path=) are one value, as the command line reads them
+        parsed = OverridesParser.create().parse_overrides(quote_paths(overrides_of(args)))
+    except Exception:  # a mistake of grammar: the entry point's sentence names it
+        return None
+    return next((o.input_line for o in parsed if o.is_sweep_override()), None)
 
 
 class Preserved:
     """The caller's process as it was: sys.argv, the working directory, every logger's handlers,
-    level and propagation (Hydra configures logging for each run), the warnings filters, and the
+    level and propagation (Hydra configures logging for each run), the warnings filters, the
     environment (the entry point sets HYDRA_FULL_ERROR, Lightning PL_GLOBAL_SEED, the run's lock
-    EXPERIMENTS_OWNED_DIRS)."""
+    EXPERIMENTS_OWNED_DIRS) and the handlers of SIGINT and SIGTERM (a fit installs its own)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self) -> Preserved:
         self.argv, self.cwd = list(sys.argv), os.getcwd()
+        self.handlers = {signum: signal.getsignal(signum) for signum in self.SIGNALS}
         self.loggers = {
             logger: (list(logger.handlers), logger.level, logger.propagate, logger.disabled)
             for logger in self.all_loggers()
@@ -94,6 +130,10 @@ class Preserved:
             logger.setLevel(level)
             logger.propagate, logger.disabled = propagate, disabled
         warnings.filters[:] = self.filters
+        if threading.current_thread() is threading.main_thread():  # elsewhere none can change
+            for signum, handler in self.handlers.items():
+                if handler is not None:  # None: set outside Python, which cannot be restored
+                    signal.signal(signum, handler)
         for key in set(os.environ) - set(self.environ):
             del os.environ[key]
         os.environ.update(self.environ)
@@ -152,6 +192,12 @@ def train(*overrides: str, **options: Any) -> Run:
         raise UserError(
             "experiments.api.train runs one configuration; give a sweep to experiments.api.sweep."
         )
+    if (several := swept(args)) is not None:
+        key, _, values = several.partition("=")
+        raise UserError(
+            f"{several} gives {key} several values, a sweep: experiments.api.sweep runs a job for each; "
+            f"for one value write a list as {key}=[{values}] or quote a string as {key}='{values}'."
+        )
     return Run(entry(args))
 
 
@@ -206,6 +252,16 @@ def event_scalars(folder: Path) -> Any:
     return frame
 
 
+def csv_scalars(path: Path) -> Any:
+    """A logger=csv run's scalars as event_scalars gives them: Lightning's CSVLogger writes a row
+    per logging call, so the values of one step are gathered into one row."""
+    import pandas as pd
+
+    frame = pd.read_csv(path).drop(columns="epoch", errors="ignore")
+    frame = frame.dropna(subset=["step"]).astype({"step": int}).groupby("step").last()
+    return frame.dropna(axis="columns", how="all").sort_index()
+
+
 def image_html(png: bytes, width: int = 480) -> str:
     import base64
 
@@ -250,8 +306,16 @@ class Run:
 
     @property
     def history(self) -> Any:
-        """Every logged scalar, one row per step, one column per metric (pandas)."""
-        return event_scalars(self.run_dir)
+        """Every logged scalar, one row per step, one column per metric (pandas): from its
+        TensorBoard event files, or its metrics.csv with logger=csv."""
+        if any(self.run_dir.glob("events.out.tfevents.*")):
+            return event_scalars(self.run_dir)
+        if (self.run_dir / "metrics.csv").is_file():
+            return csv_scalars(self.run_dir / "metrics.csv")
+        raise UserError(
+            f"{self.run_dir} holds no logged scalars (no TensorBoard event files, no metrics.csv: it ran with logger=none); "
+            "train with logger=tensorboard (the default) or logger=csv to keep a history."
+        )
 
     @property
     def images(self) -> dict[str, bytes]:
@@ -302,29 +366,37 @@ class Sweep:
     def runs(self) -> list[Run]:
         return [Run(p.parent) for p in sorted(self.sweep_dir.glob("*/metrics.json"))]
 
+    def frame(self, which: str) -> Any:
+        """A table of the sweep read from its jobs' files now, as its CSV file holds it once the
+        sweep ends: a sweep stopped part way (Ctrl-C) has no CSV files but its jobs' tables."""
+        import pandas as pd
+
+        from experiments.summary import configuration_table, csv_text, job_table, read_sweep
+
+        report = read_sweep(self.sweep_dir)
+        if not report.rows:
+            raise UserError(f"{self.sweep_dir} holds no job that has started training yet.")
+        header, body = (
+            job_table(report.rows) if which == "runs" else configuration_table(report.configs)
+        )
+        return pd.read_csv(io.StringIO(csv_text(header, body)))
+
     @property
     def table(self) -> Any:
         """One row per job, best first (runs.csv)."""
-        import pandas as pd
-
-        return pd.read_csv(self.sweep_dir / "runs.csv")
+        return self.frame("runs")
 
     @property
     def configurations(self) -> Any:
         """One row per configuration, its seeds' mean, std and 95% t-interval (summary.csv)."""
-        import pandas as pd
-
-        return pd.read_csv(self.sweep_dir / "summary.csv")
+        return self.frame("configurations")
 
     @property
     def comparison(self) -> str | None:
-        """sweep=compare's sentence on the top two (the last line of comparison.md); None for
-        another sweep, or a comparison of fewer than two configurations."""
+        """sweep=compare's verdict (the last line of comparison.md): on the top two, or why
+        there is nothing to compare; None for another sweep, or one that has not ended."""
         path = self.sweep_dir / "comparison.md"
-        if not path.is_file():
-            return None
-        last = path.read_text().strip().splitlines()[-1]
-        return None if last.startswith("mean ± ") else last
+        return path.read_text().strip().splitlines()[-1] if path.is_file() else None
 
     @property
     def pictures(self) -> dict[str, Path]:
