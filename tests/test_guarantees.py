@@ -275,6 +275,25 @@ def test_half_the_files_are_named_as_missing(tmp_path: Path):
 # 7. Mistakes are one sentence, exit 1, nothing written.
 MISTAKES = [
     (["seed=abc"], ["seed must be an integer from 0 to 4294967295, got 'abc'"]),
+    (  # a preset turns on multirun: the typo is named, not the valid list beside it
+        ["experiment=thermometer", "sweep=lr", "optimizer.lr=0.1,0.2", "optimizer.lrr=1"],
+        ["optimizer.lrr is not a key of optimizer: did you mean optimizer.lr?"],
+    ),
+    (
+        ["experiment=thermometer", "optimizer.lr=0.1,0.2"],
+        [
+            "optimizer.lr=0.1,0.2 gives optimizer.lr several values: add -m",
+            "optimizer.lr=[0.1,0.2]",
+        ],
+    ),
+    (
+        ["experiment=thermometer", "sweep=compare", "hydra.sweeper.random_start=maybe"],
+        ["hydra.sweeper.random_start must be true", "got 'maybe'"],
+    ),
+    (
+        ["experiment=thermometer", "sweep=compare", "hydra/sweeper=optuna"],
+        ["sweep=compare runs on hydra/sweeper=compare, but hydra/sweeper=optuna replaces it"],
+    ),
     (
         ["experiment=thermometer", "sweep=compare", "seed=0,1"],
         ["sweep=compare chooses the seeds itself", "hydra.sweeper.seeds"],

@@ -31,6 +31,7 @@ LAYERS = {
     "experiments.figures": 1,
     "experiments.loggers": 1,
     "experiments.summary": 1,
+    "experiments.comparison": 1,
     "experiments.population": 1,
     # 2: one fit each, never importing each other
     "experiments.run": 2,

@@ -20,7 +20,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import cli, read_metrics, scalar_history
 from experiments.config import job_dir_name
-from experiments.summary import collect, table
+from experiments.summary import collect, job_table, shown
 
 SHORT = ["experiment=thermometer", "trainer.max_epochs=300", "trainer.check_val_every_n_epoch=100"]
 
@@ -155,7 +155,7 @@ def t_density(t: float, df: float):
 
 def welch_p_by_quadrature(a: list[float], b: list[float]) -> float:
     """Welch's two-sided p-value by integrating the t density: another road than the package's
-    incomplete beta function (experiments.summary.welch_p)."""
+    incomplete beta function (experiments.comparison.welch_p)."""
     import mpmath
 
     va, vb = (statistics.variance(x) / len(x) for x in (a, b))
@@ -169,7 +169,7 @@ def test_the_t_quantile_and_welchs_p_value_agree_with_the_t_density():
     of the density and the tables' 4.3027 for 95% with two degrees of freedom."""
     import mpmath
 
-    from experiments.summary import t_quantile, welch_p
+    from experiments.comparison import t_quantile, welch_p
 
     assert t_quantile(0.975, 2) == pytest.approx(T_975_DF2, rel=1e-14)
     for df in (1, 2, 4, 9, 29, 7.3):
@@ -191,7 +191,8 @@ def test_the_t_quantile_and_welchs_p_value_agree_with_the_t_density():
 
 def test_the_verdict_on_seeds_that_ended_identically_is_no_t_test():
     """0.1 three times has a rounded std of 1.7e-17, not 0: still no t-test, and no crash."""
-    from experiments.summary import configurations, verdict
+    from experiments.comparison import verdict
+    from experiments.summary import configurations
 
     rows = [
         {
@@ -260,8 +261,8 @@ def test_seeds_of_a_configuration_are_replicates_with_mean_std_and_t_interval(se
     assert len(list(csv.DictReader((sweep / "runs.csv").open()))) == 6
 
 
-def test_seeds_that_change_nothing_are_said_to_instead_of_a_spread_of_zero(tmp_path: Path, capsys):
-    """The thermometer's seeds start from w = 1, b = 0 on one fixed batch: its runs are identical."""
+def test_seeds_that_end_identically_are_said_to_instead_of_a_spread_of_zero(tmp_path: Path, capsys):
+    """The thermometer's seeds start from w = 1, b = 0 on one fixed batch: its runs end identically."""
     from experiments.summary import summarize
 
     for seed in (0, 1):
@@ -279,7 +280,9 @@ def test_seeds_that_change_nothing_are_said_to_instead_of_a_spread_of_zero(tmp_p
     summarize(tmp_path)
     out = capsys.readouterr().out
     assert "12.6315 (seeds equal)" in out and "12.6315 ±" not in out
-    assert "The seeds of 1 configuration(s) ended identically: seed changes nothing" in out
+    # no event files here to say whether the runs differed (tests/test_comparison.py has both)
+    assert "The seeds of 1 configuration ended at identical values (with no TensorBoard" in out
+    assert "changes nothing" not in out
     (config,) = csv.DictReader((tmp_path / "summary.csv").open())
     assert config["configuration"] == "experiment=thermometer" and config["seeds"] == "2"
     assert float(config["best val/loss std"]) == 0
@@ -326,8 +329,9 @@ def test_the_pictures_of_a_sweep_with_seeds_plot_the_means_over_seeds(seed_sweep
 
 def test_many_learning_rates_of_one_optimizer_are_coloured_by_learning_rate_not_listed():
     """Past ten lines of one optimizer a legend repeats its ten colours: curves.png and paths.png
-    colour each line by its learning rate on a log scale, with a colorbar; fewer lines, or
-    several optimizers, keep the legend."""
+    colour each line by its learning rate on a log scale, with a colorbar; several optimizers (or
+    other settings) get a row each in curves.png; few lines, or one learning rate, keep the
+    legend."""
     from matplotlib.colors import to_rgba
 
     from experiments.figures import curves_figure, paths_figure
@@ -359,12 +363,17 @@ def test_many_learning_rates_of_one_optimizer_are_coloured_by_learning_rate_not_
     assert bar.get_ylim() == pytest.approx((1e-3, 1e-1))
     colours = [to_rgba(line.get_color()) for line in figure.axes[0].lines]
     assert len(set(colours)) == 12 and colours[0] != colours[-1]
-    # a legend where the learning rate does not tell the lines apart: few lines, several
-    # optimizers, another setting swept as well, or one learning rate for all
+    # several optimizers, or another setting swept as well: a row of panels each
+    for rows, grouped in (
+        (2, curves(lrs, ["adam", "sgd"] * 6)),
+        (4, curves(lrs[:3] * 4, ["sgd"] * 12, [0.5, 0.9, 0.95, 0.99] * 3)),
+    ):
+        figure = curves_figure(grouped, ["train/loss"])
+        assert not figure.legends and len(figure.axes) == rows + 1
+    # a legend where the learning rate does not tell the lines apart: few lines, or one
+    # learning rate for all
     for few in (
         curves(lrs[:10], ["sgd"] * 10),
-        curves(lrs, ["adam", "sgd"] * 6),
-        curves(lrs[:3] * 4, ["sgd"] * 12, [0.5, 0.9, 0.95, 0.99] * 3),
         curves([0.01] * 12, ["sgd"] * 12, [m / 20 for m in range(12)]),
     ):
         figure = curves_figure(few, ["train/loss"])
@@ -453,14 +462,23 @@ def test_tensorboard_shows_every_job_as_a_run_with_the_same_hparams_and_real_met
 def test_the_hparams_table_shows_what_the_sweep_varied_first_and_how_each_run_ended(
     optimizer_sweep,
 ):
-    """TensorBoard picks the HParams table's default columns, and orders them, by `differs`."""
+    """TensorBoard picks the HParams table's default columns, and orders them, by `differs`:
+    what the sweep varied and how each run ended first, then every setting that differs because
+    of it (Adam's betas against SGD's neutral value), then the constant ones."""
     sweep, _ = optimizer_sweep
     _, sessions, experiments = hparams_records(sweep)
     (experiment,) = experiments.values()
     infos = list(experiment.hparam_infos)
     assert [i.name for i in infos[:3]] == ["optimizer", "optimizer.lr", "status"]
-    assert [i.differs for i in infos[:3]] == [True, True, True]
-    assert not any(i.differs for i in infos[3:]) and len(infos) > 20
+    differing = {
+        name
+        for name in sessions[next(iter(sessions))].hparams
+        if len({str(start.hparams[name]) for start in sessions.values()}) > 1
+    }
+    assert {"optimizer.betas", "optimizer.momentum", "optimizer.alpha"} <= differing
+    marked = [i.name for i in infos if i.differs]
+    assert marked == [i.name for i in infos[: len(marked)]]  # first, then the constant ones
+    assert set(marked) == differing | {"status"} and len(infos) > len(marked) + 10
     status = next(i for i in infos if i.name == "status")
     assert sorted(v.string_value for v in status.domain_discrete.values) == ["diverged", "finished"]
     ended = [start.hparams["status"].string_value for start in sessions.values()]
@@ -584,7 +602,7 @@ def test_collect_orders_best_first_then_diverged_then_failed(tmp_path: Path):
     write_job(tmp_path / "d", "diverged", None, "train loss became nan")
     rows = collect(tmp_path)
     assert [r["job"] for r in rows] == ["b", "a", "d", "c"]
-    header, body = table(rows)
+    header, body = job_table(rows)
     assert header == [
         "job",
         "status",
@@ -594,7 +612,7 @@ def test_collect_orders_best_first_then_diverged_then_failed(tmp_path: Path):
         "wall_time_s",
         "reason",
     ]
-    assert body[0][:4] == ["b", "finished", "2", "2"] and body[-1][-1] == "ValueError: boom"
+    assert shown(body)[0][:4] == ["b", "finished", "2", "2"] and body[-1][-1] == "ValueError: boom"
 
 
 COMPARE = [

@@ -11,8 +11,9 @@ point only down, and none goes round in a cycle):
                          population); neither imports the other
   1  building blocks     data/ (one LightningDataModule a file), models/ (one LightningModule a
                          file), callbacks/, build (what a config builds), loggers, hparams,
-                         figures, summary (a sweep's tables), population/ (its module, optimizer,
-                         batched arithmetic and checkpoints)
+                         figures, summary (a sweep's tables), comparison (seeds' statistics,
+                         sweep=compare's verdict), population/ (its module, optimizer, batched
+                         arithmetic and checkpoints)
   0  plain code          config, overrides (the command line and its mistakes), state (a run's
                          record, statuses, exit codes), rundir (directory locks, resume checks),
                          signals, quiet, speedups (the one module of private-name tricks), search

@@ -8,7 +8,7 @@ save the sweep's figures as PNG.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Sequence
 
 import numpy as np
@@ -164,36 +164,50 @@ def misclassified_figure(
 
 
 def sweep_figure(rows: list[dict[str, Any]], metric: str) -> Figure:
-    """The monitored best against the learning rate, as DeepOBS draws it: per optimizer each seed
-    as a dot and the mean over its finished seeds as a line; diverged jobs as x above the rest.
+    """The monitored best against the learning rate, as DeepOBS draws it: per line (an optimizer,
+    with any other setting the sweep varied: `line`) each seed as a dot and the mean over its
+    finished seeds as a line; diverged jobs as x above the rest, each line's on a row of its own.
     Both axes logarithmic (the value's only where all are positive); the legend outside the axes."""
     seeds: dict[str, list[tuple[float, float]]] = defaultdict(list)
     diverged: dict[str, list[float]] = defaultdict(list)
     for row in rows:
-        lr, value = row.get("lr"), row.get("best")
+        lr, value, name = row.get("lr"), row.get("best"), row.get("line") or row["optimizer"]
         if lr is None:
             continue
         if row["status"] == "finished" and value is not None and math.isfinite(value):
-            seeds[row["optimizer"]].append((lr, value))
+            seeds[name].append((lr, value))
         elif row["status"] in ("diverged", "failed"):
-            diverged[row["optimizer"]].append(lr)
-    fig = Figure(figsize=(7.5, 4.2), dpi=100)
+            diverged[name].append(lr)
+    names = sorted(set(seeds) | set(diverged))
+    legend = 0.5 + 0.065 * max((len(name) for name in names), default=10)  # inches, size 8
+    width = 6 + legend
+    fig = Figure(figsize=(width, 4.2), dpi=100)
     ax = fig.add_subplot()
     values = [v for points in seeds.values() for _, v in points]
     positive = bool(values) and min(values) > 0
     high, low = (max(values), min(values)) if values else (1.0, 0.0)
-    top = high * 3 if positive else high + 0.15 * (high - low or 1.0)
-    for name in sorted(set(seeds) | set(diverged)):
+    colours = line_colours(len(names))
+    crossed = 0
+    for name, colour in zip(names, colours):
         by_lr: dict[float, list[float]] = defaultdict(list)
         for lr, value in seeds[name]:
             by_lr[lr].append(value)
         lrs = sorted(by_lr)
         means = [math.fsum(by_lr[lr]) / len(by_lr[lr]) for lr in lrs]
-        line = ax.plot(lrs, means, marker="o", markersize=4, label=name, gid=f"mean:{name}")[0]
+        line = ax.plot(
+            lrs, means, marker="o", markersize=4, label=name, gid=f"mean:{name}", color=colour
+        )[0]
         color = line.get_color()
         if any(len(v) > 1 for v in by_lr.values()):
             ax.scatter(*zip(*seeds[name]), s=10, color=color, alpha=0.45, gid=f"seeds:{name}")
         if diverged[name]:
+            # a row of crosses per line, so that two lines diverging at one rate stay apart
+            top = (
+                high * 3 * 1.6**crossed
+                if positive
+                else high + (0.15 + 0.08 * crossed) * (high - low or 1.0)
+            )
+            crossed += 1
             ax.scatter(
                 diverged[name],
                 [top] * len(diverged[name]),
@@ -210,48 +224,64 @@ def sweep_figure(rows: list[dict[str, Any]], metric: str) -> Figure:
         f"best {metric} by learning rate: mean over seeds (dots: seeds, x: diverged)", fontsize=9
     )
     handles, labels = ax.get_legend_handles_labels()
-    fig.subplots_adjust(left=0.14, right=0.78, bottom=0.13, top=0.9)
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.79, 0.9), fontsize=8)
+    right = 1 - legend / width
+    fig.subplots_adjust(left=0.85 / width, right=right - 0.01, bottom=0.13, top=0.9)
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 0.9), fontsize=8)
     return fig
+
+
+def line_colours(n: int) -> list[Any]:
+    """n colours that differ: matplotlib's ten, or twenty paired ones past ten lines."""
+    from matplotlib import colormaps
+
+    cycle = colormaps["tab10" if n <= 10 else "tab20"].colors
+    return [cycle[k % len(cycle)] for k in range(n)]
+
+
+def lr_rows(configs: list[dict[str, Any]]) -> list[list[int]] | None:
+    """More than ten lines that, apart from their learning rate, fall into a few groups (an
+    optimizer, with its other settings: `others`): the lines of each group, a row of panels each,
+    coloured by learning rate. None where a legend tells them apart."""
+    lrs = [c.get("lr") for c in configs]
+    if len(configs) <= LEGEND_LINES or any(lr is None for lr in lrs) or len(set(lrs)) < 2:
+        return None
+    groups: dict[Any, list[int]] = {}
+    for k, config in enumerate(configs):
+        groups.setdefault(config.get("others"), []).append(k)
+    if None in groups or any(len({lrs[k] for k in g}) < len(g) for g in groups.values()):
+        return None
+    return list(groups.values())
 
 
 def curves_figure(configs: list[dict[str, Any]], tags: Sequence[str]) -> Figure:
     """Learning curves against step, one panel per tag: per configuration the mean over its
-    finished seeds as a line and their min-max as a band; each diverged seed as a dashed line up to
-    where it diverged, ending in an x. Losses on a log scale. `configs`: name and, per tag, the
-    finished seeds' mean, low and high at common steps and the diverged seeds' own points."""
-    by_lr = lr_colours([c.get("lr") for c in configs], [c.get("others") for c in configs])
+    finished seeds as a line and their min-max as a band (one validation: a point with its range
+    as an error bar); each diverged seed as a dashed line up to where it diverged, ending in an x.
+    Losses on a log scale. More than ten lines differing in their learning rate: a row of panels
+    per optimizer (and its other settings), coloured by learning rate on one scale, with a
+    colorbar. `configs`: name and, per tag, the finished seeds' mean, low and high at common
+    steps and the diverged seeds' own points."""
+    rows = lr_rows(configs)
+    by_lr = lr_colours([c.get("lr") for c in configs], [""] * len(configs)) if rows else None
+    groups = rows or [list(range(len(configs)))]
+    colours = by_lr[0] if by_lr else line_colours(len(configs))
     legend = (
         0.5
         if by_lr
         else 0.4 + 0.055 * max((len(c["name"]) for c in configs), default=10)  # inches, size 7
     )
-    fig = Figure(figsize=(5 * len(tags) + legend, 4.2), dpi=100)
-    axes = fig.subplots(1, len(tags), squeeze=False)[0]
-    for ax, tag in zip(axes, tags):
-        for k, config in enumerate(configs):
-            curve = config["curves"].get(tag)
-            if not curve:
-                continue
-            line = ax.plot(
-                curve["steps"],
-                curve["mean"],
-                label=config["name"],
-                gid=f"mean:{config['name']}",
-                color=by_lr[0][k] if by_lr else None,
-            )[0]
-            if len(curve["runs"]) > 1:
-                ax.fill_between(
-                    curve["steps"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2
-                )
-            for steps, values in curve["diverged"]:
-                ax.plot(steps, values, linestyle="--", linewidth=0.8, color=line.get_color())
-                if steps:
-                    ax.scatter(steps[-1:], values[-1:], marker="x", color=line.get_color())
-        if "loss" in tag:
-            ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_title(tag, fontsize=10)
+    fig = Figure(figsize=(5 * len(tags) + legend, 4.2 * len(groups)), dpi=100)
+    grid = fig.subplots(len(groups), len(tags), squeeze=False)
+    for panels, group in zip(grid, groups):
+        for ax, tag in zip(panels, tags):
+            for k in group:
+                draw_curve(ax, configs[k], tag, colours[k])
+            if "loss" in tag:
+                ax.set_yscale("log")
+            ax.set_xlabel("step")
+            title = f"{configs[group[0]].get('others')}: {tag}" if rows else tag
+            ax.set_title(title, fontsize=10)
+    axes = [ax for panels in grid for ax in panels]
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -259,14 +289,47 @@ def curves_figure(configs: list[dict[str, Any]], tags: Sequence[str]) -> Figure:
                 handles.append(handle)
                 labels.append(label)
     fig.suptitle("mean over seeds, band: min to max, dashed to x: a diverged seed", fontsize=9)
-    right = 1 - legend / (5 * len(tags) + legend)
-    fig.subplots_adjust(left=0.07, right=right - 0.02, bottom=0.13, top=0.86, wspace=0.25)
+    width = 5 * len(tags) + legend
+    right = 1 - legend / width
+    top = 1 - 0.6 / (4.2 * len(groups))
+    bottom = 0.55 / (4.2 * len(groups))
+    fig.subplots_adjust(
+        left=0.75 / width, right=right - 0.02, bottom=bottom, top=top, wspace=0.25, hspace=0.35
+    )
     if by_lr:
-        bar = fig.colorbar(by_lr[1], ax=list(axes), fraction=0.04, pad=0.02)
-        bar.set_label(f"{configs[0]['others'][0]} learning rate ({len(configs)} lines)")
+        bar = fig.colorbar(by_lr[1], ax=axes, fraction=0.04, pad=0.02)
+        bar.set_label(f"learning rate ({len(configs)} lines)")
     else:
-        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 0.86), fontsize=7)
+        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(right, top), fontsize=7)
     return fig
+
+
+def draw_curve(ax: Any, config: dict[str, Any], tag: str, colour: Any) -> None:
+    curve = config["curves"].get(tag)
+    if not curve:
+        return
+    name = config["name"]
+    if len(curve["steps"]) == 1:  # one validation: a band would be a hairline
+        line = ax.plot(
+            curve["steps"], curve["mean"], marker="o", label=name, gid=f"mean:{name}", color=colour
+        )[0]
+        if len(curve["runs"]) > 1:
+            below, above = curve["mean"][0] - curve["low"][0], curve["high"][0] - curve["mean"][0]
+            ax.errorbar(
+                curve["steps"], curve["mean"], yerr=[[below], [above]], color=colour, capsize=4
+            )
+    else:
+        line = ax.plot(curve["steps"], curve["mean"], label=name, gid=f"mean:{name}", color=colour)[
+            0
+        ]
+        if len(curve["runs"]) > 1:
+            ax.fill_between(
+                curve["steps"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2
+            )
+    for steps, values in curve["diverged"]:
+        ax.plot(steps, values, linestyle="--", linewidth=0.8, color=line.get_color())
+        if steps:
+            ax.scatter(steps[-1:], values[-1:], marker="x", color=line.get_color())
 
 
 def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
@@ -299,7 +362,8 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
     fig = Figure(figsize=(4.2 * cols, 3.6 * rows), dpi=100)
     for k, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, k + 1)
-        paths = sorted(groups[name], key=lambda t: t.get("lr") or 0)
+        paths = sorted(groups[name], key=lambda t: (t.get("lr") or 0, t.get("seed") or 0))
+        repeated = Counter(t.get("lr") for t in paths)
         by_lr = lr_colours([t.get("lr") for t in paths], [t.get("others") for t in paths])
         ax.contour(
             grid_w,
@@ -316,6 +380,8 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
             end = len(w) if inside.all() else int(np.argmin(inside)) + 1
             w, b = np.clip(w[:end], *w_lim), np.clip(b[:end], *b_lim)
             label = f"lr={t['lr']:g}" if t.get("lr") is not None else t["name"]
+            if repeated[t.get("lr")] > 1 and t.get("seed") is not None:  # seeds of one rate
+                label += f", seed {t['seed']}"
             diverged = t["status"] == "diverged"
             ax.plot(
                 w,

@@ -25,6 +25,7 @@ def check_launcher(config: DictConfig) -> None:
     writes anything."""
     if config.get("resume"):
         raise UserError(RESUME_ONE_RUN)
+    check_preset_sweeper(config)
     if str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper"):
         from hydra_plugins.experiments_plugins.optuna_sweeper import check_settings
 
@@ -44,6 +45,31 @@ def check_launcher(config: DictConfig) -> None:
                 f"{config.hydra.job.name} runs each job on its own: use hydra/launcher=basic (the default) or parallel."
             )
         check_launchable(config)
+
+
+def check_preset_sweeper(config: DictConfig) -> None:
+    """A sweep preset that picks its sweeper (sweep=compare its two stages, sweep=optuna_lr an
+    Optuna search) runs on it: another hydra/sweeper on the command line would run something else
+    under the preset's name."""
+    from omegaconf import OmegaConf
+
+    from experiments.config import CONF_DIR
+
+    choices = config.hydra.runtime.choices
+    preset, sweeper = choices.get("sweep"), choices.get("hydra/sweeper")
+    path = CONF_DIR / "sweep" / f"{preset}.yaml"
+    if not preset or not path.is_file():
+        return
+    defaults = OmegaConf.load(path).get("defaults") or []
+    wanted = next(
+        (d[k] for d in defaults if isinstance(d, DictConfig) for k in d if "hydra/sweeper" in k),
+        None,
+    )
+    if wanted is not None and sweeper != wanted:
+        raise UserError(
+            f"sweep={preset} runs on hydra/sweeper={wanted}, but hydra/sweeper={sweeper} replaces it; "
+            f"drop hydra/sweeper={sweeper}, or run that sweeper without sweep={preset}."
+        )
 
 
 class RunDirectoryCheck(Callback):

@@ -1,28 +1,45 @@
 """The end of a sweep: one row per configuration (jobs that differ only in `seed` are one
 configuration, its seeds replicates), with the mean, standard deviation and 95% t-interval of the
 monitored best and of every test metric (summary.csv, summary.md), one row per job (runs.csv,
-runs.md), summary.png (final validation loss by learning rate, a line per optimizer), paths.png
-for two-parameter models, and one TensorBoard HParams experiment covering every job. What is
-printed is the per-job table while each configuration has one seed, the configurations' otherwise.
+runs.md), summary.png (the monitored best by learning rate, a line per optimizer and setting),
+curves.png, paths.png for two-parameter models, and one TensorBoard HParams experiment covering
+every job. What is printed is the per-job table while each configuration has one seed, the
+configurations' otherwise, and for `sweep=compare` its stage 2 and its verdict
+(experiments.comparison).
 
 Everything is read back from the jobs' metrics.json and trajectory.json files
-(experiments.hydra_callbacks.SweepSummary calls `summarize` once all jobs are done).
+(experiments.hydra_callbacks.SweepSummary calls `summarize` once all jobs are done; the api's
+Sweep reads the same tables with `read_sweep`, an unfinished sweep's too). The CSV files hold every
+digit; printed and Markdown numbers have as many digits as it takes to tell them apart.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
+import io
 import json
 import logging
 import math
-import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# the sweep's own TensorBoard run (HParams experiment, pictures), listed first; hidden, as .hydra
-# is, so that every visible folder of a sweep is a job
+from experiments.comparison import (
+    closing_sentences,
+    decimals_of,
+    plural,
+    read_plan,
+    seed_of,
+    spread,
+    telling_apart,
+    tuned_keys,
+    with_spread,
+)
+from experiments.overrides import key_of
+
+# the sweep's own TensorBoard run (HParams experiment, pictures); hidden, as .hydra is, so that
+# every visible folder of a sweep is a job
 SWEEP_RUN = ".sweep"
 SWEEP_EVENTS = ".sweep"  # the suffix of the sweep's own event file, the only one it replaces
 STATUS_ORDER = {"finished": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
@@ -72,7 +89,8 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=rank)
 
 
-def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def job_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """One row per job, its numbers as they are (`shown` or `exact` writes them)."""
     monitors = sorted({r["monitor"] for r in rows if r["monitor"]})
     tests = sorted({k for r in rows for k in r["test"]})
     header = [
@@ -84,15 +102,14 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         "wall_time_s",
         "reason",
     ]
-
     body = [
         [
             r["job"],
             r["status"],
-            *[number(r["best"]) if r["monitor"] == m else "" for m in monitors],
-            *[number(r["test"].get(t)) for t in tests],
-            number(r["epochs"]),
-            number(r["wall_time_s"]),
+            *[r["best"] if r["monitor"] == m else None for m in monitors],
+            *[r["test"].get(t) for t in tests],
+            r["epochs"],
+            r["wall_time_s"],
             r["reason"],
         ]
         for r in rows
@@ -100,18 +117,16 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def setting(override: str) -> str:
-    """The key an override sets: `+seed=3` and `seed=3` set seed."""
-    return override.lstrip("+~").split("=", 1)[0]
-
-
-def configurations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def configurations(
+    rows: list[dict[str, Any]], named_by: set[str] | None = None
+) -> list[dict[str, Any]]:
     """The jobs grouped by their overrides other than `seed`, best first by the mean of the
     monitored best over their finished seeds; each with the mean, standard deviation and 95%
-    t-interval of the monitored best and of every test metric."""
+    t-interval of the monitored best and of every test metric. A configuration is named by the
+    overrides that differ between configurations, or by those of the keys `named_by`."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        key = tuple(sorted(o for o in row["overrides"] if setting(o) != "seed"))
+        key = tuple(sorted(o for o in row["overrides"] if key_of(o) != "seed"))
         groups.setdefault(key, []).append(row)
     shared = set.intersection(*(set(key) for key in groups)) if len(groups) > 1 else set()
     monitors = sorted({r["monitor"] for r in rows if r["monitor"]})
@@ -121,11 +136,13 @@ def configurations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         finished = [r for r in jobs if r["status"] == "finished"]
         values = {f"best {m}": [r["best"] for r in finished if r["monitor"] == m] for m in monitors}
         values |= {t: [r["test"][t] for r in finished if t in r["test"]] for t in tests}
+        if named_by is not None:
+            name = ",".join(o for o in key if key_of(o) in named_by)
+        else:
+            name = ",".join(o for o in key if o not in shared) or ",".join(key)
         found.append(
             {
-                "configuration": ",".join(o for o in key if o not in shared)
-                or ",".join(key)
-                or "(defaults)",
+                "configuration": name or "(defaults)",
                 "seeds": len(jobs),
                 "finished": len(finished),
                 "diverged": sum(r["status"] == "diverged" for r in jobs),
@@ -147,53 +164,8 @@ def configurations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(found, key=rank)
 
 
-def spread(values: list[float]) -> dict[str, float | None]:
-    """Mean, sample standard deviation and the 95% Student-t interval of the mean (None for one value)."""
-    n = len(values)
-    mean = math.fsum(values) / n
-    if n < 2:
-        return {"mean": mean, "std": None, "ci95_low": None, "ci95_high": None}
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
-
-
-# Student's t distribution through the regularized incomplete beta function of mpmath (which torch
-# installs with sympy): scipy.stats would do, but an installed scipy costs every run 1.5 s of
-# start-up, as torchmetrics then imports scipy.signal. Both agree with scipy to 1e-14.
-
-
-def t_two_sided(statistic: Any, df: float) -> Any:
-    """P(|T| >= |statistic|) for T of Student's t distribution with `df` degrees of freedom, as
-    an mpmath number (float() it)."""
-    import mpmath
-
-    x = mpmath.mpf(df) / (df + mpmath.mpf(statistic) ** 2)
-    return mpmath.betainc(mpmath.mpf(df) / 2, 0.5, 0, x, regularized=True)
-
-
-@functools.lru_cache(maxsize=None)
-def t_quantile(q: float, df: float) -> float:
-    """The value t > 0 below which Student's t distribution with `df` degrees of freedom has
-    probability q (q > 0.5), as scipy.stats.t.ppf(q, df)."""
-    import mpmath
-
-    tail = 2 * (1 - mpmath.mpf(q))
-    return float(mpmath.findroot(lambda t: t_two_sided(t, df) - tail, (0, 1e4), solver="illinois"))
-
-
-def welch_p(a: list[float], b: list[float]) -> float:
-    """Welch's t-test of two samples (unequal variances): the two-sided p-value, as
-    scipy.stats.ttest_ind(a, b, equal_var=False).pvalue; nan where neither sample varies."""
-    va, vb = (statistics.variance(x) / len(x) for x in (a, b))
-    if va + vb == 0:
-        return math.nan
-    statistic = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return float(t_two_sided(statistic, df))
-
-
-def configuration_table(configs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def configuration_table(configs: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """summary.csv: one row per configuration, its numbers as they are."""
     names = list(dict.fromkeys(name for c in configs for name in c["stats"]))
     parts = ("mean", "std", "ci95_low", "ci95_high")
     header = ["configuration", "seeds", "finished", "diverged", "other"]
@@ -201,8 +173,8 @@ def configuration_table(configs: list[dict[str, Any]]) -> tuple[list[str], list[
     body = [
         [
             c["configuration"],
-            *(str(c[k]) for k in ("seeds", "finished", "diverged", "other")),
-            *(number(c["stats"].get(name, {}).get(part)) for name in names for part in parts),
+            *(c[k] for k in ("seeds", "finished", "diverged", "other")),
+            *(c["stats"].get(name, {}).get(part) for name in names for part in parts),
         ]
         for c in configs
     ]
@@ -210,44 +182,81 @@ def configuration_table(configs: list[dict[str, Any]]) -> tuple[list[str], list[
 
 
 def printed_configurations(configs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """The configurations as printed: each metric as mean +- the 95% interval's half-width."""
+    """The configurations as printed: each metric as mean ± the 95% interval's half-width, and a
+    mean without a spread to at least as many decimals as the others in its column, so that
+    2.92764614 (seeds equal) does not stand as 2.92764 beside 2.92764485 ± 0.00000038."""
     names = list(dict.fromkeys(name for c in configs for name in c["stats"]))
-
-    def cell(stats: dict[str, float | None] | None) -> str:
-        if not stats:
-            return ""
-        if stats["std"] is None:
-            return number(stats["mean"])
-        if stats["std"] == 0:
-            return f"{number(stats['mean'])} (seeds equal)"
-        half = stats["ci95_high"] - stats["mean"]
-        # the mean to the half-width's two significant digits: 2.928 ± 0.012, not 2.92764 ± 0.012
-        digits = min(12, max(0, 1 - math.floor(math.log10(half)))) if half > 0 else 6
-        return f"{stats['mean']:.{digits}f} ± {half:.{digits}f}"
-
+    columns = [printed_column([c["stats"].get(name) for c in configs]) for name in names]
     header = ["configuration", "seeds", "finished", "diverged", *names]
     body = [
         [
             c["configuration"],
             *(str(c[k]) for k in ("seeds", "finished", "diverged")),
-            *(cell(c["stats"].get(name)) for name in names),
+            *(column[i] for column in columns),
         ]
-        for c in configs
+        for i, c in enumerate(configs)
     ]
     return header, body
 
 
-def number(value: Any) -> str:
-    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+def printed_column(cells: list[dict[str, float | None] | None]) -> list[str]:
+    halves = {i: s["ci95_high"] - s["mean"] for i, s in enumerate(cells) if s and s["std"]}
+    decimals = [d for d in map(decimals_of, halves.values()) if d is not None]
+    bare = [i for i, s in enumerate(cells) if s and not s["std"]]
+    means = [cells[i]["mean"] for i in bare]
+    least = max(
+        [6]
+        + [
+            max(decimals) + math.floor(math.log10(abs(m))) + 1
+            for m in means
+            if decimals and m and math.isfinite(m)
+        ]
+    )
+    texts = dict(zip(bare, telling_apart(means, least)))
+    shown = []
+    for i, stats in enumerate(cells):
+        if not stats:
+            shown.append("")
+        elif i in halves:
+            shown.append(with_spread(stats["mean"], halves[i]))
+        else:
+            shown.append(texts[i] + (" (seeds equal)" if stats["std"] == 0 else ""))
+    return shown
 
 
-def write_table(path: Path, header: list[str], body: list[list[str]]) -> None:
-    """The table as path.csv and path.md."""
-    with path.with_suffix(".csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(body)
-    path.with_suffix(".md").write_text(markdown(header, body))
+def exact(body: list[list[Any]]) -> list[list[str]]:
+    """Every digit, as CSV files hold numbers."""
+    return [
+        ["" if v is None else repr(v) if isinstance(v, float) else str(v) for v in row]
+        for row in body
+    ]
+
+
+def shown(body: list[list[Any]]) -> list[list[str]]:
+    """Numbers to six significant digits, or as many more as tell a column's values apart."""
+    columns = list(zip(*body)) if body else []
+    texts: list[list[str]] = []
+    for column in columns:
+        numbers = [v for v in column if isinstance(v, float)]
+        found = iter(telling_apart(numbers))
+        texts.append(
+            [next(found) if isinstance(v, float) else "" if v is None else str(v) for v in column]
+        )
+    return [list(row) for row in zip(*texts)] if texts else []
+
+
+def csv_text(header: list[str], body: list[list[Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(exact(body))
+    return out.getvalue()
+
+
+def write_table(path: Path, header: list[str], body: list[list[Any]]) -> None:
+    """The table as path.csv (every digit) and path.md (the digits that tell values apart)."""
+    path.with_suffix(".csv").write_text(csv_text(header, body))
+    path.with_suffix(".md").write_text(markdown(header, shown(body)))
 
 
 def markdown(header: list[str], body: list[list[str]]) -> str:
@@ -273,6 +282,39 @@ def print_table(header: list[str], body: list[list[str]], title: str, caption: s
     console.print(rich_table)
 
 
+@dataclass
+class SweepReport:
+    """A sweep as its jobs' files say, as far as it got."""
+
+    rows: list[dict[str, Any]]  # every job with a metrics.json, best first
+    jobs: list[dict[str, Any]]  # those its tables count: a comparison's plan, or every job
+    configs: list[dict[str, Any]]  # the jobs' configurations, best first
+    plan: dict[str, Any] | None  # sweep=compare's plan (experiments.comparison.PLAN)
+    stage_two: list[dict[str, Any]] | None  # its stage-2 configurations, named by every tuned key
+
+    @property
+    def earlier(self) -> list[dict[str, Any]]:
+        """Jobs in the folder that the comparison's plan does not use: an earlier run of the same
+        sweep with more seeds or other grid points left them."""
+        counted = {r["job"] for r in self.jobs}
+        return [r for r in self.rows if r["job"] not in counted]
+
+
+def read_sweep(sweep_dir: Path) -> SweepReport:
+    rows = collect(sweep_dir)
+    plan = read_plan(sweep_dir)
+    if plan is None:
+        return SweepReport(rows, rows, configurations(rows), None, None)
+    stage_two_jobs = set(plan["stage2"])
+    planned = stage_two_jobs | set(plan.get("stage1_jobs", [r["job"] for r in rows]))
+    jobs = [r for r in rows if r["job"] in planned]
+    named_by = tuned_keys(plan) | {"optimizer", "optimizer.lr"}
+    stage_two = configurations([r for r in jobs if r["job"] in stage_two_jobs], named_by)
+    # a configuration whose seeds diverged does not come first on the seeds that survived
+    stage_two.sort(key=lambda c: c["diverged"] > 0)
+    return SweepReport(rows, jobs, configurations(jobs), plan, stage_two)
+
+
 def write_figures(
     sweep_dir: Path, rows: list[dict[str, Any]], configs: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -283,15 +325,18 @@ def write_figures(
     from experiments.figures import curves_figure, image_of, paths_figure, sweep_figure
 
     figures = {}
+    lines = line_names(rows)
     monitors = [r["monitor"] for r in rows if r["monitor"]]
     if any(r["lr"] is not None for r in rows):
-        figures["summary.png"] = sweep_figure(rows, monitors[0] if monitors else "val/loss")
+        figures["summary.png"] = sweep_figure(
+            [{**r, "line": lines[r["job"]]} for r in rows], monitors[0] if monitors else "val/loss"
+        )
     tags = ["train/loss", *sorted(set(monitors))[:1]]
     curves = learning_curves(sweep_dir, configs, tags)
     by_job = {r["job"]: r for r in rows}
     for curve, config in zip(curves, configs):  # what curves_figure colours many lines by
         curve["lr"] = by_job[config["jobs"][0]]["lr"]
-        curve["others"] = besides_lr(by_job[config["jobs"][0]])
+        curve["others"] = lines[config["jobs"][0]]
     if any(c["curves"] for c in curves):
         figures["curves.png"] = curves_figure(curves, tags)
     trajectories = []
@@ -304,7 +349,8 @@ def write_figures(
                     "name": r["job"],
                     "optimizer": r["optimizer"] or r["job"],
                     "lr": r["lr"],
-                    "others": besides_lr(r),
+                    "seed": seed_of(r),
+                    "others": lines[r["job"]],
                     "status": r["status"],
                 }
             )
@@ -317,13 +363,18 @@ def write_figures(
     return images
 
 
-def besides_lr(row: dict[str, Any]) -> tuple[str, ...]:
-    """What sets a job apart other than its learning rate and seed: lines alike in this differ
-    only in the learning rate (figures.lr_colours)."""
-    return (
-        str(row["optimizer"]),
-        *sorted(o for o in row["overrides"] if setting(o) not in ("optimizer.lr", "seed")),
-    )
+def line_names(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Each job's line in the pictures, by job: its optimizer and every other setting the sweep
+    varied besides the learning rate and the seed (`adam`, `adam scheduler=cosine`). Jobs of one
+    line differ in their learning rate and seed only: the line is their mean over seeds, by
+    learning rate."""
+    values = [{key_of(o): o for o in r["overrides"]} for r in rows]
+    keys = {k for v in values for k in v} - {"optimizer", "optimizer.lr", "seed"}
+    varied = sorted(k for k in keys if len({v.get(k) for v in values}) > 1)
+    return {
+        r["job"]: " ".join([str(r["optimizer"]), *(v[k] for k in varied if k in v)])
+        for r, v in zip(rows, values)
+    }
 
 
 def learning_curves(
@@ -379,7 +430,7 @@ def scalars(run_dir: Path, tags: list[str]) -> dict[str, dict[int, float]]:
 
 
 def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict[str, Any]) -> None:
-    """The sweep's own TensorBoard run, `.sweep` (TensorBoard lists it first): one HParams experiment listing every key and metric any
+    """The sweep's own TensorBoard run, `.sweep`: one HParams experiment listing every key and metric any
     job has, so TensorBoard's table shows all of them (it takes the first experiment summary it
     finds), and the sweep's pictures as images (sweep/summary, sweep/curves, sweep/paths)."""
     from torch.utils.tensorboard import SummaryWriter
@@ -396,17 +447,22 @@ def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict
         for k, v in params.items()
         if isinstance(v, str)
     }
-    # what the sweep varied, as its jobs' overrides say: optimizer=adam,sgd, not the settings that
-    # differ because the optimizer does
+    # what the sweep varied, as its jobs' overrides say (optimizer=adam,sgd), first; then the
+    # settings that differ because of it (Adam's betas against SGD's neutral value)
     shared = set.intersection(*(set(row["overrides"]) for row in rows))
-    overridden = [setting(o) for row in rows for o in row["overrides"] if o not in shared]
+    overridden = [key_of(o) for row in rows for o in row["overrides"] if o not in shared]
     varied = [key for key in dict.fromkeys(overridden) if key in params]
+    following = sorted(
+        key
+        for key in params
+        if key not in varied and key != "status" and len({repr(s.get(key)) for s in settings}) > 1
+    )
     metrics = sorted(
         {k for r in rows for k, v in r["best_metrics"].items() if v is not None}
         | {k for r in rows for k in r["test"]}
     )
     experiment, _, _ = summaries(params, metrics, domains=domains)
-    show_first(experiment, [*varied, "status"])
+    show_first(experiment, [*varied, "status", *following])
     # a sweep run again: one experiment, not two (an older version wrote it to the sweep's root)
     for earlier in [
         *sweep_dir.glob(f"events.out.tfevents.*{SWEEP_EVENTS}"),
@@ -419,138 +475,85 @@ def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict
             writer.add_image(f"sweep/{name.removesuffix('.png')}", pixels, 0, dataformats="HWC")
 
 
-def seed_of(row: dict[str, Any]) -> int | None:
-    """The job's seed: as it trained (hparams), else its last seed= override."""
-    if (seed := row["hparams"].get("seed")) is not None:
-        return int(seed)
-    seeds = [o.split("=", 1)[1] for o in row["overrides"] if setting(o) == "seed"]
-    return int(seeds[-1]) if seeds else None
-
-
-def described(config: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
-    """A configuration as a sentence names it: `adam at lr 0.1`."""
-    overrides = rows[config["jobs"][0]]["overrides"]
-    values = {setting(o): o.split("=", 1)[1] for o in overrides if "=" in o}
-    words = [values.get("optimizer", "")]
-    if "optimizer.lr" in values:
-        words.append(f"at lr {values['optimizer.lr']}")
-    label = config["configuration"].split(",")
-    others = [o for o in label if setting(o) not in ("optimizer", "optimizer.lr")]
-    if others:
-        words.append("with " + ", ".join(others))
-    return " ".join(w for w in words if w) or config["configuration"]
-
-
-def plus_minus(mean: float, std: float | None) -> str:
-    """mean ± std, both to the std's two significant digits; the mean alone without a spread."""
-    if not std:
-        return number(mean)
-    digits = min(12, max(0, 1 - math.floor(math.log10(std))))
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
-    """One sentence on the top two configurations: their means and standard deviations of the
-    monitored best, in how many paired seeds the first was better, and Welch's t-test."""
-    metric = rows[first["jobs"][0]]["monitor"]
-    name = f"best {metric}"
-    values = [
-        {seed_of(rows[job]): rows[job]["best"] for job in config["finished_jobs"]}
-        for config in (first, second)
-    ]
-    a, b = (list(v.values()) for v in values)
-    stats = [first["stats"][name], second["stats"][name]]
-    shown = [plus_minus(s["mean"], s["std"]) for s in stats]
-    paired = sorted(set(values[0]) & set(values[1]), key=lambda s: (s is None, s))
-    lower = first["mode"] == "min"
-    wins = sum(
-        (values[0][s] < values[1][s]) if lower else (values[0][s] > values[1][s]) for s in paired
-    )
-    counts = f"{len(a)} and {len(b)} seeds" if len(a) != len(b) else f"{len(a)} seeds"
-    numbers = f"{shown[0]} against {shown[1]} ({name}, mean ± std over {counts}"
-    diverged = [
-        f"{c['diverged']} more of {described(c, rows)} diverged"
-        for c in (first, second)
-        if c["diverged"]
-    ]
-    numbers += f"; {' and '.join(diverged)})" if diverged else ")"
-    # seeds that ended identically have no spread for a t-test (their rounded std may not be 0)
-    p = welch_p(a, b) if len(a) >= 2 and len(b) >= 2 else math.nan
-    if math.isnan(p):
-        why = "too few seeds" if len(a) < 2 or len(b) < 2 else "every seed ended identically"
-        return (
-            f"{described(first, rows)} comes out ahead of {described(second, rows)}: {numbers}, "
-            f"better in {wins} of {len(paired)} seeds; no t-test ({why})."
-        )
-    if p < 0.05:
-        head = f"{described(first, rows)} beats {described(second, rows)}"
-    else:
-        head = (
-            f"{described(first, rows)} and {described(second, rows)} are not told apart (p ≥ 0.05)"
-        )
-    return (
-        f"{head}: {numbers}, better in {wins} of {len(paired)} seeds, p = {p:.2g} (Welch's t-test)."
-    )
-
-
-def compared(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """sweep=compare's stage-2 configurations, of its stage-2 jobs only (a rerun with fewer
-    seeds leaves more in the folder), best first, those where a seed diverged last; None for any
-    other sweep."""
-    plan = sweep_dir / "compare.json"
-    if not plan.is_file():
-        return None
-    stage_two = set(json.loads(plan.read_text())["stage2"])
-    configs = configurations([r for r in rows if r["job"] in stage_two])
-    # a configuration whose seeds diverged does not come first on the seeds that survived
-    return sorted(configs, key=lambda c: c["diverged"] > 0)
-
-
 def all_equal(config: dict[str, Any]) -> bool:
     return all(stats["std"] == 0 for stats in config["stats"].values())
 
 
+def equal_seeds_note(sweep_dir: Path, equal: list[dict[str, Any]]) -> str:
+    """What seeds that ended identically say: nothing, where their training curves are the same
+    too (a fixed start on fixed batches); convergence to one point, where the curves differ."""
+    same, different, unknown = 0, 0, 0
+    for config in equal:
+        curves = [
+            scalars(sweep_dir / job, ["train/loss"]).get("train/loss")
+            for job in config["finished_jobs"]
+        ]
+        if any(curve is None for curve in curves):
+            unknown += 1
+        elif all(curve == curves[0] for curve in curves):
+            same += 1
+        else:
+            different += 1
+    notes = []
+    if same:
+        notes.append(
+            f"The seeds of {plural(same, 'configuration')} ended identically, training curves "
+            "included: seed changes nothing in these runs (their start, batches and split are "
+            "fixed); vary what it should to see a spread."
+        )
+    if different:
+        notes.append(
+            f"The seeds of {plural(different, 'configuration')} ended at identical values along "
+            "different training curves: the runs differ, and converge to the same point."
+        )
+    if unknown:
+        notes.append(
+            f"The seeds of {plural(unknown, 'configuration')} ended at identical values (with no "
+            "TensorBoard curves to show whether the runs themselves differed)."
+        )
+    return " ".join(notes)
+
+
 def summarize(sweep_dir: Path) -> dict[str, int]:
     """Write and print the sweep's table, pictures and HParams experiment; the jobs per status."""
-    rows = collect(sweep_dir)
-    if not rows:
+    report = read_sweep(sweep_dir)
+    rows, configs, stage_two = report.jobs, report.configs, report.stage_two
+    if not report.rows:
         return {}
-    header, body = table(rows)
-    write_table(sweep_dir / "runs", header, body)
-    configs = configurations(rows)
+    write_table(sweep_dir / "runs", *job_table(report.rows))
     write_table(sweep_dir / "summary", *configuration_table(configs))
-    stage_two = compared(sweep_dir, rows)
     images = write_figures(sweep_dir, rows, stage_two or configs)
-    write_sweep_events(sweep_dir, rows, images)
+    write_sweep_events(sweep_dir, report.rows, images)
     counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}
     title = f"{len(rows)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
     caption = "mean ± the half-width of its 95% t-interval, over the finished seeds"
-    if stage_two:
+    if report.plan is not None:
         title += f"; sweep=compare, each optimizer's best point ({len(configs)} configurations in summary.csv)"
-        print_table(*printed_configurations(stage_two), title, caption)
-        by_job = {r["job"]: r for r in rows}
-        ranked = [c for c in stage_two if c["finished"]]
-        sentence = verdict(ranked[0], ranked[1], by_job) if len(ranked) > 1 else ""
+        table = printed_configurations(stage_two)
+        print_table(*table, title, caption)
+        sentences = closing_sentences(stage_two, report.plan, {r["job"]: r for r in rows})
         (sweep_dir / "comparison.md").write_text(
-            f"{markdown(*printed_configurations(stage_two))}\n{caption}.\n\n{sentence}\n"
+            f"{markdown(*table)}\n{caption}.\n\n" + "\n\n".join(sentences) + "\n"
         )
-        if sentence:
+        for sentence in sentences:
             print(sentence)
     elif all(c["seeds"] == 1 for c in configs):
-        print_table(header, body, title)
+        header, body = job_table(rows)
+        print_table(header, shown(body), title)
     else:
-        plural = "s" if len(configs) > 1 else ""
-        title += f"; {len(configs)} configuration{plural}"
+        title += f"; {plural(len(configs), 'configuration')}"
         print_table(*printed_configurations(configs), title, caption)
     if equal := [c for c in configs if c["finished"] > 1 and all_equal(c)]:
+        print(equal_seeds_note(sweep_dir, equal))
+    if earlier := report.earlier:
         print(
-            f"The seeds of {len(equal)} configuration(s) ended identically: seed changes nothing "
-            "in these runs (their start, batches and split are fixed); vary what it should to "
-            "see a spread."
+            f"{plural(len(earlier), 'job')} in this folder are not in this comparison's plan (an "
+            "earlier run of it with more seeds or other grid points): runs.csv lists them, "
+            "summary.csv, the pictures and the verdict leave them out."
         )
     print(
         f"Tables: {sweep_dir}/summary.csv, summary.md (configurations), runs.csv, runs.md (jobs)"
-        f"{', comparison.md' if stage_two else ''}; "
+        f"{', comparison.md' if report.plan is not None else ''}; "
         f"pictures: {', '.join(images) or 'none'}"
     )
     print(f"tensorboard --logdir {sweep_dir}")

@@ -33,11 +33,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
+from experiments.comparison import PLAN
 from experiments.config import UserError
 from hydra_plugins.experiments_plugins.grid_sweeper import GridSweeper, composed, grid
 
 log = logging.getLogger(__name__)
-PLAN = "compare.json"  # the sweep's two stages, as experiments.summary reads them
 
 
 def job_record(folder: Path) -> dict[str, Any] | None:
@@ -76,6 +76,11 @@ class CompareSweeper(GridSweeper):
         self.search_seeds, self.seeds, self.random_start = search_seeds, seeds, random_start
 
     def check(self, parsed: list[Any]) -> None:
+        self.check_max_batch_size()
+        if not isinstance(self.random_start, bool):
+            raise UserError(
+                f"hydra.sweeper.random_start must be true (start each seed from the model's random initialisation) or false (keep the configured start), got {self.random_start!r}."
+            )
         for key in ("search_seeds", "seeds"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -168,6 +173,7 @@ class CompareSweeper(GridSweeper):
                     "stage1": [
                         {"overrides": list(point), "mean": means[tuple(point)]} for point in points
                     ],
+                    "stage1_jobs": names,
                     "chosen": {name: list(point) for name, point in chosen.items()},
                     "stage2": [self.job_dir(job, 0).name for job in stage_two],
                     "seeds": [int(s.split("=")[1]) for s in seeds],

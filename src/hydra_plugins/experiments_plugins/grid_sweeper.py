@@ -29,7 +29,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from experiments.config import CONF_DIR
+from experiments.config import CONF_DIR, UserError
 from experiments.state import FINAL
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,13 @@ class GridSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
+    def check_max_batch_size(self) -> None:
+        size = self.max_batch_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise UserError(
+                f"hydra.sweeper.max_batch_size must be a positive integer (jobs handed to the launcher at a time) or null (all at once), got {size!r}."
+            )
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         for overrides in batch:
             composed(self.hydra_context, self.config, overrides, mutable=False)
@@ -211,6 +218,7 @@ class GridSweeper(Sweeper):
         return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
+        self.check_max_batch_size()
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         jobs = grid(
             parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
@@ -226,11 +234,7 @@ class GridSweeper(Sweeper):
         """Launch the jobs, `max_batch_size` at a time, except those whose directory already holds
         a final result; job numbers start at `first_num`."""
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        size = (
-            self.max_batch_size
-            if self.max_batch_size and self.max_batch_size > 0
-            else max(len(jobs), 1)
-        )
+        size = self.max_batch_size or max(len(jobs), 1)
         returns: list[Sequence[JobReturn]] = []
         for first in range(0, len(jobs), size):
             batch = jobs[first : first + size]

@@ -1,0 +1,249 @@
+"""Comparing configurations over their seeds: the mean with its Student-t interval, Welch's test of
+two means, numbers printed to the digits that tell them apart, and the sentences `sweep=compare`
+ends with, read from its plan (compare.json, which hydra/sweeper=compare writes)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from experiments.overrides import key_of
+
+PLAN = "compare.json"  # a comparison's two stages, written by its sweeper when stage 2 is chosen
+
+
+def spread(values: list[float]) -> dict[str, float | None]:
+    """Mean, sample standard deviation and the 95% Student-t interval of the mean (None for one value)."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n < 2:
+        return {"mean": mean, "std": None, "ci95_low": None, "ci95_high": None}
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+# Student's t distribution through the regularized incomplete beta function of mpmath (which torch
+# installs with sympy): scipy.stats would do, but an installed scipy costs every run 1.5 s of
+# start-up, as torchmetrics then imports scipy.signal. Both agree with scipy to 1e-14.
+
+
+def t_two_sided(statistic: Any, df: float) -> Any:
+    """P(|T| >= |statistic|) for T of Student's t distribution with `df` degrees of freedom, as
+    an mpmath number (float() it)."""
+    import mpmath
+
+    x = mpmath.mpf(df) / (df + mpmath.mpf(statistic) ** 2)
+    return mpmath.betainc(mpmath.mpf(df) / 2, 0.5, 0, x, regularized=True)
+
+
+@functools.lru_cache(maxsize=None)
+def t_quantile(q: float, df: float) -> float:
+    """The value t > 0 below which Student's t distribution with `df` degrees of freedom has
+    probability q (q > 0.5), as scipy.stats.t.ppf(q, df)."""
+    import mpmath
+
+    tail = 2 * (1 - mpmath.mpf(q))
+    return float(mpmath.findroot(lambda t: t_two_sided(t, df) - tail, (0, 1e4), solver="illinois"))
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Welch's t-test of two samples (unequal variances): the two-sided p-value, as
+    scipy.stats.ttest_ind(a, b, equal_var=False).pvalue; nan where neither sample varies."""
+    va, vb = (statistics.variance(x) / len(x) for x in (a, b))
+    if va + vb == 0:
+        return math.nan
+    statistic = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return float(t_two_sided(statistic, df))
+
+
+def with_spread(mean: float, half: float) -> str:
+    """mean ± half, both to half's two significant digits (2.928 ± 0.012, not 2.92764 ± 0.012);
+    in scientific notation where a mean near zero would print as zeros (4.40e-14 ± 3.1e-15)."""
+    exponent = math.floor(math.log10(half))
+    decimals = max(0, 1 - exponent)
+    if decimals <= 10 or abs(mean) >= 1e-3:
+        return f"{mean:.{decimals}f} ± {half:.{decimals}f}"
+    top = math.floor(math.log10(abs(mean))) if mean else exponent
+    return f"{mean:.{max(1, top - exponent + 1)}e} ± {half:.1e}"
+
+
+def decimals_of(half: float) -> int | None:
+    """The decimals with_spread prints for a half-width; None where it prints scientific notation."""
+    text = with_spread(1.0, half)
+    return None if "e" in text else len(text.split(" ± ")[0].partition(".")[2])
+
+
+def telling_apart(values: list[float], least: int = 6) -> list[str]:
+    """The values to as many significant digits (from `least`, at most 17) as it takes for
+    different values to print differently: 2.9276447 and 2.9276449, not 2.92764 twice."""
+    distinct = len(set(values))
+    for digits in range(least, 18):
+        shown = [f"{v:.{digits}g}" for v in values]
+        if len(set(shown)) == distinct:
+            return shown
+    return [repr(v) for v in values]
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def read_plan(sweep_dir: Path) -> dict[str, Any] | None:
+    """A comparison's plan as its sweeper wrote it; None for any other sweep."""
+    try:
+        return json.loads((sweep_dir / PLAN).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def tuned_keys(plan: dict[str, Any]) -> set[str]:
+    """The keys stage 1 searched: those whose value differs between its grid points."""
+    values: dict[str, set[str]] = {}
+    for point in plan["stage1"]:
+        for override in point["overrides"]:
+            values.setdefault(key_of(override), set()).add(override.partition("=")[2])
+    return {key for key, seen in values.items() if len(seen) > 1}
+
+
+def optimizer_of(overrides: list[str]) -> str:
+    return next((o.partition("=")[2] for o in overrides if key_of(o) == "optimizer"), "")
+
+
+def left_out(plan: dict[str, Any]) -> list[str]:
+    """The optimizers stage 1 searched of which no grid point finished every seed."""
+    points: dict[str, list[Any]] = {}
+    for point in plan["stage1"]:
+        points.setdefault(optimizer_of(point["overrides"]), []).append(point["mean"])
+    return [
+        name or "(the configured optimizer)"
+        for name, means in points.items()
+        if all(m is None for m in means)
+    ]
+
+
+def seed_of(row: dict[str, Any]) -> int | None:
+    """The job's seed: as it trained (hparams), else its last seed= override."""
+    if (seed := row["hparams"].get("seed")) is not None:
+        return int(seed)
+    seeds = [o.split("=", 1)[1] for o in row["overrides"] if key_of(o) == "seed"]
+    return int(seeds[-1]) if seeds else None
+
+
+def described(config: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
+    """A configuration as a sentence names it: `adam at lr 0.1`, `adam at lr 0.1 with scheduler=cosine`."""
+    overrides = rows[config["jobs"][0]]["overrides"]
+    values = {key_of(o): o.split("=", 1)[1] for o in overrides if "=" in o}
+    words = [values.get("optimizer", "")]
+    if "optimizer.lr" in values:
+        words.append(f"at lr {values['optimizer.lr']}")
+    label = config["configuration"].split(",")
+    others = [o for o in label if key_of(o) not in ("optimizer", "optimizer.lr")]
+    if others:
+        words.append("with " + ", ".join(others))
+    return " ".join(w for w in words if w) or config["configuration"]
+
+
+def means_shown(stats: list[dict[str, float | None]]) -> list[str]:
+    """Each mean ± its standard deviation; means without a spread to the digits that tell them
+    apart from the others."""
+    bare = telling_apart([s["mean"] for s in stats])
+    return [with_spread(s["mean"], s["std"]) if s["std"] else b for s, b in zip(stats, bare)]
+
+
+def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
+    """One sentence on the top two configurations: their means and standard deviations of the
+    monitored best, in how many paired seeds the first was better (and equal), and Welch's t-test;
+    equal means are a tie, whatever order the table lists them in."""
+    metric = rows[first["jobs"][0]]["monitor"]
+    name = f"best {metric}"
+    values = [
+        {seed_of(rows[job]): rows[job]["best"] for job in config["finished_jobs"]}
+        for config in (first, second)
+    ]
+    a, b = (list(v.values()) for v in values)
+    stats = [first["stats"][name], second["stats"][name]]
+    shown = means_shown(stats)
+    paired = sorted(set(values[0]) & set(values[1]), key=lambda s: (s is None, s))
+    lower = first["mode"] == "min"
+    wins = sum(
+        (values[0][s] < values[1][s]) if lower else (values[0][s] > values[1][s]) for s in paired
+    )
+    ties = sum(values[0][s] == values[1][s] for s in paired)
+    pairs = (
+        f"better in {wins}"
+        + (f", equal in {ties}," if ties else "")
+        + f" of {plural(len(paired), 'seed')}"
+    )
+    counts = (
+        f"{len(a)} and {plural(len(b), 'seed')}" if len(a) != len(b) else plural(len(a), "seed")
+    )
+    numbers = f"{shown[0]} against {shown[1]} ({name}, mean ± std over {counts}"
+    diverged = [
+        f"{c['diverged']} more of {described(c, rows)} diverged"
+        for c in (first, second)
+        if c["diverged"]
+    ]
+    numbers += f"; {' and '.join(diverged)})" if diverged else ")"
+    # seeds that ended identically have no spread for a t-test (their rounded std may not be 0)
+    p = welch_p(a, b) if len(a) >= 2 and len(b) >= 2 else math.nan
+    one, other = described(first, rows), described(second, rows)
+    if len(set(a) | set(b)) == 1:
+        return (
+            f"{one} and {other} tie: all {len(a) + len(b)} of their seeds end at {shown[0]} "
+            f"({name}); there is nothing to tell apart."
+        )
+    if stats[0]["mean"] == stats[1]["mean"]:
+        head = f"{one} and {other} tie (equal means)"
+    elif math.isnan(p):
+        head = f"{one} comes out ahead of {other}"
+    elif p < 0.05:
+        head = f"{one} beats {other}"
+    else:
+        head = f"{one} and {other} are not told apart (p ≥ 0.05)"
+    if math.isnan(p):
+        why = "too few seeds" if len(a) < 2 or len(b) < 2 else "every seed ended identically"
+        return f"{head}: {numbers}, {pairs}; no t-test ({why})."
+    return f"{head}: {numbers}, {pairs}, p = {p:.2g} (Welch's t-test)."
+
+
+def closing_sentences(
+    stage_two: list[dict[str, Any]], plan: dict[str, Any], rows: dict[str, dict[str, Any]]
+) -> list[str]:
+    """What a comparison ends with: who was left out and why, then the verdict on the top two, or
+    why there is none."""
+    notes = [
+        f"{name} is not compared: none of its stage-1 grid points finished every seed."
+        for name in left_out(plan)
+    ]
+    ranked = [c for c in stage_two if c["finished"]]
+    if len(ranked) > 1:
+        return [*notes, verdict(ranked[0], ranked[1], rows)]
+    if not ranked:
+        return [
+            *notes,
+            "Nothing reached stage 2 with a finished seed, so there is nothing to compare; try smaller learning rates.",
+        ]
+    lone = ranked[0]
+    name = f"best {rows[lone['jobs'][0]]['monitor']}"
+    stats = lone["stats"][name]
+    value = (
+        with_spread(stats["mean"], stats["std"])
+        if stats["std"]
+        else telling_apart([stats["mean"]])[0]
+    )
+    given = len({optimizer_of(p["overrides"]) for p in plan["stage1"]})
+    why = (
+        "it is the only optimizer given: name two or more to compare them (optimizer=sgd,adam)"
+        if given == 1
+        else "it is the only configuration that reached stage 2"
+    )
+    return [
+        *notes,
+        f"{described(lone, rows)}: {value} ({name}, mean ± std over {plural(lone['finished'], 'seed')}); nothing to compare it with, as {why}.",
+    ]

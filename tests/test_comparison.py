@@ -1,0 +1,406 @@
+"""What a sweep ends with, in-process on job folders as the launchers leave them (metrics.json, a
+TensorBoard event file written by TensorBoard's writer and read back by its reader): sentences
+that say only what holds (ties, convergence, who was left out, nothing to compare), numbers to
+the digits that tell them apart, pictures whose lines are one setting each."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_rgba
+
+from experiments import api
+from experiments.comparison import PLAN, telling_apart, with_spread
+from experiments.figures import curves_figure, paths_figure, sweep_figure
+from experiments.summary import collect, line_names, printed_configurations, summarize
+
+BASE = ["experiment=thermometer", "model.init_weight=null", "model.init_bias=null"]
+
+
+def write_job(
+    sweep: Path,
+    settings: list[str],
+    best: float,
+    seed: int,
+    status: str = "finished",
+    curve: list[float] | None = None,
+) -> str:
+    """A job's folder as a launcher leaves it: metrics.json, and a TensorBoard curve of train/loss."""
+    overrides = [*BASE, *settings, f"seed={seed}"]
+    name = ",".join(sorted(overrides))
+    folder = sweep / name
+    folder.mkdir(parents=True)
+    values = dict(o.split("=", 1) for o in overrides)
+    record = {
+        "status": status,
+        "reason": "train loss became inf at epoch 3, step 3" if status == "diverged" else None,
+        "overrides": overrides,
+        "epochs": 100,
+        "wall_time_s": 1.0,
+        "monitor": {"name": "val/loss", "mode": "min", "best": best},
+        "metrics": {"val/loss": {"final": best, "best": best}},
+        "test": {"test/loss": best} if status == "finished" else {},
+        "hparams": {
+            "optimizer": values.get("optimizer", "sgd"),
+            "optimizer.lr": float(values["optimizer.lr"]),
+            "scheduler": values.get("scheduler", "none"),
+            "seed": seed,
+        },
+    }
+    (folder / "metrics.json").write_text(json.dumps(record))
+    if curve is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(folder)) as writer:
+            for step, value in enumerate(curve):
+                writer.add_scalar("train/loss", value, step)
+    return name
+
+
+def write_plan(
+    sweep: Path,
+    stage_one: dict[tuple[str, ...], float | None],
+    stage_two: list[str],
+    stage_one_jobs: list[str],
+) -> None:
+    (sweep / "multirun.yaml").write_text("{}\n")  # as the sweeper writes it, for api.load
+    (sweep / PLAN).write_text(
+        json.dumps(
+            {
+                "stage1": [
+                    {"overrides": list(point), "mean": mean} for point, mean in stage_one.items()
+                ],
+                "stage1_jobs": stage_one_jobs,
+                "chosen": {},
+                "stage2": stage_two,
+                "seeds": [],
+            }
+        )
+    )
+
+
+def comparison(
+    sweep: Path,
+    finals: dict[tuple[str, ...], list[float]],
+    stage_one: dict[tuple[str, ...], float | None] | None = None,
+    curves: bool = False,
+) -> None:
+    """A finished sweep=compare: each stage-2 point with its seeds' bests; stage 1 of those
+    points (seed 0) and of `stage_one`'s other points."""
+    names = []
+    for point, bests in finals.items():
+        for seed, best in enumerate(bests):
+            names.append(
+                write_job(
+                    sweep, list(point), best, seed, curve=[5.0 + seed, best] if curves else None
+                )
+            )
+    others = []
+    for point, mean in (stage_one or {}).items():
+        others.append(
+            write_job(sweep, list(point), mean or 1e3, 0, "finished" if mean else "diverged")
+        )
+    first_seeds = [n for n in names if n.endswith("seed=0")]
+    write_plan(
+        sweep,
+        {**{p: b[0] for p, b in finals.items()}, **(stage_one or {})},
+        names,
+        first_seeds + others,
+    )
+
+
+def verdict_of(sweep: Path, capsys: pytest.CaptureFixture) -> tuple[str, str]:
+    summarize(sweep)
+    printed = capsys.readouterr().out
+    return (sweep / "comparison.md").read_text().strip().splitlines()[-1], printed
+
+
+def test_an_exact_tie_is_a_tie_not_a_win_by_the_alphabet(tmp_path: Path, capsys):
+    """All six stage-2 bests 2.927644968032837 (the issue's sgd,adam at 8000 epochs): a tie."""
+    value = 2.927644968032837
+    comparison(
+        tmp_path,
+        {
+            ("optimizer=sgd", "optimizer.lr=0.01"): [value] * 3,
+            ("optimizer=adam", "optimizer.lr=0.1"): [value] * 3,
+        },
+    )
+    sentence, _ = verdict_of(tmp_path, capsys)
+    assert sentence == (
+        "sgd at lr 0.01 and adam at lr 0.1 tie: all 6 of their seeds end at 2.92764 (best "
+        "val/loss); there is nothing to tell apart."
+    )
+    assert api.load(tmp_path).comparison == sentence
+
+
+def test_equal_means_of_seeds_that_differ_are_a_tie_with_their_paired_seeds_counted(
+    tmp_path: Path, capsys
+):
+    comparison(
+        tmp_path,
+        {
+            ("optimizer=sgd", "optimizer.lr=0.01"): [1.0, 2.0, 3.0],
+            ("optimizer=adam", "optimizer.lr=0.1"): [3.0, 2.0, 1.0],
+        },
+    )
+    sentence, _ = verdict_of(tmp_path, capsys)
+    assert sentence.startswith(
+        "sgd at lr 0.01 and adam at lr 0.1 tie (equal means): 2.0 ± 1.0 against 2.0 ± 1.0"
+    )
+    assert "better in 1, equal in 1, of 3 seeds, p = 1 (Welch's t-test)." in sentence
+    assert "ahead" not in sentence and "beats" not in sentence
+
+
+def test_seeds_that_converge_from_different_starts_are_not_said_to_change_nothing(
+    tmp_path: Path, capsys
+):
+    """Randomised starts that all reach the least-squares fit end identically, along different
+    curves: the seed changed the runs. Identical curves too: it changed nothing."""
+    converged, fixed = tmp_path / "converged", tmp_path / "fixed"
+    for seed in range(3):
+        write_job(
+            converged,
+            ["optimizer=adam", "optimizer.lr=0.1"],
+            2.9276,
+            seed,
+            curve=[9.0 + seed, 2.9276],
+        )
+        write_job(fixed, ["optimizer=adam", "optimizer.lr=0.1"], 2.9276, seed, curve=[9.0, 2.9276])
+    summarize(converged)
+    said = capsys.readouterr().out
+    assert "ended at identical values along different training curves" in said
+    assert "changes nothing" not in said
+    summarize(fixed)
+    said = capsys.readouterr().out
+    assert (
+        "The seeds of 1 configuration ended identically, training curves included: seed changes nothing"
+        in said
+    )
+
+
+def test_numbers_are_printed_to_the_digits_that_tell_them_apart():
+    """Beside 2.92764485 ± 0.00000038, seeds that ended equal at 2.92764614 print so, not as
+    2.92764 (which looks lower); losses near 1e-14 print in scientific notation, not as zeros."""
+    stats = [
+        {"mean": 2.92764485, "std": 4e-7, "ci95_low": 2.92764447, "ci95_high": 2.92764523},
+        {"mean": 2.927646141, "std": 0.0, "ci95_low": 2.927646141, "ci95_high": 2.927646141},
+        {"mean": 2.9276, "std": None, "ci95_low": None, "ci95_high": None},
+    ]
+    configs = [
+        {
+            "configuration": f"c{k}",
+            "seeds": 3,
+            "finished": 3,
+            "diverged": 0,
+            "stats": {"best val/loss": s},
+        }
+        for k, s in enumerate(stats)
+    ]
+    _, body = printed_configurations(configs)
+    assert [row[4] for row in body] == [
+        "2.92764485 ± 0.00000038",
+        "2.92764614 (seeds equal)",
+        "2.9276",
+    ]
+    assert with_spread(4.4e-14, 3.1e-15) == "4.40e-14 ± 3.1e-15"
+    assert with_spread(0.0, 3.1e-15) == "0.0e+00 ± 3.1e-15"
+    assert with_spread(2.928, 0.0123) == "2.928 ± 0.012"
+    assert telling_apart([2.92764473, 2.92764487, 2.92764473]) == [
+        "2.9276447",
+        "2.9276449",
+        "2.9276447",
+    ]
+
+
+def test_tables_keep_every_digit_in_csv_and_tell_jobs_apart_in_markdown(tmp_path: Path, capsys):
+    for k, best in enumerate([4.4e-14, 4.6e-14, 2.92764473, 2.92764487]):
+        write_job(tmp_path, ["optimizer=sgd", f"optimizer.lr={0.6 + k / 10}"], best, 0)
+    summarize(tmp_path)
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "runs.csv").open()))
+    assert [float(r["best val/loss"]) for r in rows] == [4.4e-14, 4.6e-14, 2.92764473, 2.92764487]
+    assert "2.9276447 " in printed and "2.9276449 " in printed and "4.4e-14" in printed
+    markdown = (tmp_path / "runs.md").read_text()
+    assert "| 2.9276447 |" in markdown and "| 2.9276449 |" in markdown
+
+
+def test_summary_png_averages_seeds_of_one_setting_only_and_keeps_crosses_apart(tmp_path: Path):
+    """With scheduler=none,cosine swept beside the learning rate, adam has a line per schedule,
+    each the mean of its own seeds; two lines diverging at one rate put their crosses on rows of
+    their own."""
+    means = {"none": [3.0, 3.2], "cosine": [7.0, 7.4]}
+    for schedule, bests in means.items():
+        for seed, best in enumerate(bests):
+            write_job(
+                tmp_path,
+                ["optimizer=adam", "optimizer.lr=0.1", f"scheduler={schedule}"],
+                best,
+                seed,
+            )
+        write_job(
+            tmp_path,
+            ["optimizer=adam", "optimizer.lr=1.0", f"scheduler={schedule}"],
+            1e3,
+            0,
+            "diverged",
+        )
+    rows = collect(tmp_path)
+    lines = line_names(rows)
+    figure = sweep_figure([{**r, "line": lines[r["job"]]} for r in rows], "val/loss")
+    ax = figure.axes[0]
+    for schedule, bests in means.items():
+        line = next(ln for ln in ax.lines if ln.get_gid() == f"mean:adam scheduler={schedule}")
+        assert list(line.get_ydata()) == [pytest.approx(sum(bests) / 2)]
+    crosses = [
+        c.get_offsets()[0][1] for c in ax.collections if str(c.get_gid()).startswith("diverged:")
+    ]
+    assert len(crosses) == 2 and crosses[0] != crosses[1]
+
+
+def test_a_comparison_names_every_setting_it_tuned_for_its_winners(tmp_path: Path, capsys):
+    """Both winners took scheduler=cosine: the table and the sentence still say so."""
+    comparison(
+        tmp_path,
+        {
+            ("optimizer=adam", "optimizer.lr=0.1", "scheduler=cosine"): [1.0, 1.1, 1.2],
+            ("optimizer=sgd", "optimizer.lr=0.01", "scheduler=cosine"): [2.0, 2.1, 2.2],
+        },
+        {
+            ("optimizer=adam", "optimizer.lr=0.1", "scheduler=none"): 1.5,
+            ("optimizer=sgd", "optimizer.lr=0.01", "scheduler=none"): 2.5,
+        },
+    )
+    sentence, printed = verdict_of(tmp_path, capsys)
+    assert sentence.startswith(
+        "adam at lr 0.1 with scheduler=cosine beats sgd at lr 0.01 with scheduler=cosine"
+    )
+    assert "optimizer.lr=0.1,optimizer=adam,scheduler=cosine" in printed
+
+
+def test_a_rerun_with_fewer_seeds_counts_the_plans_seeds_everywhere(tmp_path: Path, capsys):
+    """The folder holds 4 seeds of each point from an earlier run; the plan now takes 3."""
+    comparison(
+        tmp_path,
+        {
+            ("optimizer=adam", "optimizer.lr=0.1"): [1.0, 1.1, 1.2],
+            ("optimizer=sgd", "optimizer.lr=0.01"): [2.0, 2.1, 2.2],
+        },
+    )
+    for point in (["optimizer=adam", "optimizer.lr=0.1"], ["optimizer=sgd", "optimizer.lr=0.01"]):
+        write_job(tmp_path, point, 9.0, 3)
+    sentence, printed = verdict_of(tmp_path, capsys)
+    assert "mean ± std over 3 seeds" in sentence
+    summary = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [r["seeds"] for r in summary] == ["3", "3"]
+    assert list(api.load(tmp_path).configurations["seeds"]) == [3, 3]
+    assert "2 jobs in this folder are not in this comparison's plan" in printed
+    assert len(list(csv.DictReader((tmp_path / "runs.csv").open()))) == 8  # every job listed
+
+
+def test_an_optimizer_left_out_and_a_lone_one_are_said_at_the_end(tmp_path: Path, capsys):
+    """rmsprop diverged at every grid point; adam alone reached stage 2, with one seed."""
+    comparison(
+        tmp_path,
+        {("optimizer=adam", "optimizer.lr=0.1"): [1.0]},
+        {
+            ("optimizer=rmsprop", "optimizer.lr=0.1"): None,
+            ("optimizer=rmsprop", "optimizer.lr=1.0"): None,
+        },
+    )
+    sentence, printed = verdict_of(tmp_path, capsys)
+    notes = (tmp_path / "comparison.md").read_text()
+    assert "rmsprop is not compared: none of its stage-1 grid points finished every seed." in notes
+    assert sentence == (
+        "adam at lr 0.1: 1 (best val/loss, mean ± std over 1 seed); nothing to compare it "
+        "with, as it is the only configuration that reached stage 2."
+    )
+    assert printed.rstrip().splitlines()[-4:-2] == [
+        "rmsprop is not compared: none of its stage-1 grid points finished every seed.",
+        sentence,
+    ]
+
+
+def test_a_comparison_of_one_optimizer_says_there_is_nothing_to_compare(tmp_path: Path, capsys):
+    comparison(
+        tmp_path,
+        {("optimizer=adam", "optimizer.lr=0.1"): [1.0, 1.2]},
+        {("optimizer=adam", "optimizer.lr=0.01"): 3.0},
+    )
+    sentence, _ = verdict_of(tmp_path, capsys)
+    assert sentence == (
+        "adam at lr 0.1: 1.10 ± 0.14 (best val/loss, mean ± std over 2 seeds); nothing to compare "
+        "it with, as it is the only optimizer given: name two or more to compare them "
+        "(optimizer=sgd,adam)."
+    )
+
+
+def test_the_paths_of_seeds_of_one_learning_rate_are_told_apart_by_seed():
+    path = {"x": [0.0, 1.0, 2.0], "y": [1.0, 3.0, 5.0], "w": [0.0, 1.0], "b": [0.0, 0.5]}
+    trajectories = [
+        {
+            **path,
+            "name": f"job{s}",
+            "optimizer": "adam",
+            "lr": 0.1,
+            "seed": s,
+            "others": "adam",
+            "status": "finished",
+        }
+        for s in range(3)
+    ]
+    labels = [t.get_text() for t in paths_figure(trajectories).axes[0].get_legend().get_texts()]
+    assert labels == ["lr=0.1, seed 0", "lr=0.1, seed 1", "lr=0.1, seed 2"]
+    alone = paths_figure(trajectories[:1]).axes[0].get_legend().get_texts()
+    assert [t.get_text() for t in alone] == ["lr=0.1"]
+
+
+def curve(name: str, lr: float, others: str, steps: list[int], seeds: int = 2) -> dict:
+    return {
+        "name": name,
+        "lr": lr,
+        "others": others,
+        "curves": {
+            "val/loss": {
+                "steps": steps,
+                "mean": [1.0] * len(steps),
+                "low": [0.5] * len(steps),
+                "high": [1.5] * len(steps),
+                "runs": [{}] * seeds,
+                "diverged": [],
+            }
+        },
+    }
+
+
+def test_one_validation_is_a_point_with_its_range_not_a_hairline():
+    figure = curves_figure([curve("adam", 0.1, "adam", [100])], ["val/loss"])
+    ax = figure.axes[0]
+    (line,) = [ln for ln in ax.lines if ln.get_gid() == "mean:adam"]
+    assert line.get_marker() == "o"
+    assert not [c for c in ax.collections if isinstance(c, PolyCollection)]  # no hairline band
+    assert len(ax.containers) == 1  # the error bar from the seeds' least to their most
+
+
+def test_many_lines_of_two_optimizers_are_coloured_by_learning_rate_in_a_row_each():
+    """11 learning rates x sgd,adam: a row of panels per optimizer, one colour per learning rate
+    on one log scale and a colorbar, instead of a 22-entry legend of ten repeating colours."""
+    lrs = [10 ** (-4 + k / 2.5) for k in range(11)]
+    configs = [curve(f"{o} {lr:g}", lr, o, [0, 100]) for o in ("sgd", "adam") for lr in lrs]
+    figure = curves_figure(configs, ["val/loss"])
+    assert not figure.legends and len(figure.axes) == 3  # two rows, one colorbar
+    rows = figure.axes[:2]
+    assert [ax.get_title() for ax in rows] == ["sgd: val/loss", "adam: val/loss"]
+    for ax in rows:
+        assert len({to_rgba(ln.get_color()) for ln in ax.lines}) == 11
+    colour = {
+        to_rgba(ln.get_color())
+        for ax in rows
+        for ln in ax.lines
+        if ln.get_gid().endswith(f" {lrs[3]:g}")
+    }
+    assert len(colour) == 1  # one learning rate, one colour in both rows
+    assert figure.axes[2].get_ylim() == pytest.approx((lrs[0], lrs[-1]))
