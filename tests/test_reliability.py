@@ -161,6 +161,9 @@ def test_the_same_seed_gives_identical_metrics_and_weights(tmp_path: Path, mnist
 def test_a_run_records_versions_commit_and_its_resolved_config(tmp_path: Path):
     result = train_in_process(["trainer.max_epochs=1"], tmp_path)
     versions = result["versions"]
+    assert (
+        result["torch_threads"] == torch.get_num_threads() >= 1
+    )  # what a product's sums split over
     assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"].startswith(
         torch.__version__.split("+")[0]
     )

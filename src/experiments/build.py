@@ -280,6 +280,8 @@ def check_schedule_length(cfg: DictConfig, model: Any, datamodule: Any) -> None:
 def new_state(cfg: DictConfig, info: Any, datamodule: Any) -> Any:
     """A run's state (experiments.state.RunState): its resolved config, what picks its best
     checkpoint, its HParams row; a resumed run's history carried on."""
+    import torch
+
     from experiments.hparams import flat_hparams
     from experiments.state import RunState
 
@@ -295,6 +297,7 @@ def new_state(cfg: DictConfig, info: Any, datamodule: Any) -> Any:
         monitor=cfg.monitor,
         monitor_mode=cfg.monitor_mode,
         hparams=flat_hparams(cfg, info.choices, info.overrides, batch_size),
+        torch_threads=torch.get_num_threads(),
     )
     if info.resumed:
         state.resume_history()

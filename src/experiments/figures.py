@@ -179,7 +179,7 @@ def sweep_figure(rows: list[dict[str, Any]], metric: str) -> Figure:
         elif row["status"] in ("diverged", "failed"):
             diverged[name].append(lr)
     names = sorted(set(seeds) | set(diverged))
-    legend = 0.5 + 0.065 * max((len(name) for name in names), default=10)  # inches, size 8
+    legend = 0.8 + 0.065 * max((len(name) for name in names), default=10)  # inches, size 8
     width = 6 + legend
     fig = Figure(figsize=(width, 4.2), dpi=100)
     ax = fig.add_subplot()

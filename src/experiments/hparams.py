@@ -138,21 +138,16 @@ def summaries(
     return experiment, start, end
 
 
-def show_first(experiment: Any, shown: list[str]) -> None:
-    """Mark the keys of `shown` as differing between runs and put them first, in that order:
-    TensorBoard's HParams table picks its default columns, and orders them, by each key's
-    `differs` field, so the keys a sweep varies are the ones a person sees."""
+def mark_differing(experiment: Any, differing: set[str]) -> None:
+    """Mark the keys whose value differs between a sweep's runs, as TensorBoard itself would had
+    it built the experiment from the runs: its HParams tab shows the first five marked keys (by
+    name) as its default columns, and the runs table tags them `differs`."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     value = experiment.value[0]
     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-    infos = list(data.experiment.hparam_infos)
-    for info in infos:
-        info.differs = info.name in shown
-    order = {name: i for i, name in enumerate(shown)}
-    infos.sort(key=lambda info: (order.get(info.name, len(order)), info.name))
-    del data.experiment.hparam_infos[:]
-    data.experiment.hparam_infos.extend(infos)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in differing
     value.metadata.plugin_data.content = data.SerializeToString()
 
 

@@ -130,6 +130,9 @@ class RunState:
     population: dict[str, Any] | None = None  # set when one fit trained several runs
     # a diverged run's last finite training loss, (step, value): the last point of its curve
     last_finite_loss: tuple[int, float] | None = None
+    # torch's intra-op threads: a matrix product's sums are split across them, so another count
+    # rounds differently in the last bit, and a long fit can end in another third digit
+    torch_threads: int | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -192,6 +195,7 @@ class RunState:
             "run_dir": str(self.run_dir),
             "population": self.population,
             "versions": versions(),
+            "torch_threads": self.torch_threads,
         }
 
     def write(self) -> dict[str, Any]:

@@ -435,7 +435,7 @@ def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict
     finds), and the sweep's pictures as images (sweep/summary, sweep/curves, sweep/paths)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from experiments.hparams import show_first, summaries
+    from experiments.hparams import mark_differing, summaries
 
     settings = [{**row["hparams"], "status": row["status"]} for row in rows]
     params: dict[str, Any] = {}
@@ -447,22 +447,15 @@ def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict
         for k, v in params.items()
         if isinstance(v, str)
     }
-    # what the sweep varied, as its jobs' overrides say (optimizer=adam,sgd), first; then the
-    # settings that differ because of it (Adam's betas against SGD's neutral value)
-    shared = set.intersection(*(set(row["overrides"]) for row in rows))
-    overridden = [key_of(o) for row in rows for o in row["overrides"] if o not in shared]
-    varied = [key for key in dict.fromkeys(overridden) if key in params]
-    following = sorted(
-        key
-        for key in params
-        if key not in varied and key != "status" and len({repr(s.get(key)) for s in settings}) > 1
-    )
+    # every key whose value differs between jobs: those swept and those that differ because of
+    # them (Adam's betas against SGD's empty value)
+    differing = {key for key in params if len({repr(s.get(key)) for s in settings}) > 1}
     metrics = sorted(
         {k for r in rows for k, v in r["best_metrics"].items() if v is not None}
         | {k for r in rows for k in r["test"]}
     )
     experiment, _, _ = summaries(params, metrics, domains=domains)
-    show_first(experiment, [*varied, "status", *following])
+    mark_differing(experiment, differing)
     # a sweep run again: one experiment, not two (an older version wrote it to the sweep's root)
     for earlier in [
         *sweep_dir.glob(f"events.out.tfevents.*{SWEEP_EVENTS}"),
