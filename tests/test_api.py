@@ -302,3 +302,30 @@ print("STILL ALIVE")
     )
     assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
     assert "default handler: True" in done.stdout and "STILL ALIVE" not in done.stdout
+
+
+def test_a_call_gives_the_callers_signal_handlers_back_whatever_the_fit_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A handler of the caller's own survives a call, even where a fit leaves its own installed
+    (here: the interruption callback made to forget its restore)."""
+    from experiments.callbacks.interruption import Interruption
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Interruption, "restore_handlers", lambda self: None)
+    own = lambda signum, frame: None  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        api.train(*SHORT)
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_keyword_strings_hydra_would_misread_are_quoted():
+    from experiments.api import literal
+
+    assert literal("/data/a b,c") == "'/data/a b,c'" and literal("café") == "'café'"
+    assert literal("x~y") == "'x~y'" and literal("it's") == "'it\\'s'"
+    assert literal("1e-3") == "1e-3" and literal("/data/mnist") == "/data/mnist"
+    assert literal(None) == "null" and literal([0.9, 0.99]) == "[0.9,0.99]"

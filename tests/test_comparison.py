@@ -131,8 +131,8 @@ def test_an_exact_tie_is_a_tie_not_a_win_by_the_alphabet(tmp_path: Path, capsys)
     )
     sentence, _ = verdict_of(tmp_path, capsys)
     assert sentence == (
-        "sgd at lr 0.01 and adam at lr 0.1 tie: all 6 of their seeds end at 2.92764 (best "
-        "val/loss); there is nothing to tell apart."
+        "sgd at lr 0.01 and adam at lr 0.1 tie: all 6 of their finished seeds end at 2.92764 "
+        "(best val/loss); there is nothing to tell apart."
     )
     assert api.load(tmp_path).comparison == sentence
 
@@ -315,8 +315,8 @@ def test_an_optimizer_left_out_and_a_lone_one_are_said_at_the_end(tmp_path: Path
     notes = (tmp_path / "comparison.md").read_text()
     assert "rmsprop is not compared: none of its stage-1 grid points finished every seed." in notes
     assert sentence == (
-        "adam at lr 0.1: 1 (best val/loss, mean ± std over 1 seed); nothing to compare it "
-        "with, as it is the only configuration that reached stage 2."
+        "adam at lr 0.1: 1 (best val/loss, 1 seed); nothing to compare it with, as it is the "
+        "only configuration with a finished stage-2 seed."
     )
     assert printed.rstrip().splitlines()[-4:-2] == [
         "rmsprop is not compared: none of its stage-1 grid points finished every seed.",
@@ -404,3 +404,78 @@ def test_many_lines_of_two_optimizers_are_coloured_by_learning_rate_in_a_row_eac
     }
     assert len(colour) == 1  # one learning rate, one colour in both rows
     assert figure.axes[2].get_ylim() == pytest.approx((lrs[0], lrs[-1]))
+
+
+def test_many_equal_seeds_and_a_nan_metric_print_without_a_spread_or_a_crash():
+    """30 seeds at one value: their rounded mean and std are not exact, the printed cell is (seeds
+    equal), not a spread of rounding noise nor a log10(0); a nan test metric prints as nan."""
+    from experiments.comparison import spread
+
+    equal = spread([2.792641242468651] * 30)
+    assert equal["std"] == 0 and equal["mean"] == 2.792641242468651
+    noisy = spread([0.1, 0.1, 0.1])
+    assert noisy == {"mean": 0.1, "std": 0.0, "ci95_low": 0.1, "ci95_high": 0.1}
+    configs = [
+        {
+            "configuration": "c",
+            "seeds": 30,
+            "finished": 30,
+            "diverged": 0,
+            "stats": {"best val/loss": equal, "test/loss": spread([1.0, float("nan")])},
+        }
+    ]
+    _, body = printed_configurations(configs)
+    assert body[0][4:] == ["2.79264 (seeds equal)", "nan"]
+
+
+def test_a_tie_counts_finished_seeds_and_names_the_diverged_ones(tmp_path: Path, capsys):
+    comparison(
+        tmp_path,
+        {
+            ("optimizer=sgd", "optimizer.lr=0.01"): [2.5] * 3,
+            ("optimizer=adam", "optimizer.lr=0.1"): [2.5] * 2,
+        },
+    )
+    write_job(tmp_path, ["optimizer=adam", "optimizer.lr=0.1"], 1e3, 2, "diverged")
+    plan = json.loads((tmp_path / PLAN).read_text())
+    plan["stage2"].append(",".join(sorted([*BASE, "optimizer=adam", "optimizer.lr=0.1", "seed=2"])))
+    (tmp_path / PLAN).write_text(json.dumps(plan))
+    sentence, _ = verdict_of(tmp_path, capsys)
+    assert sentence == (
+        "sgd at lr 0.01 and adam at lr 0.1 tie: all 5 of their finished seeds end at 2.5 (best "
+        "val/loss; 1 more of adam at lr 0.1 diverged); there is nothing to tell apart."
+    )
+
+
+def test_a_stage_two_configuration_without_a_finished_seed_is_named(tmp_path: Path, capsys):
+    """adam reached stage 2 and every one of its seeds diverged: sgd is not 'the only one that
+    reached stage 2'."""
+    comparison(tmp_path, {("optimizer=sgd", "optimizer.lr=0.01"): [2.0, 2.2]})
+    for seed in (0, 1):
+        write_job(tmp_path, ["optimizer=adam", "optimizer.lr=0.1"], 1e3, seed, "diverged")
+    plan = json.loads((tmp_path / PLAN).read_text())
+    adam = [
+        ",".join(sorted([*BASE, "optimizer=adam", "optimizer.lr=0.1", f"seed={s}"])) for s in (0, 1)
+    ]
+    plan["stage1"].append({"overrides": ["optimizer=adam", "optimizer.lr=0.1"], "mean": 5.0})
+    plan["stage2"] += adam
+    (tmp_path / PLAN).write_text(json.dumps(plan))
+    sentence, printed = verdict_of(tmp_path, capsys)
+    assert "adam at lr 0.1 reached stage 2, but none of its seeds finished." in printed
+    assert sentence.startswith(
+        "sgd at lr 0.01: 2.10 ± 0.14 (best val/loss, mean ± std over 2 seeds)"
+    )
+    assert sentence.endswith("as it is the only configuration with a finished stage-2 seed.")
+
+
+def test_one_job_outside_the_plan_is_one_job(tmp_path: Path, capsys):
+    comparison(
+        tmp_path,
+        {
+            ("optimizer=adam", "optimizer.lr=0.1"): [1.0, 1.1],
+            ("optimizer=sgd", "optimizer.lr=0.01"): [2.0, 2.1],
+        },
+    )
+    write_job(tmp_path, ["optimizer=adam", "optimizer.lr=0.1"], 9.0, 2)
+    _, printed = verdict_of(tmp_path, capsys)
+    assert "1 job in this folder is not in this comparison's plan" in printed

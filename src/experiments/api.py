@@ -46,7 +46,7 @@ def literal(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(literal(v) for v in value) + "]"
-    if isinstance(value, str) and not re.fullmatch(r"[\w.+\-/:@~]+", value):
+    if isinstance(value, str) and not re.fullmatch(r"[\w.+\-/:@]+", value, re.ASCII):
         return quote_value(value)
     return str(value)
 
@@ -184,6 +184,7 @@ def train(*overrides: str, **options: Any) -> Run:
     (`optimizer__lr=0.01` is `optimizer.lr=0.01`). Returns the Run, whatever its status; a
     mistake raises experiments.UserError with the command line's sentence."""
     from experiments.cli import asks_for_multirun
+    from experiments.overrides import key_of, one_value
 
     args = arguments(overrides, options)
     if asks_for_multirun(args) or any(
@@ -193,10 +194,9 @@ def train(*overrides: str, **options: Any) -> Run:
             "experiments.api.train runs one configuration; give a sweep to experiments.api.sweep."
         )
     if (several := swept(args)) is not None:
-        key, _, values = several.partition("=")
         raise UserError(
-            f"{several} gives {key} several values, a sweep: experiments.api.sweep runs a job for each; "
-            f"for one value write a list as {key}=[{values}] or quote a string as {key}='{values}'."
+            f"{several} gives {key_of(several)} several values, a sweep: experiments.api.sweep runs a job for each; "
+            f"for one value {one_value(several)}."
         )
     return Run(entry(args))
 
@@ -396,7 +396,10 @@ class Sweep:
         """sweep=compare's verdict (the last line of comparison.md): on the top two, or why
         there is nothing to compare; None for another sweep, or one that has not ended."""
         path = self.sweep_dir / "comparison.md"
-        return path.read_text().strip().splitlines()[-1] if path.is_file() else None
+        if not path.is_file():
+            return None
+        last = path.read_text().strip().splitlines()[-1]
+        return None if last.startswith("mean ± ") else last  # an older version's, without one
 
     @property
     def pictures(self) -> dict[str, Path]:

@@ -17,11 +17,14 @@ PLAN = "compare.json"  # a comparison's two stages, written by its sweeper when 
 
 
 def spread(values: list[float]) -> dict[str, float | None]:
-    """Mean, sample standard deviation and the 95% Student-t interval of the mean (None for one value)."""
+    """Mean, sample standard deviation and the 95% Student-t interval of the mean (None for one
+    value). Equal values have a spread of exactly 0 (their rounded mean need not equal them)."""
     n = len(values)
-    mean = math.fsum(values) / n
     if n < 2:
-        return {"mean": mean, "std": None, "ci95_low": None, "ci95_high": None}
+        return {"mean": values[0], "std": None, "ci95_low": None, "ci95_high": None}
+    if len(set(values)) == 1:
+        return {"mean": values[0], "std": 0.0, "ci95_low": values[0], "ci95_high": values[0]}
+    mean = math.fsum(values) / n
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
     return {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
@@ -62,28 +65,27 @@ def welch_p(a: list[float], b: list[float]) -> float:
     return float(t_two_sided(statistic, df))
 
 
+def has_spread(value: float | None) -> bool:
+    """A spread with_spread can print: positive and finite (not None, 0, nan or inf)."""
+    return value is not None and math.isfinite(value) and value > 0
+
+
 def with_spread(mean: float, half: float) -> str:
     """mean ± half, both to half's two significant digits (2.928 ± 0.012, not 2.92764 ± 0.012);
     in scientific notation where a mean near zero would print as zeros (4.40e-14 ± 3.1e-15)."""
     exponent = math.floor(math.log10(half))
     decimals = max(0, 1 - exponent)
-    if decimals <= 10 or abs(mean) >= 1e-3:
+    if not math.isfinite(mean) or decimals <= 10 or abs(mean) >= 1e-3:
         return f"{mean:.{decimals}f} ± {half:.{decimals}f}"
     top = math.floor(math.log10(abs(mean))) if mean else exponent
     return f"{mean:.{max(1, top - exponent + 1)}e} ± {half:.1e}"
-
-
-def decimals_of(half: float) -> int | None:
-    """The decimals with_spread prints for a half-width; None where it prints scientific notation."""
-    text = with_spread(1.0, half)
-    return None if "e" in text else len(text.split(" ± ")[0].partition(".")[2])
 
 
 def telling_apart(values: list[float], least: int = 6) -> list[str]:
     """The values to as many significant digits (from `least`, at most 17) as it takes for
     different values to print differently: 2.9276447 and 2.9276449, not 2.92764 twice."""
     distinct = len(set(values))
-    for digits in range(least, 18):
+    for digits in range(min(least, 17), 18):
         shown = [f"{v:.{digits}g}" for v in values]
         if len(set(shown)) == distinct:
             return shown
@@ -153,7 +155,21 @@ def means_shown(stats: list[dict[str, float | None]]) -> list[str]:
     """Each mean ± its standard deviation; means without a spread to the digits that tell them
     apart from the others."""
     bare = telling_apart([s["mean"] for s in stats])
-    return [with_spread(s["mean"], s["std"]) if s["std"] else b for s, b in zip(stats, bare)]
+    return [
+        with_spread(s["mean"], s["std"]) if has_spread(s["std"]) else b for s, b in zip(stats, bare)
+    ]
+
+
+def over(counts: list[int], stats: list[dict[str, float | None]]) -> str:
+    """`mean ± std over 10 seeds`, as far as the numbers shown have a mean and a spread."""
+    seeds = (
+        f"{counts[0]} and {plural(counts[1], 'seed')}"
+        if len(counts) > 1 and counts[0] != counts[1]
+        else plural(counts[0], "seed")
+    )
+    if any(has_spread(s["std"]) for s in stats):
+        return f"mean ± std over {seeds}"
+    return f"mean over {seeds}" if max(counts) > 1 else seeds
 
 
 def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
@@ -175,29 +191,23 @@ def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[
         (values[0][s] < values[1][s]) if lower else (values[0][s] > values[1][s]) for s in paired
     )
     ties = sum(values[0][s] == values[1][s] for s in paired)
-    pairs = (
-        f"better in {wins}"
-        + (f", equal in {ties}," if ties else "")
-        + f" of {plural(len(paired), 'seed')}"
-    )
-    counts = (
-        f"{len(a)} and {plural(len(b), 'seed')}" if len(a) != len(b) else plural(len(a), "seed")
-    )
-    numbers = f"{shown[0]} against {shown[1]} ({name}, mean ± std over {counts}"
+    equal = f", equal in {ties}," if ties else ""
+    pairs = f", better in {wins}{equal} of {plural(len(paired), 'seed')}" if paired else ""
     diverged = [
         f"{c['diverged']} more of {described(c, rows)} diverged"
         for c in (first, second)
         if c["diverged"]
     ]
-    numbers += f"; {' and '.join(diverged)})" if diverged else ")"
-    # seeds that ended identically have no spread for a t-test (their rounded std may not be 0)
-    p = welch_p(a, b) if len(a) >= 2 and len(b) >= 2 else math.nan
+    besides = f"; {' and '.join(diverged)}" if diverged else ""
     one, other = described(first, rows), described(second, rows)
     if len(set(a) | set(b)) == 1:
         return (
-            f"{one} and {other} tie: all {len(a) + len(b)} of their seeds end at {shown[0]} "
-            f"({name}); there is nothing to tell apart."
+            f"{one} and {other} tie: all {len(a) + len(b)} of their finished seeds end at "
+            f"{shown[0]} ({name}{besides}); there is nothing to tell apart."
         )
+    numbers = f"{shown[0]} against {shown[1]} ({name}, {over([len(a), len(b)], stats)}{besides})"
+    # seeds that ended identically have no spread for a t-test (their rounded std may not be 0)
+    p = welch_p(a, b) if len(a) >= 2 and len(b) >= 2 else math.nan
     if stats[0]["mean"] == stats[1]["mean"]:
         head = f"{one} and {other} tie (equal means)"
     elif math.isnan(p):
@@ -207,9 +217,9 @@ def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[
     else:
         head = f"{one} and {other} are not told apart (p ≥ 0.05)"
     if math.isnan(p):
-        why = "too few seeds" if len(a) < 2 or len(b) < 2 else "every seed ended identically"
-        return f"{head}: {numbers}, {pairs}; no t-test ({why})."
-    return f"{head}: {numbers}, {pairs}, p = {p:.2g} (Welch's t-test)."
+        why = "too few seeds" if len(a) < 2 or len(b) < 2 else "the seeds of each ended identically"
+        return f"{head}: {numbers}{pairs}; no t-test ({why})."
+    return f"{head}: {numbers}{pairs}, p = {p:.2g} (Welch's t-test)."
 
 
 def closing_sentences(
@@ -222,28 +232,29 @@ def closing_sentences(
         for name in left_out(plan)
     ]
     ranked = [c for c in stage_two if c["finished"]]
+    unfinished = [described(c, rows) for c in stage_two if not c["finished"]]
+    if unfinished:
+        notes.append(
+            f"{' and '.join(unfinished)} reached stage 2, but none of {'its' if len(unfinished) == 1 else 'their'} seeds finished."
+        )
     if len(ranked) > 1:
         return [*notes, verdict(ranked[0], ranked[1], rows)]
     if not ranked:
         return [
             *notes,
-            "Nothing reached stage 2 with a finished seed, so there is nothing to compare; try smaller learning rates.",
+            "No configuration has a finished stage-2 seed, so there is nothing to compare; try smaller learning rates.",
         ]
     lone = ranked[0]
     name = f"best {rows[lone['jobs'][0]]['monitor']}"
     stats = lone["stats"][name]
-    value = (
-        with_spread(stats["mean"], stats["std"])
-        if stats["std"]
-        else telling_apart([stats["mean"]])[0]
-    )
+    (value,) = means_shown([stats])
     given = len({optimizer_of(p["overrides"]) for p in plan["stage1"]})
     why = (
         "it is the only optimizer given: name two or more to compare them (optimizer=sgd,adam)"
         if given == 1
-        else "it is the only configuration that reached stage 2"
+        else "it is the only configuration with a finished stage-2 seed"
     )
     return [
         *notes,
-        f"{described(lone, rows)}: {value} ({name}, mean ± std over {plural(lone['finished'], 'seed')}); nothing to compare it with, as {why}.",
+        f"{described(lone, rows)}: {value} ({name}, {over([lone['finished']], [stats])}); nothing to compare it with, as {why}.",
     ]

@@ -171,6 +171,7 @@ def several_values(given: str, overrides: list[str], config_name: str) -> str:
 
     from experiments.config import CONF_DIR
 
+    job = overrides
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             for job in some_jobs(overrides):
@@ -179,11 +180,13 @@ def several_values(given: str, overrides: list[str], config_name: str) -> str:
         message = config_error(error, job, config_name)
         if message is not None:
             return message
-    key, _, values = given.partition("=")
-    return (
-        f"{given} gives {key} several values: add -m to run a job for each (or pick a sweep= preset), "
-        f"write {key}=[{values}] for one list, or quote it ({key}='{values}') for one string."
-    )
+    return f"{given} gives {key_of(given)} several values: add -m to run a job for each, or {one_value(given)}."
+
+
+def one_value(override: str) -> str:
+    """How a value list becomes one value: `write a list as k=[a,b] or quote a string as k='a,b'`."""
+    key, _, values = override.partition("=")
+    return f"write a list as {key}=[{values}] or quote a string as {key}='{values}'"
 
 
 def instantiation_error(error: Exception, overrides: list[str]) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 from experiments.comparison import (
     closing_sentences,
-    decimals_of,
+    has_spread,
     plural,
     read_plan,
     seed_of,
@@ -200,9 +200,13 @@ def printed_configurations(configs: list[dict[str, Any]]) -> tuple[list[str], li
 
 
 def printed_column(cells: list[dict[str, float | None] | None]) -> list[str]:
-    halves = {i: s["ci95_high"] - s["mean"] for i, s in enumerate(cells) if s and s["std"]}
-    decimals = [d for d in map(decimals_of, halves.values()) if d is not None]
-    bare = [i for i, s in enumerate(cells) if s and not s["std"]]
+    spreads = {
+        i: with_spread(s["mean"], s["ci95_high"] - s["mean"])
+        for i, s in enumerate(cells)
+        if s and has_spread(s["std"]) and has_spread(s["ci95_high"] - s["mean"])
+    }
+    decimals = [len(t.split(" ± ")[0].partition(".")[2]) for t in spreads.values() if "e" not in t]
+    bare = [i for i, s in enumerate(cells) if s and i not in spreads]
     means = [cells[i]["mean"] for i in bare]
     least = max(
         [6]
@@ -217,8 +221,8 @@ def printed_column(cells: list[dict[str, float | None] | None]) -> list[str]:
     for i, stats in enumerate(cells):
         if not stats:
             shown.append("")
-        elif i in halves:
-            shown.append(with_spread(stats["mean"], halves[i]))
+        elif i in spreads:
+            shown.append(spreads[i])
         else:
             shown.append(texts[i] + (" (seeds equal)" if stats["std"] == 0 else ""))
     return shown
@@ -540,7 +544,7 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
         print(equal_seeds_note(sweep_dir, equal))
     if earlier := report.earlier:
         print(
-            f"{plural(len(earlier), 'job')} in this folder are not in this comparison's plan (an "
+            f"{plural(len(earlier), 'job')} in this folder {'is' if len(earlier) == 1 else 'are'} not in this comparison's plan (an "
             "earlier run of it with more seeds or other grid points): runs.csv lists them, "
             "summary.csv, the pictures and the verdict leave them out."
         )

@@ -33,7 +33,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
-from experiments.comparison import PLAN
+from experiments.comparison import PLAN, optimizer_of
 from experiments.config import UserError
 from hydra_plugins.experiments_plugins.grid_sweeper import GridSweeper, composed, grid
 
@@ -142,6 +142,8 @@ class CompareSweeper(GridSweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        # an earlier run's plan would describe this one if it stopped before writing its own
+        (sweep_dir / PLAN).unlink(missing_ok=True)
         if fixed:
             log.info(
                 f"sweep=compare starts each seed from the model's random initialisation ({' '.join(fixed)}): "
@@ -204,19 +206,14 @@ class CompareSweeper(GridSweeper):
         chosen: dict[str, tuple[float, list[str]]] = {}
         for point in points:
             mean = means[tuple(point)]
-            name = next((o.split("=", 1)[1] for o in point if o.startswith("optimizer=")), "")
+            name = optimizer_of(point)
             if mean is None:
                 continue
             record = next(r for r in records[tuple(point)] if r is not None)
             score = mean if (record.get("monitor") or {}).get("mode", "min") == "min" else -mean
             if name not in chosen or score < chosen[name][0]:
                 chosen[name] = (score, point)
-        names = list(
-            dict.fromkeys(
-                next((o.split("=", 1)[1] for o in p if o.startswith("optimizer=")), "")
-                for p in points
-            )
-        )
+        names = list(dict.fromkeys(optimizer_of(p) for p in points))
         if left := [n or "(the configured optimizer)" for n in names if n not in chosen]:
             log.warning(
                 f"sweep=compare: no grid point of {', '.join(left)} finished every seed, so stage 2 leaves it out"
