@@ -137,7 +137,7 @@ def test_a_mistake_raises_the_command_lines_sentence_and_leaves_nothing(
         ),
         (
             lambda: api.sweep("sweep=compare", hydra__sweeper__random_start="maybe"),
-            "hydra.sweeper.random_start must be true",
+            "hydra.sweeper.random_start must be true (start each seed from the model's random initialisation) or false (keep the configured start), got 'maybe'.",
         ),
         (
             lambda: api.sweep("sweep=lr", hydra__sweeper__max_batch_size=0),
@@ -145,7 +145,7 @@ def test_a_mistake_raises_the_command_lines_sentence_and_leaves_nothing(
         ),
         (
             lambda: api.sweep("sweep=compare", sweeper="optuna"),
-            "but hydra/sweeper=optuna replaces it",
+            "sweep=compare runs on hydra/sweeper=compare, but hydra/sweeper=optuna replaces it",
         ),
         (
             lambda: api.train("optimizer=sgd,adam"),

@@ -287,14 +287,6 @@ MISTAKES = [
         ],
     ),
     (
-        ["experiment=thermometer", "sweep=compare", "hydra.sweeper.random_start=maybe"],
-        ["hydra.sweeper.random_start must be true", "got 'maybe'"],
-    ),
-    (
-        ["experiment=thermometer", "sweep=compare", "hydra/sweeper=optuna"],
-        ["sweep=compare runs on hydra/sweeper=compare, but hydra/sweeper=optuna replaces it"],
-    ),
-    (
         ["experiment=thermometer", "sweep=compare", "seed=0,1"],
         ["sweep=compare chooses the seeds itself", "hydra.sweeper.seeds"],
     ),
