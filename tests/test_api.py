@@ -175,6 +175,11 @@ def test_sweep_returns_the_command_lines_tables_and_load_reads_what_it_wrote(
     assert isinstance(written, api.Sweep) and isinstance(swept, api.Sweep)
     numbers = [c for c in swept.configurations.columns if c != "configuration"]
     pd.testing.assert_frame_equal(swept.configurations, written.configurations)
+    # read from the jobs when asked for, equal to the sweep's CSV files once it ended
+    pd.testing.assert_frame_equal(
+        written.configurations, pd.read_csv(written.sweep_dir / "summary.csv")
+    )
+    pd.testing.assert_frame_equal(written.table, pd.read_csv(written.sweep_dir / "runs.csv"))
     assert len(swept.configurations) == 2 and numbers
     assert list(swept.table["job"]) == list(written.table["job"])
     assert list(swept.table["best val/loss"]) == list(written.table["best val/loss"])

@@ -200,6 +200,7 @@ def printed_configurations(configs: list[dict[str, Any]]) -> tuple[list[str], li
 
 
 def printed_column(cells: list[dict[str, float | None] | None]) -> list[str]:
+    """One metric's column of printed_configurations."""
     spreads = {
         i: with_spread(s["mean"], s["ci95_high"] - s["mean"])
         for i, s in enumerate(cells)
