@@ -149,7 +149,11 @@ def test_a_mistake_raises_the_command_lines_sentence_and_leaves_nothing(
         ),
         (
             lambda: api.train("optimizer=sgd,adam"),
-            "optimizer=sgd,adam gives optimizer several values, a sweep: experiments.api.sweep runs a job for each",
+            "optimizer=sgd,adam gives optimizer several options, a sweep: experiments.api.sweep runs a job for each.",
+        ),
+        (
+            lambda: api.train("optimizer.lr=0.1,0.2"),
+            "a sweep: experiments.api.sweep runs a job for each; for one value write a list as optimizer.lr=[0.1,0.2] or quote",
         ),
         (
             lambda: api.train("trainer.max_epochs=2", trainer__max_epochs=3),

@@ -16,7 +16,13 @@ from matplotlib.colors import to_rgba
 from experiments import api
 from experiments.comparison import PLAN, telling_apart, with_spread
 from experiments.figures import curves_figure, paths_figure, sweep_figure
-from experiments.summary import collect, line_names, printed_configurations, summarize
+from experiments.summary import (
+    collect,
+    line_names,
+    printed_column,
+    printed_configurations,
+    summarize,
+)
 
 BASE = ["experiment=thermometer", "model.init_weight=null", "model.init_bias=null"]
 
@@ -28,6 +34,7 @@ def write_job(
     seed: int,
     status: str = "finished",
     curve: list[float] | None = None,
+    logger: str = "tensorboard",
 ) -> str:
     """A job's folder as a launcher leaves it: metrics.json, and a TensorBoard curve of train/loss."""
     overrides = [*BASE, *settings, f"seed={seed}"]
@@ -52,7 +59,12 @@ def write_job(
         },
     }
     (folder / "metrics.json").write_text(json.dumps(record))
-    if curve is not None:
+    if curve is not None and logger == "csv":  # as Lightning's CSVLogger writes it
+        lines = ["epoch,step,train/loss,val/loss"]
+        for step, value in enumerate(curve):
+            lines += [f"{step},{step},{value},", f"{step},{step},,{value + 1}"]
+        (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    elif curve is not None:
         from torch.utils.tensorboard import SummaryWriter
 
         with SummaryWriter(str(folder)) as writer:
@@ -183,8 +195,9 @@ def test_seeds_that_converge_from_different_starts_are_not_said_to_change_nothin
 
 
 def test_numbers_are_printed_to_the_digits_that_tell_them_apart():
-    """Beside 2.92764485 ± 0.00000038, seeds that ended equal at 2.92764614 print so, not as
-    2.92764 (which looks lower); losses near 1e-14 print in scientific notation, not as zeros."""
+    """Beside 2.92764485 ± 0.00000038, seeds that ended equal at 2.92764614 print as 2.92765, not
+    as 2.92764 (which looks lower); a value far from the others keeps six digits; losses near
+    zero print in scientific notation, not as zeros."""
     stats = [
         {"mean": 2.92764485, "std": 4e-7, "ci95_low": 2.92764447, "ci95_high": 2.92764523},
         {"mean": 2.927646141, "std": 0.0, "ci95_low": 2.927646141, "ci95_high": 2.927646141},
@@ -203,9 +216,17 @@ def test_numbers_are_printed_to_the_digits_that_tell_them_apart():
     _, body = printed_configurations(configs)
     assert [row[4] for row in body] == [
         "2.92764485 ± 0.00000038",
-        "2.92764614 (seeds equal)",
+        "2.92765 (seeds equal)",
         "2.9276",
     ]
+    near = {"mean": 2.92764473, "std": 1e-7, "ci95_low": 2.9276445, "ci95_high": 2.927645}
+    assert (
+        printed_column([near, {**near, "mean": 2.927644791, "std": 0.0}])[1]
+        == "2.9276448 (seeds equal)"
+    )
+    far = {"mean": 345.33773804, "std": None, "ci95_low": None, "ci95_high": None}
+    tiny = {"mean": 2e-7, "std": 5e-7, "ci95_low": -2.5e-7, "ci95_high": 6.5e-7}
+    assert printed_column([tiny, far]) == ["2.0e-07 ± 4.5e-07", "345.338"]
     assert with_spread(4.4e-14, 3.1e-15) == "4.40e-14 ± 3.1e-15"
     assert with_spread(0.0, 3.1e-15) == "0.0e+00 ± 3.1e-15"
     assert with_spread(2.928, 0.0123) == "2.928 ± 0.012"
@@ -479,3 +500,60 @@ def test_one_job_outside_the_plan_is_one_job(tmp_path: Path, capsys):
     write_job(tmp_path, ["optimizer=adam", "optimizer.lr=0.1"], 9.0, 2)
     _, printed = verdict_of(tmp_path, capsys)
     assert "1 job in this folder is not in this comparison's plan" in printed
+
+
+def test_seeds_two_float32_steps_apart_are_not_a_win(tmp_path: Path, capsys):
+    """adam's and sgd's seeds all end at the least-squares fit, 2 float32 steps apart."""
+    comparison(
+        tmp_path,
+        {
+            ("optimizer=adam", "optimizer.lr=0.01"): [2.9276444911956787] * 3,
+            ("optimizer=sgd", "optimizer.lr=0.01"): [2.927644968032837] * 3,
+        },
+    )
+    sentence, _ = verdict_of(tmp_path, capsys)
+    assert sentence.startswith(
+        "adam at lr 0.01 and sgd at lr 0.01 end within float32 rounding of each other (2 float32 "
+        "steps apart): 2.927644 against 2.927645 (best val/loss, mean over 3 seeds)"
+    )
+    assert "ahead" not in sentence
+
+
+def test_a_sweep_logged_to_csv_has_its_curves_and_a_pasteable_tensorboard_line(
+    tmp_path: Path, capsys
+):
+    """logger=csv: curves.png and the equal-seeds note read the jobs' metrics.csv; a sweep folder
+    with a space prints a tensorboard command a shell takes as one path."""
+    sweep = tmp_path / "a b"
+    for seed in range(2):
+        write_job(
+            sweep,
+            ["optimizer=adam", "optimizer.lr=0.1"],
+            2.5,
+            seed,
+            curve=[9.0 + seed, 2.5],
+            logger="csv",
+        )
+    summarize(sweep)
+    printed = capsys.readouterr().out
+    assert (sweep / "curves.png").is_file()
+    assert "along different training curves" in printed
+    assert f"tensorboard --logdir '{sweep}'" in printed
+
+
+def test_paths_of_a_panel_name_the_other_setting_swept():
+    path = {"x": [0.0, 1.0, 2.0], "y": [1.0, 3.0, 5.0], "w": [0.0, 1.0], "b": [0.0, 0.5]}
+    trajectories = [
+        {
+            **path,
+            "name": f"job{k}",
+            "optimizer": "adam",
+            "lr": 0.1,
+            "seed": 0,
+            "status": "finished",
+            "others": f"adam scheduler={schedule}",
+        }
+        for k, schedule in enumerate(["cosine", "none"])
+    ]
+    labels = [t.get_text() for t in paths_figure(trajectories).axes[0].get_legend().get_texts()]
+    assert labels == ["lr=0.1, scheduler=cosine", "lr=0.1, scheduler=none"]

@@ -286,6 +286,10 @@ MISTAKES = [
             "optimizer.lr=[0.1,0.2]",
         ],
     ),
+    (  # options of a config group are never one value: no list or quotes to suggest
+        ["optimizer=sgd,adam"],
+        ["optimizer=sgd,adam gives optimizer several options: add -m to run a job for each."],
+    ),
     (
         ["experiment=thermometer", "sweep=compare", "seed=0,1"],
         ["sweep=compare chooses the seeds itself", "hydra.sweeper.seeds"],

@@ -194,9 +194,11 @@ def train(*overrides: str, **options: Any) -> Run:
             "experiments.api.train runs one configuration; give a sweep to experiments.api.sweep."
         )
     if (several := swept(args)) is not None:
+        advice = one_value(several)
         raise UserError(
-            f"{several} gives {key_of(several)} several values, a sweep: experiments.api.sweep runs a job for each; "
-            f"for one value {one_value(several)}."
+            f"{several} gives {key_of(several)} several {'values' if advice else 'options'}, a sweep: "
+            "experiments.api.sweep runs a job for each"
+            + (f"; for one value {advice}." if advice else ".")
         )
     return Run(entry(args))
 
@@ -229,37 +231,6 @@ def load(path: str | os.PathLike[str]) -> Run | Sweep:
     raise UserError(
         f"{folder} holds neither a run (metrics.json) nor a sweep (multirun.yaml); give a folder of outputs/runs/ or outputs/sweeps/."
     )
-
-
-def event_scalars(folder: Path) -> Any:
-    """Every scalar a run logged, as TensorBoard's reader reads its event files: a DataFrame with
-    one row per step and one column per tag (the last value where a step was logged twice)."""
-    import pandas as pd
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
-    quiet = logging.getLogger("tensorboard")
-    level, quiet.level = quiet.level, logging.WARNING
-    try:
-        events.Reload()
-    finally:
-        quiet.setLevel(level)
-    columns = {
-        tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]
-    }
-    frame = pd.DataFrame(columns).sort_index()
-    frame.index.name = "step"
-    return frame
-
-
-def csv_scalars(path: Path) -> Any:
-    """A logger=csv run's scalars as event_scalars gives them: Lightning's CSVLogger writes a row
-    per logging call, so the values of one step are gathered into one row."""
-    import pandas as pd
-
-    frame = pd.read_csv(path).drop(columns="epoch", errors="ignore")
-    frame = frame.dropna(subset=["step"]).astype({"step": int}).groupby("step").last()
-    return frame.dropna(axis="columns", how="all").sort_index()
 
 
 def image_html(png: bytes, width: int = 480) -> str:
@@ -308,10 +279,14 @@ class Run:
     def history(self) -> Any:
         """Every logged scalar, one row per step, one column per metric (pandas): from its
         TensorBoard event files, or its metrics.csv with logger=csv."""
-        if any(self.run_dir.glob("events.out.tfevents.*")):
-            return event_scalars(self.run_dir)
-        if (self.run_dir / "metrics.csv").is_file():
-            return csv_scalars(self.run_dir / "metrics.csv")
+        import pandas as pd
+
+        from experiments.summary import scalars
+
+        if logged := scalars(self.run_dir):
+            frame = pd.DataFrame(logged).sort_index()
+            frame.index.name = "step"
+            return frame
         raise UserError(
             f"{self.run_dir} holds no logged scalars (no TensorBoard event files, no metrics.csv: it ran with logger=none); "
             "train with logger=tensorboard (the default) or logger=csv to keep a history."

@@ -75,10 +75,22 @@ def with_spread(mean: float, half: float) -> str:
     in scientific notation where a mean near zero would print as zeros (4.40e-14 ± 3.1e-15)."""
     exponent = math.floor(math.log10(half))
     decimals = max(0, 1 - exponent)
-    if not math.isfinite(mean) or decimals <= 10 or abs(mean) >= 1e-3:
+    if not math.isfinite(mean) or decimals <= 6 or abs(mean) >= 1e-3:
         return f"{mean:.{decimals}f} ± {half:.{decimals}f}"
     top = math.floor(math.log10(abs(mean))) if mean else exponent
     return f"{mean:.{max(1, top - exponent + 1)}e} ± {half:.1e}"
+
+
+def float32_steps(a: float, b: float) -> int:
+    """How many float32 values lie from a to b: metrics are logged as float32, so values a few
+    steps apart differ by rounding, not by training."""
+    import struct
+
+    def ordered(x: float) -> int:
+        bits = struct.unpack("<i", struct.pack("<f", x))[0]
+        return bits if bits >= 0 else -(bits & 0x7FFFFFFF)
+
+    return abs(ordered(a) - ordered(b))
 
 
 def telling_apart(values: list[float], least: int = 6) -> list[str]:
@@ -210,6 +222,9 @@ def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[
     p = welch_p(a, b) if len(a) >= 2 and len(b) >= 2 else math.nan
     if stats[0]["mean"] == stats[1]["mean"]:
         head = f"{one} and {other} tie (equal means)"
+    elif math.isnan(p) and float32_steps(stats[0]["mean"], stats[1]["mean"]) <= 4:
+        steps = float32_steps(stats[0]["mean"], stats[1]["mean"])
+        head = f"{one} and {other} end within float32 rounding of each other ({plural(steps, 'float32 step')} apart)"
     elif math.isnan(p):
         head = f"{one} comes out ahead of {other}"
     elif p < 0.05:

@@ -363,7 +363,10 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
     for k, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, k + 1)
         paths = sorted(groups[name], key=lambda t: (t.get("lr") or 0, t.get("seed") or 0))
-        repeated = Counter(t.get("lr") for t in paths)
+        # what tells a panel's paths apart besides the learning rate: another setting swept
+        # (the line's name past its optimizer), then the seed
+        settings = {str(t.get("others") or "").removeprefix(name).strip() for t in paths}
+        repeated = Counter((t.get("lr"), str(t.get("others"))) for t in paths)
         by_lr = lr_colours([t.get("lr") for t in paths], [t.get("others") for t in paths])
         ax.contour(
             grid_w,
@@ -380,7 +383,9 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
             end = len(w) if inside.all() else int(np.argmin(inside)) + 1
             w, b = np.clip(w[:end], *w_lim), np.clip(b[:end], *b_lim)
             label = f"lr={t['lr']:g}" if t.get("lr") is not None else t["name"]
-            if repeated[t.get("lr")] > 1 and t.get("seed") is not None:  # seeds of one rate
+            if len(settings) > 1 and isinstance(t.get("others"), str):
+                label += f", {t['others'].removeprefix(name).strip() or name}"
+            if repeated[(t.get("lr"), str(t.get("others")))] > 1 and t.get("seed") is not None:
                 label += f", seed {t['seed']}"
             diverged = t["status"] == "diverged"
             ax.plot(

@@ -187,7 +187,7 @@ def main(cfg: DictConfig) -> None:
         f"Suggested learning rate: {result['suggestion']:.3g} (where the loss falls fastest, of {len(result['lr'])} steps "
         f"from {result['lr'][0]:.2g} to {result['lr'][-1]:.2g})\n"
         f"  train with it: {result['command']}\n"
-        f"  curve: {info.run_dir}/lr_find.png; tensorboard --logdir {info.run_dir}"
+        f"  curve: {info.run_dir}/lr_find.png; tensorboard --logdir {shlex.quote(str(info.run_dir))}"
     )
 
 

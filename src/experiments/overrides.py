@@ -180,12 +180,21 @@ def several_values(given: str, overrides: list[str], config_name: str) -> str:
         message = config_error(error, job, config_name)
         if message is not None:
             return message
-    return f"{given} gives {key_of(given)} several values: add -m to run a job for each, or {one_value(given)}."
+    advice = one_value(given)
+    what = "values" if advice else "options"
+    return f"{given} gives {key_of(given)} several {what}: add -m to run a job for each" + (
+        f", or {advice}." if advice else "."
+    )
 
 
-def one_value(override: str) -> str:
-    """How a value list becomes one value: `write a list as k=[a,b] or quote a string as k='a,b'`."""
+def one_value(override: str) -> str | None:
+    """How a value list becomes one value: `write a list as k=[a,b] or quote a string as
+    k='a,b'`; None for a config group, whose options are never one value."""
+    from experiments.config import CONF_DIR
+
     key, _, values = override.partition("=")
+    if (CONF_DIR / key_of(override)).is_dir():
+        return None
     return f"write a list as {key}=[{values}] or quote a string as {key}='{values}'"
 
 

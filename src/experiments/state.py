@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -241,7 +242,7 @@ def summary_text(result: dict[str, Any]) -> str:
     run_dir = Path(result["run_dir"])
     shown = run_dir.relative_to(Path.cwd()) if run_dir.is_relative_to(Path.cwd()) else run_dir
     lines.append(f"  run dir: {shown}")
-    lines.append(f"  tensorboard --logdir {shown}")
+    lines.append(f"  tensorboard --logdir {shlex.quote(str(shown))}")
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import math
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,24 +201,15 @@ def printed_configurations(configs: list[dict[str, Any]]) -> tuple[list[str], li
 
 
 def printed_column(cells: list[dict[str, float | None] | None]) -> list[str]:
-    """One metric's column of printed_configurations."""
+    """One metric's column of printed_configurations: a mean without a spread to as many digits
+    as tell it apart from every other mean in the column."""
     spreads = {
         i: with_spread(s["mean"], s["ci95_high"] - s["mean"])
         for i, s in enumerate(cells)
         if s and has_spread(s["std"]) and has_spread(s["ci95_high"] - s["mean"])
     }
-    decimals = [len(t.split(" ± ")[0].partition(".")[2]) for t in spreads.values() if "e" not in t]
-    bare = [i for i, s in enumerate(cells) if s and i not in spreads]
-    means = [cells[i]["mean"] for i in bare]
-    least = max(
-        [6]
-        + [
-            max(decimals) + math.floor(math.log10(abs(m))) + 1
-            for m in means
-            if decimals and m and math.isfinite(m)
-        ]
-    )
-    texts = dict(zip(bare, telling_apart(means, least)))
+    present = [i for i, s in enumerate(cells) if s]
+    texts = dict(zip(present, telling_apart([cells[i]["mean"] for i in present])))
     shown = []
     for i, stats in enumerate(cells):
         if not stats:
@@ -411,27 +403,38 @@ def learning_curves(
     return curves
 
 
-def scalars(run_dir: Path, tags: list[str]) -> dict[str, dict[int, float]]:
-    """The run's logged values of `tags`, step -> value (the last written where a resumed run
-    logged a step twice), read by TensorBoard's own reader."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def scalars(run_dir: Path, tags: list[str] | None = None) -> dict[str, dict[int, float]]:
+    """The run's logged values of `tags` (None: every tag), step -> value, the last written where a
+    resumed run logged a step twice: from its TensorBoard event files, read by TensorBoard's own
+    reader, or under logger=csv from its metrics.csv (Lightning's CSVLogger writes a row per
+    logging call, so one step's values may be spread over several rows)."""
+    if any(run_dir.glob("events.out.tfevents.*")):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    if not any(run_dir.glob("events.out.tfevents.*")):
-        return {}
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    reader_log = logging.getLogger("tensorboard")  # "No path found after ..." for each run
-    level = reader_log.level
-    reader_log.setLevel(logging.WARNING)
-    try:
-        events.Reload()
-    finally:
-        reader_log.setLevel(level)
-    present = set(events.Tags()["scalars"])
-    return {
-        tag: {event.step: event.value for event in events.Scalars(tag)}
-        for tag in tags
-        if tag in present
-    }
+        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        reader_log = logging.getLogger("tensorboard")  # "No path found after ..." for each run
+        level = reader_log.level
+        reader_log.setLevel(logging.WARNING)
+        try:
+            events.Reload()
+        finally:
+            reader_log.setLevel(level)
+        return {
+            tag: {event.step: event.value for event in events.Scalars(tag)}
+            for tag in events.Tags()["scalars"]
+            if tags is None or tag in tags
+        }
+    found: dict[str, dict[int, float]] = {}
+    if (run_dir / "metrics.csv").is_file():
+        with (run_dir / "metrics.csv").open(newline="") as logged:
+            for row in csv.DictReader(logged):
+                if not row.get("step"):
+                    continue
+                step = int(float(row.pop("step")))
+                for tag, value in row.items():
+                    if value not in ("", None) and (tags is None or tag in tags):
+                        found.setdefault(tag, {})[step] = float(value)
+    return found
 
 
 def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict[str, Any]) -> None:
@@ -554,5 +557,5 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
         f"{', comparison.md' if report.plan is not None else ''}; "
         f"pictures: {', '.join(images) or 'none'}"
     )
-    print(f"tensorboard --logdir {sweep_dir}")
+    print(f"tensorboard --logdir {shlex.quote(str(sweep_dir))}")
     return counts

@@ -33,7 +33,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
-from experiments.comparison import PLAN, optimizer_of
+from experiments.comparison import PLAN, optimizer_of, plural
 from experiments.config import UserError
 from hydra_plugins.experiments_plugins.grid_sweeper import GridSweeper, composed, grid
 
@@ -165,7 +165,7 @@ class CompareSweeper(GridSweeper):
         stage_two = [[*point, seed] for point in chosen.values() for seed in seeds]
         new = [job for job in stage_two if job not in stage_one]
         log.info(
-            f"sweep=compare, stage 2: the best point of {len(chosen)} optimizer(s) x {len(seeds)} seeds = "
+            f"sweep=compare, stage 2: the best point of {len(chosen)} optimizer(s) x {plural(len(seeds), 'seed')} = "
             f"{len(stage_two)} jobs, {len(stage_two) - len(new)} of them from stage 1"
         )
         returns += self.launch_all(new, first_num=len(stage_one))
