@@ -359,20 +359,14 @@ def test_a_comparison_of_one_optimizer_says_there_is_nothing_to_compare(tmp_path
     )
 
 
-def test_the_paths_of_seeds_of_one_learning_rate_are_told_apart_by_seed():
+def trajectory(**fields) -> dict:
+    """A finished job's path as paths_figure takes it, over three points of a line."""
     path = {"x": [0.0, 1.0, 2.0], "y": [1.0, 3.0, 5.0], "w": [0.0, 1.0], "b": [0.0, 0.5]}
-    trajectories = [
-        {
-            **path,
-            "name": f"job{s}",
-            "optimizer": "adam",
-            "lr": 0.1,
-            "seed": s,
-            "others": "adam",
-            "status": "finished",
-        }
-        for s in range(3)
-    ]
+    return {**path, "optimizer": "adam", "lr": 0.1, "seed": 0, "status": "finished", **fields}
+
+
+def test_the_paths_of_seeds_of_one_learning_rate_are_told_apart_by_seed():
+    trajectories = [trajectory(name=f"job{s}", seed=s, others="adam") for s in range(3)]
     labels = [t.get_text() for t in paths_figure(trajectories).axes[0].get_legend().get_texts()]
     assert labels == ["lr=0.1, seed 0", "lr=0.1, seed 1", "lr=0.1, seed 2"]
     alone = paths_figure(trajectories[:1]).axes[0].get_legend().get_texts()
@@ -542,17 +536,8 @@ def test_a_sweep_logged_to_csv_has_its_curves_and_a_pasteable_tensorboard_line(
 
 
 def test_paths_of_a_panel_name_the_other_setting_swept():
-    path = {"x": [0.0, 1.0, 2.0], "y": [1.0, 3.0, 5.0], "w": [0.0, 1.0], "b": [0.0, 0.5]}
     trajectories = [
-        {
-            **path,
-            "name": f"job{k}",
-            "optimizer": "adam",
-            "lr": 0.1,
-            "seed": 0,
-            "status": "finished",
-            "others": f"adam scheduler={schedule}",
-        }
+        trajectory(name=f"job{k}", others=f"adam scheduler={schedule}")
         for k, schedule in enumerate(["cosine", "none"])
     ]
     labels = [t.get_text() for t in paths_figure(trajectories).axes[0].get_legend().get_texts()]

@@ -57,6 +57,11 @@ def lr_colours(lrs: Sequence[float | None], others: Sequence[Any]) -> tuple[list
         or len(set(others)) > 1
     ):
         return None
+    return lr_scale(lrs)
+
+
+def lr_scale(lrs: Sequence[float]) -> tuple[list, Any]:
+    """Each learning rate's colour on one log scale, and the scale for a colorbar."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
@@ -262,7 +267,7 @@ def curves_figure(configs: list[dict[str, Any]], tags: Sequence[str]) -> Figure:
     colorbar. `configs`: name and, per tag, the finished seeds' mean, low and high at common
     steps and the diverged seeds' own points."""
     rows = lr_rows(configs)
-    by_lr = lr_colours([c.get("lr") for c in configs], [""] * len(configs)) if rows else None
+    by_lr = lr_scale([c["lr"] for c in configs]) if rows else None
     groups = rows or [list(range(len(configs)))]
     colours = by_lr[0] if by_lr else line_colours(len(configs))
     legend = (
