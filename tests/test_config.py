@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -44,18 +47,17 @@ def test_every_experiment_composes_and_builds(experiment: str, tmp_path: Path, m
 @pytest.mark.parametrize(
     "overrides, sweeper",
     [
-        # Hydra's basic sweeper's place, for every -m
+        # this app's default for every -m (conf/hydra_plugins/experiments_plugins.yaml)
+        ([], "hydra_plugins.experiments_plugins.grid_sweeper.GridSweeper"),
+        # Hydra's own, asked for by name: ours is registered under a name of its own
+        (["hydra/sweeper=basic"], "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"),
         (
-            [],
-            "experiments_plugins.grid_sweeper.GridSweeper",
+            ["hydra/sweeper=optuna"],
+            "hydra_plugins.experiments_plugins.optuna_sweeper.OptunaSweeper",
         ),
-        (["hydra/sweeper=basic"], "experiments_plugins.grid_sweeper.GridSweeper"),
-        (["hydra/sweeper=optuna"], "experiments_plugins.optuna_sweeper.OptunaSweeper"),
-        # a preset's override /hydra/sweeper wins
-        (
-            ["sweep=optuna_lr"],
-            "experiments_plugins.optuna_sweeper.OptunaSweeper",
-        ),
+        # a preset's override /hydra/sweeper wins over the app's default
+        (["sweep=optuna_lr"], "hydra_plugins.experiments_plugins.optuna_sweeper.OptunaSweeper"),
+        (["sweep=compare"], "hydra_plugins.experiments_plugins.compare_sweeper.CompareSweeper"),
     ],
 )
 def test_the_sweeper_composes_without_hydras_schema_warning(
@@ -67,7 +69,7 @@ def test_the_sweeper_composes_without_hydras_schema_warning(
         # Hydra warns when a config file shadows one of its own schemas
         warnings.simplefilter("error")
         cfg = compose_train(overrides, tmp_path)
-    assert cfg.hydra.sweeper._target_ == f"hydra_plugins.{sweeper}"
+    assert cfg.hydra.sweeper._target_ == sweeper
 
 
 def test_default_experiment_is_linear_regression_on_synthetic_data(tmp_path: Path):
@@ -75,6 +77,31 @@ def test_default_experiment_is_linear_regression_on_synthetic_data(tmp_path: Pat
     assert cfg.data._target_.endswith("SyntheticLineDataModule")
     assert cfg.model._target_.endswith("LinearRegression")
     assert cfg.hydra.job.chdir is False
+
+
+def test_another_hydra_app_in_the_environment_keeps_hydras_own_basic_sweeper(tmp_path: Path):
+    """Installing this package changes nothing for a foreign Hydra app: Hydra still scans our
+    plugins in its process, and its -m still runs Hydra's own BasicSweeper."""
+    app = tmp_path / "app.py"
+    app.write_text(
+        textwrap.dedent("""\
+        import hydra
+        hydra.main(version_base="1.3", config_path=None)(lambda cfg: print("job", cfg.x))()
+        """)
+    )
+    shown = subprocess.run(
+        [sys.executable, str(app), "--cfg", "hydra", "--package", "hydra.sweeper"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert "_target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper" in shown.stdout
+    swept = subprocess.run(
+        [sys.executable, str(app), "-m", "+x=1,2"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    assert "job 1" in swept.stdout and "job 2" in swept.stdout
+    assert sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if p.is_dir()) == ["0", "1"]
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)

@@ -126,7 +126,7 @@ def test_the_wheel_carries_its_configs_and_trains_from_anywhere(tmp_path: Path):
         timeout=300,
     )
     assert built.returncode == 0, built.stderr[-2000:]
-    wheel = next((tmp_path / "dist").glob("experiments-*.whl"))
+    wheel = next((tmp_path / "dist").glob("lightning_hydra_experiments-*.whl"))
     site = tmp_path / "site"
     installed = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
@@ -142,9 +142,10 @@ def test_the_wheel_carries_its_configs_and_trains_from_anywhere(tmp_path: Path):
         "experiments_plugins/grid_sweeper.py",
         "experiments_plugins/optuna_sweeper.py",
         "experiments_plugins/vectorized_launcher.py",
-        "hydra_optuna_sweeper/optuna_sweeper.py",
     ]
     assert all((site / "hydra_plugins" / p).is_file() for p in plugins)
+    # nothing at another distribution's package path (the official Optuna plugin's)
+    assert sorted(p.name for p in (site / "hydra_plugins").iterdir()) == ["experiments_plugins"]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site), "CI": "true"}

@@ -18,6 +18,24 @@ from experiments.rundir import RESUME_ONE_RUN, claim_run_dir, claim_sweep_dir
 
 # The run and sweep directories this process claimed, newest last: experiments.api returns them.
 CLAIMED: list[Path] = []
+# lightning-hydra-template's search configs name the official hydra-optuna-sweeper plugin's class.
+# That plugin needs Optuna < 3; where it is not installed, this package's sweeper, which takes its
+# keys, answers to the name (nothing of ours sits at that plugin's package path).
+OFFICIAL_OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+OUR_OPTUNA = "hydra_plugins.experiments_plugins.optuna_sweeper.OptunaSweeper"
+
+
+def answer_for_official_optuna(config: DictConfig) -> None:
+    """hydra.sweeper._target_ naming the official Optuna plugin, not installed, names ours instead."""
+    import importlib.util
+
+    from omegaconf import read_write
+
+    if config.hydra.sweeper.get("_target_") != OFFICIAL_OPTUNA:
+        return
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        with read_write(config.hydra.sweeper):
+            config.hydra.sweeper._target_ = OUR_OPTUNA
 
 
 def check_launcher(config: DictConfig) -> None:
@@ -25,6 +43,7 @@ def check_launcher(config: DictConfig) -> None:
     writes anything."""
     if config.get("resume"):
         raise UserError(RESUME_ONE_RUN)
+    answer_for_official_optuna(config)
     check_preset_sweeper(config)
     if str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper"):
         from hydra_plugins.experiments_plugins.optuna_sweeper import check_settings

@@ -10,7 +10,7 @@ stage-2 configurations (experiments.summary: comparison.md, the table and one se
 top two).
 
 A seed must change something for a spread to mean anything: where the model starts from fixed
-values (`model.init_weight` and `model.init_bias` of the thermometer's seed 002), the comparison
+values (`model.init_weight` and `model.init_bias` of the thermometer's tutorial 002), the comparison
 starts each seed from the model's random initialisation instead, and says so
 (`random_start: false` keeps the fixed start).
 

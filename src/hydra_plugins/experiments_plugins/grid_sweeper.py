@@ -1,6 +1,6 @@
-"""hydra/sweeper=basic, the default: what Hydra's own basic sweeper does, a grid over comma-separated
-values handed to the launcher in batches, except that jobs whose directory already holds a final
-result are not launched again.
+"""hydra/sweeper=grid, this app's default for -m (conf/hydra/sweeper/grid.yaml): what Hydra's own
+basic sweeper does, a grid over comma-separated values handed to the launcher in batches, except
+that jobs whose directory already holds a final result are not launched again.
 
 Run the same sweep again into its directory (`hydra.sweep.dir=<that sweep>`) and only what is left
 runs: a finished or diverged job keeps its directory untouched, an interrupted one resumes from its
@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.plugins import Plugins
@@ -35,19 +34,6 @@ from experiments.state import FINAL
 log = logging.getLogger(__name__)
 
 
-CONFIG = {
-    "_target_": "hydra_plugins.experiments_plugins.grid_sweeper.GridSweeper",
-    "max_batch_size": None,  # jobs handed to the launcher at a time; None: all of them
-    "params": None,  # key: comma-separated values, as the sweep presets (conf/sweep/) set them
-}
-# Under the name of Hydra's own basic sweeper, so every -m run gets this one while a config's
-# `override /hydra/sweeper: optuna` (as lightning-hydra-template writes it) still picks another: a
-# primary config's own override of hydra/sweeper would win over it. Hydra scans its core plugins,
-# which store its basic sweeper, before the hydra_plugins package, so this entry replaces that one
-# (tests/test_config.py checks that the default sweeper is this one).
-ConfigStore.instance().store(
-    group="hydra/sweeper", name="basic", node=CONFIG, provider="experiments"
-)
 # Each job's composed config, kept for the launcher: a sweep would otherwise compose every job
 # three times (to check it, to find its directory, to run it). Emptied when a sweeper starts: a
 # second sweep in one process (experiments.api) composes anew.
@@ -166,7 +152,7 @@ def grid(overrides: list[Any]) -> list[list[str]]:
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
                 raise HydraException(
-                    f"hydra/sweeper=basic takes lists of values; {key} is a {override.value_type.name} (hydra/sweeper=optuna searches ranges)."
+                    f"hydra/sweeper=grid takes lists of values; {key} is a {override.value_type.name} (hydra/sweeper=optuna searches ranges)."
                 )
             axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:
