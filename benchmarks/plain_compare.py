@@ -3,7 +3,7 @@ learning rate of the grid with seed 0, stage 2 fits each optimizer's best learni
 stage-1 validation value) with seeds 1 to N-1. Every fit starts from torch's random initialisation
 drawn from its seed, as the package's comparison does.
 
-  thermometer: seed 002's 11 readings (input scaled by 0.1), full batch, 5000 epochs, 5 optimizers,
+  thermometer: tutorial 002's 11 readings (input scaled by 0.1), full batch, 5000 epochs, 5 optimizers,
       a 13-point log grid of learning rates from 1e-4 to 1, 10 seeds; the validation value is the
       loss on all readings every 500 epochs, its best kept.
   mnist ROOT [--fashion]: the 784-28-10 MLP on (Fashion-)MNIST from preloaded tensors (55k/5k split drawn by

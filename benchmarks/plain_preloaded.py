@@ -1,4 +1,4 @@
-"""The seed's MNIST loop over tensors decoded once: the same 784-28-10 net, Adam 1e-3, batch 128,
+"""The tutorial's MNIST loop over tensors decoded once: the same 784-28-10 net, Adam 1e-3, batch 128,
 but each batch is a slice of a seeded permutation of a preloaded tensor, no per-sample transforms.
 
 It trains on the same 55k/5k split of the 60k training images as the package does, so their

@@ -1,4 +1,4 @@
-"""The 15-job sweep in plain PyTorch: seed 002's thermometer fit (all 11 readings, input scaled by
+"""The 15-job sweep in plain PyTorch: tutorial 002's thermometer fit (all 11 readings, input scaled by
 0.1, full batch, from w = 1, b = 0, 5000 epochs) with SGD, SGD with momentum 0.9, AdaGrad,
 RMSProp and Adam at learning rates 1e-3, 1e-2 and 1e-1, one after another. A fit whose loss stops
 being finite is stopped, as the package does.

@@ -1,4 +1,4 @@
-"""Seed 002's thermometer fit in plain PyTorch: t_c = w * (0.1 * t_u) + b on all 11 readings,
+"""Tutorial 002's thermometer fit in plain PyTorch: t_c = w * (0.1 * t_u) + b on all 11 readings,
 full-batch SGD with lr 1e-2 from w = 1, b = 0, for 5000 epochs; then the loss of the fit.
 
 Usage: python benchmarks/plain_thermometer.py [--epochs 5000] [--device cuda]. Prints one JSON line.

@@ -9,8 +9,8 @@ machine hits them alike. The tables (medians over the repetitions, with ratios a
 targets) go to benchmarks/RESULTS.md and benchmarks/results.json, or --out. --quick runs tiny
 sizes once (the smoke test of this script). With a GPU, cases 1 to 3 also run on it.
 
-  1. MNIST-style data, the seed's 784-28-10 MLP, Adam 1e-3, batch 128, 2 epochs: the package,
-     the seed's own loop (benchmarks/seed_loop.py) and a loop over preloaded tensors
+  1. MNIST-style data, the tutorial's 784-28-10 MLP, Adam 1e-3, batch 128, 2 epochs: the package,
+     the tutorial's own loop (benchmarks/tutorial_loop.py) and a loop over preloaded tensors
      (benchmarks/plain_preloaded.py).
   2. The thermometer fit, 5000 full-batch SGD epochs: the package and benchmarks/plain_thermometer.py.
   3. 15 thermometer fits (5 optimizers x 3 learning rates): the package's multirun, one job after
@@ -172,8 +172,8 @@ def cases(
                 "package",
             ),
             Variant(
-                "seed loop",
-                [PY, str(HERE / "seed_loop.py"), str(torchvision_root), *flag, *plain_device],
+                "tutorial loop",
+                [PY, str(HERE / "tutorial_loop.py"), str(torchvision_root), *flag, *plain_device],
                 "json",
             ),
             Variant(
@@ -391,9 +391,9 @@ def measured(results: dict[str, list[dict]]) -> list[dict]:
         # a variant left out (--skip) measures nothing: its targets are left out
         by_name = defaultdict(lambda: missing, {v["variant"]: v for v in variants})
         if case.startswith("1 "):
-            package, seed, preloaded = (
+            package, tutorial, preloaded = (
                 by_name["package"],
-                by_name["seed loop"],
+                by_name["tutorial loop"],
                 by_name["preloaded loop"],
             )
             rows.append(
@@ -408,21 +408,21 @@ def measured(results: dict[str, list[dict]]) -> list[dict]:
             rows.append(
                 {
                     "case": case,
-                    "target": "end to end >= 3x faster than the seed's loop",
-                    "value": ratio(seed["wall_s"], package["wall_s"]),
+                    "target": "end to end >= 3x faster than the tutorial's loop",
+                    "value": ratio(tutorial["wall_s"], package["wall_s"]),
                     "limit": 3.0,
                     "better": "higher",
                 }
             )
             gap = (
                 None
-                if package["test_acc"] is None or seed["test_acc"] is None
-                else abs(package["test_acc"] - seed["test_acc"]) * 100
+                if package["test_acc"] is None or tutorial["test_acc"] is None
+                else abs(package["test_acc"] - tutorial["test_acc"]) * 100
             )
             rows.append(
                 {
                     "case": case,
-                    "target": "test accuracy within 0.5 points of the seed's loop",
+                    "target": "test accuracy within 0.5 points of the tutorial's loop",
                     "value": gap,
                     "limit": 0.5,
                     "better": "lower",

@@ -45,7 +45,7 @@ def test_the_readmes_python_example_trains_twice_under_a_kernels_argv_with_the_g
     code = readme_python()
     first, rest = code.split("longer = ", 1)
     exec(first, names)
-    # seed 002's fit, as the example's comments say
+    # tutorial 002's fit, as the example's comments say
     assert names["run"].status == "finished"
     assert names["run"].parameters["weight"] == pytest.approx(5.367, abs=5e-4)
     assert names["run"].parameters["bias"] == pytest.approx(-17.30, abs=5e-3)
@@ -196,7 +196,7 @@ def test_sweep_returns_the_command_lines_tables_and_load_reads_what_it_wrote(
 
 
 def test_every_notebook_runs_in_a_real_jupyter_kernel(tmp_path: Path):
-    """The notebooks retell the seeds: the thermometer by hand and by train (seed 002's w and b),
+    """The notebooks retell the tutorials: the thermometer by hand and by train (tutorial 002's w and b),
     an optimizer comparison with seeds, the MNIST MLP (on a small set of IDX files here)."""
     import nbformat
     from nbclient import NotebookClient

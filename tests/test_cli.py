@@ -27,7 +27,9 @@ def test_thermometer_ends_at_the_seeds_fit(thermometer_run):
     assert metrics["status"] == "finished" and metrics["epochs"] == 5000
     assert metrics["parameters"]["weight"] == pytest.approx(5.367, abs=0.01)
     assert metrics["parameters"]["bias"] == pytest.approx(-17.30, abs=0.05)
-    assert metrics["monitor"]["best"] == pytest.approx(2.9276, abs=1e-3)  # the seed's final loss
+    assert metrics["monitor"]["best"] == pytest.approx(
+        2.9276, abs=1e-3
+    )  # the tutorial's final loss
 
 
 def test_a_run_directory_holds_config_events_checkpoints_and_metrics(thermometer_run):

@@ -1,4 +1,4 @@
-"""Models: shapes, the seed's analytic gradient, plain-data hyperparameters."""
+"""Models: shapes, the tutorial's analytic gradient, plain-data hyperparameters."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_mlp_rejects_a_bad_hidden_list():
 
 
 def test_autograd_gradient_of_the_thermometer_loss_is_the_seeds_analytic_one():
-    """dL/dw = mean(2 (t_p - t_c) t_u), dL/db = mean(2 (t_p - t_c)), as seed 002 derives by hand."""
+    """dL/dw = mean(2 (t_p - t_c) t_u), dL/db = mean(2 (t_p - t_c)), as tutorial 002 derives by hand."""
     t_u = 0.1 * torch.tensor(T_U).unsqueeze(1)
     t_c = torch.tensor(T_C).unsqueeze(1)
     model = LinearRegression(init_weight=1.0, init_bias=0.0)
@@ -55,7 +55,7 @@ def test_autograd_gradient_of_the_thermometer_loss_is_the_seeds_analytic_one():
         (2 * (t_p - t_c) * t_u).mean().item(), rel=1e-6
     )
     assert model.linear.bias.grad.item() == pytest.approx((2 * (t_p - t_c)).mean().item(), rel=1e-6)
-    # the seed's first gradient
+    # the tutorial's first gradient
     assert model.linear.weight.grad.item() == pytest.approx(-77.6140, rel=1e-4)
 
 

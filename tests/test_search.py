@@ -1,5 +1,5 @@
 """Finding a good learning rate: Bayesian search on current Optuna (hydra/sweeper=optuna), Lightning's
-learning-rate range test (experiments.lr_find) and seed 002's gradient check (experiments.gradcheck)."""
+learning-rate range test (experiments.lr_find) and tutorial 002's gradient check (experiments.gradcheck)."""
 
 from __future__ import annotations
 
@@ -372,7 +372,7 @@ def test_the_line_gradient_matches_the_seeds_hand_derived_one_and_finite_differe
     result = check_gradient(model, next(iter(datamodule.train_dataloader())))
     rows = {r["coordinate"]: r for r in result["rows"]}
     assert set(rows) == {"linear.weight[0, 0]", "linear.bias[0]"}
-    # the seed's first gradient
+    # the tutorial's first gradient
     assert rows["linear.weight[0, 0]"]["autograd"] == pytest.approx(-77.6140, rel=1e-4)
     assert all(r["analytic"] == pytest.approx(r["autograd"], rel=1e-12) for r in rows.values())
     assert result["largest_relative_difference"] < 1e-6

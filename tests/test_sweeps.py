@@ -409,7 +409,7 @@ def test_sweep_pictures_are_written(optimizer_sweep):
 def test_each_job_records_its_parameter_path(optimizer_sweep):
     sweep, _ = optimizer_sweep
     trajectory = json.loads((job_dirs(sweep)[0] / "trajectory.json").read_text())
-    assert trajectory["w"][0] == 1.0 and trajectory["b"][0] == 0.0  # the seed's start
+    assert trajectory["w"][0] == 1.0 and trajectory["b"][0] == 0.0  # the tutorial's start
     assert trajectory["steps"][-1] == 300 and len(trajectory["steps"]) <= 501
     assert len(trajectory["x"]) == len(trajectory["y"]) == 11
 

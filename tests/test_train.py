@@ -92,7 +92,7 @@ def test_seed_zero_is_applied_and_reproducible(tmp_path: Path):
 
 
 def test_sgd_on_raw_thermometer_readings_diverges_and_is_reported(tmp_path: Path):
-    """Seed 002: lr 1e-2 on unscaled t_u blows up; the run stops and says so."""
+    """Tutorial 002: lr 1e-2 on unscaled t_u blows up; the run stops and says so."""
     result = train_in_process(["experiment=thermometer", "data.input_scale=null"], tmp_path)
     assert result["status"] == "diverged"
     assert "train loss became" in result["reason"]
@@ -153,7 +153,7 @@ def test_gradient_clipping_from_the_trainer_config_limits_each_step(tmp_path: Pa
         ],
         tmp_path / "clipped",
     )
-    # each step moves w and b by at most lr * 0.5 = 0.05 from the seed's start w = 1, b = 0
+    # each step moves w and b by at most lr * 0.5 = 0.05 from the tutorial's start w = 1, b = 0
     assert abs(clipped["parameters"]["weight"] - 1.0) <= 3 * 0.05 + 1e-6
     assert abs(clipped["parameters"]["bias"]) <= 3 * 0.05 + 1e-6
     free = train_in_process(

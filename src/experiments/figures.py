@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 def fit_line_figure(
     x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_line: np.ndarray, title: str = ""
 ) -> Figure:
-    """The data and the fitted line, as seed 000 plots y_true against y_pred."""
+    """The data and the fitted line, as tutorial 000 plots y_true against y_pred."""
     fig = Figure(figsize=(5, 3.6), dpi=100)
     ax = fig.add_subplot()
     ax.scatter(x, y, s=12, label="data")

@@ -1,8 +1,8 @@
-"""Check the gradient: `python -m experiments.gradcheck experiment=...`, seed 002's first lesson.
+"""Check the gradient: `python -m experiments.gradcheck experiment=...`, tutorial 002's first lesson.
 
 At the model's initial weights and on the first training batch, autograd's gradient of the loss
 against the central finite difference (L(w + h) - L(w - h)) / 2h, in float64 as
-torch.autograd.gradcheck takes it, and for a line against the derivative seed 002 works out by
+torch.autograd.gradcheck takes it, and for a line against the derivative tutorial 002 works out by
 hand: dL/dw = mean(2 (w x + b - t) x), dL/db = mean(2 (w x + b - t)). Every coordinate of a small
 model is compared, a seeded sample of a larger one's. A relative difference above
 `gradcheck.tolerance` exits with 1.

@@ -224,7 +224,7 @@ class TensorDataModule(pl.LightningDataModule):
 
 
 def seeded_split(n: int, n_val: int, n_test: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Train, val and test indices from one seeded permutation (the seed's randperm split)."""
+    """Train, val and test indices from one seeded permutation (the tutorial's randperm split)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_train = n - n_val - n_test
     return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]

@@ -1,4 +1,4 @@
-"""Points on a known line, y = weight * x + bias + noise: seed 000's y = 3x + 0.8 and seed 001's y = 2x + 1."""
+"""Points on a known line, y = weight * x + bias + noise: tutorial 000's y = 3x + 0.8 and tutorial 001's y = 2x + 1."""
 
 from __future__ import annotations
 
@@ -52,9 +52,9 @@ class SyntheticLineDataModule(TensorDataModule):
     def load_splits(self) -> dict[str, Split]:
         h = self.hparams
         generator = torch.Generator().manual_seed(self.seed)
-        if h.x_grid:  # evenly spaced, as seed 001's x = 0, 1, ..., 10
+        if h.x_grid:  # evenly spaced, as tutorial 001's x = 0, 1, ..., 10
             x = torch.linspace(h.x_min, h.x_max, h.n_samples).unsqueeze(1)
-        else:  # uniform, as seed 000's torch.rand([500, 1])
+        else:  # uniform, as tutorial 000's torch.rand([500, 1])
             x = h.x_min + (h.x_max - h.x_min) * torch.rand(h.n_samples, 1, generator=generator)
         y = h.weight * x + h.bias + h.noise * torch.randn(h.n_samples, 1, generator=generator)
         train, val, test = seeded_split(h.n_samples, self.n_val, self.n_test, self.seed)

@@ -1,4 +1,4 @@
-"""Seed 002's thermometer: 11 readings in unknown units (t_u) against the Celsius values (t_c)."""
+"""Tutorial 002's thermometer: 11 readings in unknown units (t_u) against the Celsius values (t_c)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ T_U = [35.7, 55.9, 58.2, 81.9, 56.3, 48.9, 33.9, 21.8, 48.4, 60.4, 68.4]
 class ThermometerDataModule(TensorDataModule):
     """Inputs are t_u * input_scale, targets t_c.
 
-    With `fit_all_readings` the model is fitted to all 11 readings, as the seed's 5000-epoch loop
+    With `fit_all_readings` the model is fitted to all 11 readings, as the tutorial's 5000-epoch loop
     does, and validation and test score that fit on the same readings. Otherwise a seeded
-    n_val = int(val_fraction * 11) readings are held out, as in the seed's split, and serve as both
+    n_val = int(val_fraction * 11) readings are held out, as in the tutorial's split, and serve as both
     validation and test set (11 readings leave no room for a third set).
     """
 

@@ -39,7 +39,7 @@ class ExperimentModule(speedups.FastHookNames, pl.LightningModule):
       - optionally `fitted_parameters()`: plain numbers the summary and metrics.json show (a line
         of one weight and one bias also draws its path in the sweep's paths.png).
 
-    The training step is the seeds' loop body (loss of a batch); Lightning's automatic optimization
+    The training step is the tutorials' loop body (loss of a batch); Lightning's automatic optimization
     does zero_grad, backward and step, and with them gradient clipping, accumulation and the
     learning-rate schedule as the Trainer's settings and `scheduler` ask.
 

@@ -28,7 +28,7 @@ class LinearRegression(ExperimentModule):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.linear = nn.Linear(math.prod(input_shape), num_outputs)
-        # The seeds start from w = 1, b = 0; null keeps PyTorch's random initialisation.
+        # The tutorials start from w = 1, b = 0; null keeps PyTorch's random initialisation.
         if init_weight is not None:
             nn.init.constant_(self.linear.weight, init_weight)
         if init_bias is not None:

@@ -1,6 +1,6 @@
 """A multilayer perceptron for 28x28 images: flatten, hidden Linear+ReLU layers, 10 logits.
 
-The default hidden=[28] is the seed's 784-28-10 MnistNet.
+The default hidden=[28] is the tutorial's 784-28-10 MnistNet.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Seed 000's plain PyTorch MNIST loop, as written there: torchvision dataset with per-sample
+"""Tutorial 000's plain PyTorch MNIST loop, as written there: torchvision dataset with per-sample
 ToTensor and Normalize, DataLoader(batch_size=128, shuffle=True), the 784-28-10 MnistNet, Adam 1e-3.
 
-Usage: python benchmarks/seed_loop.py ROOT [--fashion] [--epochs 2]
+Usage: python benchmarks/tutorial_loop.py ROOT [--fashion] [--epochs 2]
 ROOT holds the four IDX files in torchvision's layout (ROOT/MNIST/raw/ or ROOT/FashionMNIST/raw/).
 Prints one JSON line: per-epoch train seconds, test accuracy, total seconds.
 """
