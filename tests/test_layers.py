@@ -161,3 +161,15 @@ def test_the_tutorial_models_hold_no_population_code():
         assert not any(
             word in text for word in ("replica", "stacked", "population", "path_points")
         ), name
+
+
+def test_metrics_json_is_named_by_one_module_and_read_by_one_function():
+    """A run's record is read by experiments.state.read_record (final_status on top of it) and
+    written by write_record: no other module spells its file name."""
+    spelled = [
+        module_name(path)
+        for path in SRC.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value == "metrics.json"
+    ]
+    assert spelled == ["experiments.state"]

@@ -20,7 +20,6 @@ as they were afterwards.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import re
@@ -224,7 +223,9 @@ def sweep(
 def load(path: str | os.PathLike[str]) -> Run | Sweep:
     """A run or a sweep directory that the command line (or this module) wrote."""
     folder = Path(path)
-    if (folder / "metrics.json").is_file():
+    from experiments.state import METRICS
+
+    if (folder / METRICS).is_file():
         return Run(folder)
     if (folder / "multirun.yaml").is_file():
         return Sweep(folder)
@@ -251,7 +252,14 @@ class Run:
     @property
     def record(self) -> dict[str, Any]:
         """metrics.json, read afresh."""
-        return json.loads((self.run_dir / "metrics.json").read_text())
+        from experiments.state import read_record
+
+        record = read_record(self.run_dir)
+        if record is None:
+            raise UserError(
+                f"{self.run_dir} holds no readable metrics.json: the run never started here, or was deleted."
+            )
+        return record
 
     @property
     def status(self) -> str:
@@ -339,7 +347,9 @@ class Sweep:
 
     @property
     def runs(self) -> list[Run]:
-        return [Run(p.parent) for p in sorted(self.sweep_dir.glob("*/metrics.json"))]
+        from experiments.state import METRICS
+
+        return [Run(p.parent) for p in sorted(self.sweep_dir.glob(f"*/{METRICS}"))]
 
     def frame(self, which: str) -> Any:
         """A table of the sweep read from its jobs' files now, as its CSV file holds it once the

@@ -5,13 +5,13 @@ ends with, read from its plan (compare.json, which hydra/sweeper=compare writes)
 from __future__ import annotations
 
 import functools
-import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
 from experiments.overrides import key_of
+from experiments.state import read_json, write_json
 
 PLAN = "compare.json"  # a comparison's two stages, written by its sweeper when stage 2 is chosen
 
@@ -110,10 +110,16 @@ def plural(n: int, word: str) -> str:
 
 def read_plan(sweep_dir: Path) -> dict[str, Any] | None:
     """A comparison's plan as its sweeper wrote it; None for any other sweep."""
-    try:
-        return json.loads((sweep_dir / PLAN).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(sweep_dir / PLAN)
+
+
+def write_plan(sweep_dir: Path, plan: dict[str, Any] | None) -> None:
+    """The sweeper's plan, once stage 2 is chosen: stage 1's points and means, the chosen point per
+    optimizer, stage 2's jobs and seeds. None removes an earlier run's plan."""
+    if plan is None:
+        (sweep_dir / PLAN).unlink(missing_ok=True)
+    else:
+        write_json(sweep_dir / PLAN, plan)
 
 
 def tuned_keys(plan: dict[str, Any]) -> set[str]:

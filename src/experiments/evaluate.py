@@ -29,9 +29,9 @@ def find_checkpoint(run: str, which: str) -> Path:
             candidate = path / "checkpoints" / f"{name}.ckpt"
             if candidate.is_file():
                 return candidate
-        from experiments.state import read_json
+        from experiments.state import read_record
 
-        record = read_json(path / "metrics.json") or {}
+        record = read_record(path) or {}
         if record.get("status") in ("diverged", "failed", "interrupted", "pruned"):
             raise UserError(
                 f"run={run} {record['status']} before it wrote a checkpoint ({record.get('reason')}), so there are no weights to test."

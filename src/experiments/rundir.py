@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from experiments.config import UserError
+from experiments.state import METRICS
 
 OWNER_VARIABLE = "EXPERIMENTS_OWNED_DIRS"  # directories this process's parent already owns
 _held: dict[str, int] = {}  # directory -> descriptor holding its lock, open until the process ends
@@ -26,7 +27,7 @@ _held: dict[str, int] = {}  # directory -> descriptor holding its lock, open unt
 
 def run_traces(folder: Path) -> list[str]:
     """What in `folder` shows that a run already lives there."""
-    traces = ["metrics.json", ".hydra/overrides.yaml", "checkpoints"]
+    traces = [METRICS, ".hydra/overrides.yaml", "checkpoints"]
     return [t for t in traces if (folder / t).exists()] + [
         p.name for p in folder.glob("events.out.tfevents.*")
     ][:1]
@@ -124,7 +125,7 @@ def check_continuation(cfg: DictConfig, run_dir: Path) -> None:
     that would make it another run, and a continuation with nothing left to train."""
     from omegaconf import OmegaConf
 
-    from experiments.state import read_json
+    from experiments.state import read_record
 
     saved = flat(
         OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
@@ -151,7 +152,7 @@ def check_continuation(cfg: DictConfig, run_dir: Path) -> None:
             f"resume={run_dir} with trainer.max_epochs={now.get('trainer.max_epochs')} cannot continue its schedule, laid out over its "
             f"{saved.get('trainer.max_epochs')} epochs ({key}); train a new run with trainer.max_epochs={now.get('trainer.max_epochs')} instead."
         )
-    record = read_json(run_dir / "metrics.json") or {}
+    record = read_record(run_dir) or {}
     if record.get("status") == "diverged":
         raise UserError(
             f"resume={run_dir} diverged ({record.get('reason')}); continuing it would diverge again: start a new run with other settings."

@@ -23,6 +23,8 @@ STATUSES = ("running", "finished", "pruned", "interrupted", "diverged", "failed"
 # How a run ended for good: a sweep run again leaves it alone. An interrupted run continues from
 # its last.ckpt and a failed one runs again.
 FINAL = ("finished", "diverged", "pruned")
+# Each run's record (RunState.write): its status, results and settings. read_record is its one reader.
+METRICS = "metrics.json"
 
 
 def exit_code(status: str, reason: str | None = None) -> int:
@@ -201,12 +203,12 @@ class RunState:
 
     def write(self) -> dict[str, Any]:
         result = self.result()
-        write_json(self.run_dir / "metrics.json", result)
+        write_record(self.run_dir, result)
         return result
 
     def resume_history(self) -> None:
         """Carry on the record of the run being resumed: its metric history and earlier wall time."""
-        earlier = read_json(self.run_dir / "metrics.json") or {}
+        earlier = read_record(self.run_dir) or {}
         self.metrics = {
             k: MetricRecord.from_json(v) for k, v in (earlier.get("metrics") or {}).items()
         }
@@ -273,6 +275,22 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """What a run directory's metrics.json says; None where it has none (or an unreadable one)."""
+    return read_json(run_dir / METRICS)
+
+
+def final_status(run_dir: Path) -> str | None:
+    """The status of a run that ended for good (finished, diverged, pruned): a sweep run again
+    leaves it alone. None for a run still to train (interrupted, failed, never started)."""
+    status = (read_record(run_dir) or {}).get("status")
+    return status if status in FINAL else None
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    write_json(run_dir / METRICS, record)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

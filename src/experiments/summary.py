@@ -38,6 +38,7 @@ from experiments.comparison import (
     with_spread,
 )
 from experiments.overrides import key_of
+from experiments.state import METRICS, read_record
 
 # the sweep's own TensorBoard run (HParams experiment, pictures); hidden, as .hydra is, so that
 # every visible folder of a sweep is a job
@@ -49,8 +50,10 @@ STATUS_ORDER = {"finished": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "fa
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job that left a metrics.json, best first, then diverged and failed ones."""
     rows = []
-    for path in sweep_dir.glob("**/metrics.json"):
-        metrics = json.loads(path.read_text())
+    for path in sweep_dir.glob(f"**/{METRICS}"):
+        metrics = read_record(path.parent)
+        if metrics is None:  # a job writing its first record right now
+            continue
         monitor = metrics.get("monitor") or {}
         hparams = metrics.get("hparams") or {}
         val_loss = (metrics.get("metrics") or {}).get("val/loss") or {}

@@ -8,7 +8,6 @@ training starts, so `--help` and `--cfg job` answer without loading them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -23,7 +22,16 @@ from experiments.cli import one_sentence, run_cli
 from experiments.config import CONF_DIR, UserError, mistake
 from experiments.overrides import disk_full
 from experiments.rundir import RESUME_ONE_RUN, check_continuation, own
-from experiments.state import FINAL, RunInfo, exit_code, failure_record, summary_text, write_json
+from experiments.state import (
+    METRICS,
+    RunInfo,
+    exit_code,
+    failure_record,
+    final_status,
+    read_record,
+    summary_text,
+    write_record,
+)
 
 log = logging.getLogger("experiments")
 
@@ -41,9 +49,8 @@ def rank_zero() -> bool:
 def record_failure(info: RunInfo, reason: str) -> None:
     """metrics.json for a sweep job that failed before its run could record itself."""
     try:
-        write_json(
-            info.run_dir / "metrics.json",
-            failure_record(info.run_dir, reason, info.choices, info.overrides),
+        write_record(
+            info.run_dir, failure_record(info.run_dir, reason, info.choices, info.overrides)
         )
     except OSError as error:
         log.error("could not record the failure in %s: %s", info.run_dir, error)
@@ -60,9 +67,7 @@ def starts_script_processes(cfg: DictConfig) -> bool:
 def resumable_job(run_dir: Path) -> bool:
     """A sweep job run again in its directory (a requeue after preemption, or a rerun of the sweep)
     that stopped before it ended for good and left a checkpoint."""
-    metrics = run_dir / "metrics.json"
-    ended = metrics.is_file() and json.loads(metrics.read_text()).get("status") in FINAL
-    return (run_dir / "checkpoints" / "last.ckpt").is_file() and not ended
+    return (run_dir / "checkpoints" / "last.ckpt").is_file() and not final_status(run_dir)
 
 
 def run_job_in_own_process(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -91,12 +96,12 @@ def run_job_in_own_process(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | N
     done = subprocess.run(
         [sys.executable, "-m", "experiments.train", *command, "hydra.mode=RUN"], cwd=os.getcwd()
     )
-    metrics = run_dir / "metrics.json"
-    if not metrics.is_file():
+    record = read_record(run_dir)
+    if record is None:
         raise RuntimeError(
             f"the job's own process exited with {done.returncode} before recording a result"
         )
-    return json.loads(metrics.read_text())
+    return record
 
 
 def run_job(cfg: DictConfig, info: RunInfo) -> tuple[dict[str, Any] | None, bool]:
@@ -130,7 +135,7 @@ def run_job(cfg: DictConfig, info: RunInfo) -> tuple[dict[str, Any] | None, bool
             record_failure(info, str(error))
         else:
             log.exception("job failed: %s", error)  # the traceback goes to the job's train.log
-            if not (info.run_dir / "metrics.json").is_file():
+            if not (info.run_dir / METRICS).is_file():
                 record_failure(info, f"{type(error).__name__}: {error}")
         return None, False
 

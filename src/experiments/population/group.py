@@ -105,7 +105,7 @@ def train_group(
     job's arithmetic is its single run's (experiments.population.stacked)."""
     from experiments.config import check_values
     from experiments.quiet import quiet_lightning
-    from experiments.state import failure_record, write_json
+    from experiments.state import failure_record, write_record
 
     refused: dict[int, dict[str, Any]] = {}
 
@@ -114,7 +114,7 @@ def train_group(
         job = jobs[k]
         sys.stderr.write(mistake(error) + "\n")
         refused[k] = failure_record(job.run_dir, str(error), job.info.choices, job.info.overrides)
-        write_json(job.run_dir / "metrics.json", refused[k])
+        write_record(job.run_dir, refused[k])
 
     for k, job in enumerate(jobs):
         try:

@@ -22,7 +22,6 @@ stage 1's files.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -33,18 +32,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
-from experiments.comparison import PLAN, optimizer_of, plural
+from experiments.comparison import optimizer_of, plural, write_plan
 from experiments.config import UserError
+from experiments.state import read_record
 from hydra_plugins.experiments_plugins.grid_sweeper import GridSweeper, composed, grid
 
 log = logging.getLogger(__name__)
-
-
-def job_record(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def stage_one_means(
@@ -143,7 +136,7 @@ class CompareSweeper(GridSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         # an earlier run's plan would describe this one if it stopped before writing its own
-        (sweep_dir / PLAN).unlink(missing_ok=True)
+        write_plan(sweep_dir, None)
         if fixed:
             log.info(
                 f"sweep=compare starts each seed from the model's random initialisation ({' '.join(fixed)}): "
@@ -155,7 +148,7 @@ class CompareSweeper(GridSweeper):
         returns = self.launch_all(stage_one)
         records = {
             tuple(point): [
-                job_record(self.job_dir([*point, seed], 0)) for seed in search
+                read_record(self.job_dir([*point, seed], 0)) for seed in search
             ]  # the name does not depend on the number
             for point in points
         }
@@ -169,19 +162,17 @@ class CompareSweeper(GridSweeper):
             f"{len(stage_two)} jobs, {len(stage_two) - len(new)} of them from stage 1"
         )
         returns += self.launch_all(new, first_num=len(stage_one))
-        (sweep_dir / PLAN).write_text(
-            json.dumps(
-                {
-                    "stage1": [
-                        {"overrides": list(point), "mean": means[tuple(point)]} for point in points
-                    ],
-                    "stage1_jobs": names,
-                    "chosen": {name: list(point) for name, point in chosen.items()},
-                    "stage2": [self.job_dir(job, 0).name for job in stage_two],
-                    "seeds": [int(s.split("=")[1]) for s in seeds],
-                },
-                indent=2,
-            )
+        write_plan(
+            sweep_dir,
+            {
+                "stage1": [
+                    {"overrides": list(point), "mean": means[tuple(point)]} for point in points
+                ],
+                "stage1_jobs": names,
+                "chosen": {name: list(point) for name, point in chosen.items()},
+                "stage2": [self.job_dir(job, 0).name for job in stage_two],
+                "seeds": [int(s.split("=")[1]) for s in seeds],
+            },
         )
         return returns
 

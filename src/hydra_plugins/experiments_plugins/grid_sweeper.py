@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from experiments.config import CONF_DIR, UserError
-from experiments.state import FINAL
+from experiments.state import final_status
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +157,6 @@ def grid(overrides: list[Any]) -> list[list[str]]:
         else:
             axes.append([f"{key}={override.get_value_element_as_str()}"])
     return [list(job) for job in itertools.product(*axes)]
-
-
-def final_status(folder: Path) -> str | None:
-    try:
-        status = json.loads((folder / "metrics.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-    return status if status in FINAL else None
 
 
 class GridSweeper(Sweeper):

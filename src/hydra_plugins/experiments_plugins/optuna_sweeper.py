@@ -23,7 +23,6 @@ and Optuna's optimisation history and parameter importances as PNGs.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import math
 import warnings
@@ -483,10 +482,9 @@ class OptunaSweeper(Sweeper):
         Study.optimize Optuna raises as a RuntimeError after recording the trial."""
         from optuna.trial import TrialState
 
-        try:
-            record = json.loads((job_dir / "metrics.json").read_text())
-        except (OSError, ValueError):
-            record = {"status": "failed"}
+        from experiments.state import read_record
+
+        record = read_record(job_dir) or {"status": "failed"}
         best = objective_value(record, metric, which)
         try:
             if record.get("status") == "finished" and best is not None and math.isfinite(best):

@@ -27,7 +27,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from experiments.state import FINAL
+from experiments.state import final_status
 from hydra_plugins.experiments_plugins.grid_sweeper import composed
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class VectorizedLauncher(Launcher):
         from experiments.population.group import Job, train_group
         from experiments.rundir import discard, own
         from experiments.search import job_trial
-        from experiments.state import RunInfo, exit_code, failure_record, summary_text, write_json
+        from experiments.state import RunInfo, exit_code, failure_record, summary_text, write_record
 
         # one update rule per class
         members = sorted(members, key=lambda i: str(configs[i].optimizer._target_))
@@ -211,7 +211,7 @@ class VectorizedLauncher(Launcher):
                 outcomes.append(
                     failure_record(job.run_dir, reason, job.info.choices, job.info.overrides)
                 )
-                write_json(job.run_dir / "metrics.json", outcomes[-1])
+                write_record(job.run_dir, outcomes[-1])
         else:
             for job, outcome in zip(jobs, outcomes):
                 if outcome is not None:  # each job's summary in its own log, as a single run's
@@ -276,15 +276,10 @@ def task_config(config: DictConfig) -> DictConfig:
 
 def resume_step(config: DictConfig) -> int | None:
     """The step a job continues from: it stopped before finishing and left its last.ckpt."""
-    import json
 
     run_dir = Path(str(config.hydra.runtime.output_dir))
     last = run_dir / "checkpoints" / "last.ckpt"
-    try:
-        status = json.loads((run_dir / "metrics.json").read_text()).get("status")
-    except (OSError, ValueError):
-        status = None
-    if not last.is_file() or status in FINAL:
+    if not last.is_file() or final_status(run_dir):
         return None
     import torch
 
