@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import UserError
+from experiments.config import UserError, check_positive_int
 from experiments.signals import hand_sigterm_to_lightning
 
 # Keys of a `scheduler` option that are Lightning's (how to step it), not the torch scheduler's.
@@ -132,18 +132,15 @@ def build_scheduler_config(cfg: DictConfig, directions: dict[str, bool]) -> dict
     interval = stepping.get("interval", "epoch")
     if interval not in ("epoch", "step"):
         raise UserError(f"scheduler.interval must be epoch or step, got {interval!r}.")
-    frequency = stepping.get("frequency", 1)
-    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-        raise UserError(
-            f"scheduler.frequency must be a positive integer (the schedule steps every that many {interval}s), got {frequency!r}."
-        )
+    check_positive_int(
+        "scheduler.frequency",
+        stepping.get("frequency", 1),
+        f" (the schedule steps every that many {interval}s)",
+    )
     # StepLR's and CosineAnnealingLR's periods, in steps of the schedule
     for key in ("step_size", "T_max"):
-        value = node.get(key)
-        if key in node and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UserError(
-                f"scheduler.{key} must be a positive integer (a number of {interval}s), got {value!r}."
-            )
+        if key in node:
+            check_positive_int(f"scheduler.{key}", node.get(key), f" (a number of {interval}s)")
     monitor = stepping.get("monitor")
     if monitor is not None:  # what ReduceLROnPlateau watches
         check_monitored("scheduler.monitor", monitor, directions)

@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,11 +28,30 @@ def mistake(error: BaseException | str) -> str:
     return f"error: {error}"
 
 
+def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as dotted keys: {"optimizer": {"lr": 0.1}} -> {"optimizer.lr": 0.1}."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def positive_int(value: Any) -> bool:
+    """1, 2, 3, ...: not 0, not a float, not a bool (True is an int to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_positive_int(key: str, value: Any, meaning: str = "", allowed: tuple = ()) -> None:
+    """`key` holds a positive integer (or one of `allowed`, which `meaning` then explains)."""
+    if value not in allowed and not positive_int(value):
+        raise UserError(f"{key} must be a positive integer{meaning}, got {value!r}.")
+
+
 def check_batch_size(key: str, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise UserError(
-            f"{key} must be a positive integer or null (the whole split as one batch), got {value!r}."
-        )
+    check_positive_int(key, value, " or null (the whole split as one batch)", allowed=(None,))
 
 
 def check_fraction(key: str, value: float) -> None:
@@ -69,29 +89,16 @@ def check_values(
                 f"{override} adds a key nothing here reads; the config's keys are {top} (a Trainer argument goes in as +trainer.NAME=VALUE)."
             )
     check_positive("optimizer.lr", cfg.optimizer.get("lr"))
-    epochs = cfg.trainer.get("max_epochs")
-    if epochs is not None and (
-        isinstance(epochs, bool) or not isinstance(epochs, int) or (epochs < 1 and epochs != -1)
-    ):
-        raise UserError(
-            f"trainer.max_epochs must be a positive integer (or -1 to train until stopped), got {epochs!r}."
-        )
-    accumulate = cfg.trainer.get("accumulate_grad_batches")
-    if accumulate is not None and (
-        isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1
-    ):
-        raise UserError(
-            f"trainer.accumulate_grad_batches must be a positive integer, got {accumulate!r}."
-        )
-    for key in ("check_val_every_n_epoch", "log_every_n_steps"):
-        value = cfg.trainer.get(key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise UserError(f"trainer.{key} must be a positive integer, got {value!r}.")
+    check_positive_int(
+        "trainer.max_epochs",
+        cfg.trainer.get("max_epochs"),
+        " (or -1 to train until stopped)",
+        allowed=(None, -1),
+    )
+    for key in ("accumulate_grad_batches", "check_val_every_n_epoch", "log_every_n_steps"):
+        check_positive_int(f"trainer.{key}", cfg.trainer.get(key), allowed=(None,))
     nodes = cfg.trainer.get("num_nodes", 1)
-    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
-        raise UserError(f"trainer.num_nodes must be a positive integer, got {nodes!r}.")
+    check_positive_int("trainer.num_nodes", nodes)
     if nodes > 1 and not any(
         v in os.environ for v in ("MASTER_ADDR", "SLURM_NTASKS", "WORLD_SIZE")
     ):

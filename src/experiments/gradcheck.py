@@ -144,14 +144,12 @@ def print_report(result: dict[str, Any], tolerance: float) -> None:
 
 def gradient_check_of(cfg: DictConfig) -> dict[str, Any]:
     """The check for the configured experiment: its model at its initial weights, its first batch."""
-    from experiments.config import check_positive
+    from experiments.config import check_positive, check_positive_int
     from experiments.quiet import quiet_lightning
 
     check_positive("gradcheck.eps", cfg.gradcheck.eps)
     check_positive("gradcheck.tolerance", cfg.gradcheck.tolerance)
-    coordinates = cfg.gradcheck.coordinates
-    if isinstance(coordinates, bool) or not isinstance(coordinates, int) or coordinates < 1:
-        raise UserError(f"gradcheck.coordinates must be a positive integer, got {coordinates!r}.")
+    check_positive_int("gradcheck.coordinates", cfg.gradcheck.coordinates)
     quiet_lightning()
     import lightning.pytorch as pl
 
@@ -161,7 +159,7 @@ def gradient_check_of(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model = build(cfg)
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
-    return check_gradient(model, batch, cfg.gradcheck.eps, coordinates, cfg.seed)
+    return check_gradient(model, batch, cfg.gradcheck.eps, cfg.gradcheck.coordinates, cfg.seed)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="gradcheck")

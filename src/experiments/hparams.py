@@ -8,7 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import CONF_DIR
+from experiments.config import CONF_DIR, flatten
+from experiments.overrides import key_of
 
 # TensorBoard's session status for each run status (api_pb2.Status names; it has none for "stopped early").
 SESSION_STATUS = {
@@ -49,16 +50,6 @@ def group_settings(group: str) -> dict[str, Any]:
     return keys
 
 
-def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def flat_hparams(
     cfg: DictConfig, choices: dict[str, str], overrides: list[str], batch_size: int
 ) -> dict[str, Any]:
@@ -92,7 +83,7 @@ def flat_hparams(
                 if not key.split(".")[-1].startswith("_"):
                     params[f"{group}.{key}"] = plain(value)
     for override in overrides:
-        key = override.lstrip("+~").partition("=")[0]
+        key = key_of(override)
         if (
             key not in params
             and key.split("/")[0] not in choices

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from experiments.config import UserError
+from experiments.config import UserError, flatten
 from experiments.state import METRICS
 
 OWNER_VARIABLE = "EXPERIMENTS_OWNED_DIRS"  # directories this process's parent already owns
@@ -112,14 +112,6 @@ RESUME_MAY_CHANGE = (
 RESUME_IGNORED = ("resume", "ckpt_path", "run_dir", "fail_fast", "optimized_metric")
 
 
-def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        return {
-            k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()
-        }
-    return {prefix.rstrip("."): node}
-
-
 def check_continuation(cfg: DictConfig, run_dir: Path) -> None:
     """resume= continues a run as it was configured: refuse, before anything is written, a change
     that would make it another run, and a continuation with nothing left to train."""
@@ -127,10 +119,10 @@ def check_continuation(cfg: DictConfig, run_dir: Path) -> None:
 
     from experiments.state import read_record
 
-    saved = flat(
+    saved = flatten(
         OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
     )
-    now = flat(OmegaConf.to_container(cfg, resolve=False))
+    now = flatten(OmegaConf.to_container(cfg, resolve=False))
     changed = sorted(
         k
         for k in set(saved) | set(now)

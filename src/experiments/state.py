@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments.overrides import key_of
+
 STATUSES = ("running", "finished", "pruned", "interrupted", "diverged", "failed")
 # How a run ended for good: a sweep run again leaves it alone. An interrupted run continues from
 # its last.ckpt and a failed one runs again.
@@ -102,7 +104,7 @@ class RunInfo:
             overrides=[
                 o
                 for o in hydra_cfg.overrides.task
-                if not o.lstrip("+~").startswith(("hydra", "resume="))
+                if not key_of(o).startswith("hydra") and key_of(o) != "resume"
             ],
             multirun=hydra_cfg.mode == RunMode.MULTIRUN,
             resumed=resumed,
@@ -293,15 +295,25 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> None:
     write_json(run_dir / METRICS, record)
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically: a reader never sees half a file, a crash never leaves one."""
+def write_atomically(path: Path, data: str | bytes, sync: bool = False) -> None:
+    """Write a file whole or not at all: a reader never sees half of it, a crash never leaves
+    half of it. It goes to `.NAME.PID.tmp` beside it (flushed to disk with sync=True), then is
+    renamed over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        with tmp.open("wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomically(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def failure_record(

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from experiments.cli import one_sentence, run_cli
 from experiments.config import CONF_DIR, UserError, mistake
-from experiments.overrides import disk_full
+from experiments.overrides import disk_full, key_of
 from experiments.rundir import RESUME_ONE_RUN, check_continuation, own
 from experiments.state import (
     METRICS,
@@ -86,7 +86,8 @@ def run_job_in_own_process(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | N
         overrides = [
             o
             for o in HydraConfig.get().overrides.task
-            if not o.lstrip("+~").startswith(("sweep=", "hydra.", "hydra/", "fail_fast="))
+            if key_of(o) not in ("sweep", "fail_fast")
+            and not key_of(o).startswith(("hydra.", "hydra/"))
         ]
         command = [
             *overrides,

@@ -23,6 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from experiments.callbacks.interruption import Interruption
 from experiments.config import UserError
+from experiments.state import write_atomically
 
 
 class BestAndLastCheckpoint(Interruption, LightningModelCheckpoint):
@@ -125,18 +126,8 @@ def save_atomically(checkpoint: dict[str, Any] | bytes, path: str | Path) -> Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            if isinstance(checkpoint, bytes):
-                f.write(checkpoint)
-            else:
-                torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    data = checkpoint if isinstance(checkpoint, bytes) else serialized(checkpoint)
+    write_atomically(path, data, sync=True)
 
 
 def serialized(checkpoint: dict[str, Any]) -> bytes:

@@ -23,18 +23,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from experiments.models.base import Diverged
-from experiments.state import RunState
+from experiments.state import RunState, write_atomically
 
 
 def write_resolved_config(path: Path, config: dict[str, Any]) -> None:
     """The config with every interpolation resolved, beside the composed one in .hydra/."""
-    import os
-
     from omegaconf import OmegaConf
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
-    os.replace(tmp, path)
+    write_atomically(path, OmegaConf.to_yaml(OmegaConf.create(config)))
 
 
 class MetricHistory(Logger):

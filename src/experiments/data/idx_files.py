@@ -13,13 +13,13 @@ import contextlib
 import gzip
 import hashlib
 import io
-import os
 import struct
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from experiments.config import UserError
+from experiments.state import write_atomically
 
 if TYPE_CHECKING:
     import numpy as np
@@ -118,11 +118,8 @@ def prepare(root: Path, folder_name: str, cache_dir: Path) -> Path:
     contents = {k: read_bytes(path) for k, path in found.items()}
     check_pairs({k: (found[k], contents[k]) for k in FILES})
     try:
-        raw.mkdir(parents=True, exist_ok=True)
         for k, data in contents.items():
-            tmp = raw / f".{FILES[k]}.{os.getpid()}.tmp"
-            tmp.write_bytes(data)
-            os.replace(tmp, raw / FILES[k])  # a concurrent run never sees half a file
+            write_atomically(raw / FILES[k], data)  # a concurrent run never sees half a file
     except OSError as error:
         raise UserError(
             f"data.cache_dir={cache_dir} cannot be written ({error.strerror}); the gzipped files are unpacked there once: pass data.cache_dir=<a writable folder>."

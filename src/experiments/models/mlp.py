@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from experiments.config import UserError
+from experiments.config import UserError, positive_int
 from experiments.models.base import ExperimentModule, OptimizerFactory
 
 
@@ -30,7 +30,7 @@ class MLPClassifier(ExperimentModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: dict[str, Any] | None = None,
     ):
-        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+        if not all(positive_int(h) for h in hidden):
             raise UserError(
                 f"model.hidden must be a list of positive layer widths such as [28] or [128, 64], got {list(hidden)!r}."
             )

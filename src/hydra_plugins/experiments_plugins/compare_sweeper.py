@@ -33,7 +33,8 @@ from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
 from experiments.comparison import optimizer_of, plural, write_plan
-from experiments.config import UserError
+from experiments.config import UserError, check_positive_int
+from experiments.overrides import key_of
 from experiments.state import read_record
 from hydra_plugins.experiments_plugins.grid_sweeper import GridSweeper, composed, grid
 
@@ -75,9 +76,7 @@ class CompareSweeper(GridSweeper):
                 f"hydra.sweeper.random_start must be true (start each seed from the model's random initialisation) or false (keep the configured start), got {self.random_start!r}."
             )
         for key in ("search_seeds", "seeds"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"hydra.sweeper.{key} must be a positive integer, got {value!r}.")
+            check_positive_int(f"hydra.sweeper.{key}", getattr(self, key))
         if self.search_seeds > self.seeds:
             raise UserError(
                 f"hydra.sweeper.search_seeds={self.search_seeds} is more than hydra.sweeper.seeds={self.seeds}; stage 2 reruns stage 1's best point with at least as many seeds."
@@ -92,7 +91,7 @@ class CompareSweeper(GridSweeper):
                 "sweep=compare has no grid to search: sweep the optimizer and its learning rate, as optimizer=sgd,adam optimizer.lr=1e-3,1e-2,1e-1."
             )
         for override in parsed:
-            key = override.get_key_element().lstrip("+~")
+            key = key_of(override.input_line)
             tuned = key in ("optimizer", "scheduler") or key.startswith(
                 ("optimizer.", "scheduler.")
             )

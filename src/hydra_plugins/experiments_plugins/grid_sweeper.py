@@ -27,7 +27,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from experiments.config import CONF_DIR, UserError
+from experiments.config import CONF_DIR, check_positive_int
 from experiments.state import final_status
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,12 @@ class GridSweeper(Sweeper):
         )
 
     def check_max_batch_size(self) -> None:
-        size = self.max_batch_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise UserError(
-                f"hydra.sweeper.max_batch_size must be a positive integer (jobs handed to the launcher at a time) or null (all at once), got {size!r}."
-            )
+        check_positive_int(
+            "hydra.sweeper.max_batch_size",
+            self.max_batch_size,
+            " (jobs handed to the launcher at a time) or null (all at once)",
+            allowed=(None,),
+        )
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         for overrides in batch:

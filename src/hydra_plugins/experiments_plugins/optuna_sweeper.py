@@ -35,6 +35,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.overrides import key_of
+
 log = logging.getLogger(__name__)
 # keys that mean nothing to the best trial run alone
 SWEEP_ONLY = ("sweep", "fail_fast", "trial", "optimized_metric")
@@ -177,13 +179,11 @@ def check_settings(config: DictConfig) -> None:
     from hydra.errors import HydraException, InstantiationException
     from hydra.utils import instantiate
 
-    from experiments.config import UserError
+    from experiments.config import UserError, check_positive_int
     from experiments.overrides import instantiation_error
 
     for key in ("n_trials", "n_jobs"):
-        value = config.hydra.sweeper.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"hydra.sweeper.{key} must be a positive integer, got {value!r}.")
+        check_positive_int(f"hydra.sweeper.{key}", config.hydra.sweeper.get(key))
     sweeper_config = config.hydra.sweeper
     if sweeper_config.get("search_space"):
         raise UserError(
@@ -453,7 +453,7 @@ class OptunaSweeper(Sweeper):
         choices = self.config.hydra.runtime.choices
         alone, search_group = [], False
         for override in fixed:
-            key = override.split("=", 1)[0].lstrip("+~")
+            key = key_of(override)
             if key in SWEEP_ONLY:
                 continue
             alone.append(override)
