@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.config import CONF_DIR
+from experiments.core.config import CONF_DIR
 from experiments.data.idx_files import FILES, write_fake_set
 
 IDX_NAMES = {

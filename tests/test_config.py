@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from conftest import compose_train
 from experiments.build import build
-from experiments.config import CONF_DIR, UserError, check_values
+from experiments.core.config import CONF_DIR, UserError, check_values
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 OPTIMIZERS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))

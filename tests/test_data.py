@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import IDX_NAMES, fake_mnist
-from experiments.config import UserError
+from experiments.core.config import UserError
 from experiments.data.batching import TensorDataModule, TensorLoader
 from experiments.data.idx_files import write_idx
 from experiments.data.mnist import FashionMNISTDataModule, MNISTDataModule

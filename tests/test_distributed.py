@@ -17,7 +17,7 @@ from conftest import (
     terminate_at_epoch,
     train_in_process,
 )
-from experiments.config import gpu_for_job
+from experiments.core.config import gpu_for_job
 from experiments.data.mnist import MNISTDataModule
 from experiments.data.thermometer import ThermometerDataModule
 from experiments.models.linear import LinearRegression

@@ -259,7 +259,7 @@ def test_missing_data_leaves_no_run_and_creates_nothing_in_data_root(tmp_path: P
 
 
 def test_half_the_files_are_named_as_missing(tmp_path: Path):
-    from experiments.config import UserError
+    from experiments.core.config import UserError
     from experiments.data.mnist import MNISTDataModule
 
     root = fake_mnist(tmp_path / "half")

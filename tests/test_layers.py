@@ -12,26 +12,17 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Each module's layer, by name; a package's modules share its layer unless named.
 LAYERS = {
-    # 0: plain code: config, overrides, state, run directories, process-wide settings
+    # 0: the plain core: configs, overrides, a run's record, run directories, a job's bookkeeping
     "experiments": 0,
-    "experiments.config": 0,
-    "experiments.overrides": 0,
-    "experiments.state": 0,
-    "experiments.rundir": 0,
-    "experiments.signals": 0,
-    "experiments.speedups": 0,
-    "experiments.quiet": 0,
-    "experiments.search": 0,
-    # 1: building blocks: data, models, callbacks, loggers, pictures, tables, a population's parts
+    "experiments.core": 0,
+    # 1: building blocks: data, models, callbacks, loggers, reports, a population's parts
     "experiments.data": 1,
     "experiments.models": 1,
     "experiments.callbacks": 1,
     "experiments.build": 1,
     "experiments.hparams": 1,
-    "experiments.figures": 1,
     "experiments.loggers": 1,
-    "experiments.summary": 1,
-    "experiments.comparison": 1,
+    "experiments.report": 1,
     "experiments.population": 1,
     # 2: one fit each, never importing each other
     "experiments.run": 2,
@@ -141,10 +132,10 @@ def test_imports_point_only_down_a_layer_and_close_no_cycle():
 
 def test_the_check_fails_on_an_upward_import_inside_a_function_and_on_a_cycle():
     edges = graph()
-    edges["experiments.state"] = edges["experiments.state"] | {
+    edges["experiments.core.state"] = edges["experiments.core.state"] | {
         "experiments.cli"
     }  # as `def f(): from experiments.cli import run_cli`
-    assert upward(edges) == ["experiments.state (layer 0) imports experiments.cli (layer 3)"]
+    assert upward(edges) == ["experiments.core.state (layer 0) imports experiments.cli (layer 3)"]
     edges = graph()
     edges["experiments.models.base"] = edges["experiments.models.base"] | {"experiments.build"}
     found = cycle(edges)
@@ -164,7 +155,7 @@ def test_the_tutorial_models_hold_no_population_code():
 
 
 def test_metrics_json_is_named_by_one_module_and_read_by_one_function():
-    """A run's record is read by experiments.state.read_record (final_status on top of it) and
+    """A run's record is read by experiments.core.state.read_record (final_status on top of it) and
     written by write_record: no other module spells its file name."""
     spelled = [
         module_name(path)
@@ -172,4 +163,4 @@ def test_metrics_json_is_named_by_one_module_and_read_by_one_function():
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Constant) and node.value == "metrics.json"
     ]
-    assert spelled == ["experiments.state"]
+    assert spelled == ["experiments.core.state"]

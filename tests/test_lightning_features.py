@@ -16,8 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import compose_train, only_run_dir, read_metrics, train_in_process
 from experiments.callbacks.recorder import MetricHistory
+from experiments.core.state import RunInfo, RunState
 from experiments.models.mlp import MLPClassifier
-from experiments.state import RunInfo, RunState
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_the_wheel_carries_its_configs_and_trains_from_anywhere(tmp_path: Path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site), "CI": "true"}
     where = subprocess.run(
-        [sys.executable, "-c", "import experiments.config as c; print(c.CONF_DIR)"],
+        [sys.executable, "-c", "import experiments.core.config as c; print(c.CONF_DIR)"],
         cwd=elsewhere,
         env=env,
         capture_output=True,

@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 
-from experiments.config import UserError
+from experiments.core.config import UserError
 from experiments.data.thermometer import T_C, T_U
 from experiments.models.linear import LinearRegression
 from experiments.models.mlp import MLPClassifier

@@ -15,9 +15,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import cli, compose_train, fake_mnist, only_run_dir, read_metrics
+from experiments.core.search import study_storage
 from experiments.gradcheck import check_gradient
 from experiments.lr_find import steepest_descent
-from experiments.search import study_storage
 
 SHORT = [
     "experiment=thermometer_adam",

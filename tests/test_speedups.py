@@ -1,4 +1,4 @@
-"""The tricks of experiments.speedups still find the internals they rely on, and no other module
+"""The tricks of experiments.core.speedups still find the internals they rely on, and no other module
 of the package reaches into a library's private names."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from experiments import speedups
+from experiments.core import speedups
 from experiments.data.thermometer import ThermometerDataModule
 from experiments.models.linear import LinearRegression
 
@@ -81,7 +81,7 @@ def test_exit_now_still_waits_for_threads_and_runs_exit_hooks(tmp_path: Path):
     script = textwrap.dedent(
         f"""
         import atexit, threading, time
-        from experiments.speedups import exit_now
+        from experiments.core.speedups import exit_now
         def worker():
             time.sleep(0.3)
             open({str(tmp_path / "thread")!r}, "w").write("done")
@@ -130,7 +130,7 @@ def test_lightning_still_sets_the_nvml_check_and_the_package_removes_it_again():
     script = textwrap.dedent(
         f"""
         import os, inspect, torch
-        from experiments import quiet, speedups
+        from experiments.core import quiet, speedups
         import lightning.pytorch
         assert os.environ.get({speedups.NVML_CHECK!r}) == "1", "Lightning no longer sets it"
         quiet.quiet_lightning()

@@ -19,8 +19,9 @@ from tensorboard.backend.event_processing.plugin_event_multiplexer import EventM
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import cli, read_metrics, scalar_history
-from experiments.config import job_dir_name
-from experiments.summary import collect, job_table, shown
+from experiments.core.config import job_dir_name
+from experiments.report.runs import collect
+from experiments.report.tables import job_table, shown
 
 SHORT = ["experiment=thermometer", "trainer.max_epochs=300", "trainer.check_val_every_n_epoch=100"]
 
@@ -155,7 +156,7 @@ def t_density(t: float, df: float):
 
 def welch_p_by_quadrature(a: list[float], b: list[float]) -> float:
     """Welch's two-sided p-value by integrating the t density: another road than the package's
-    incomplete beta function (experiments.comparison.welch_p)."""
+    incomplete beta function (experiments.report.comparison.welch_p)."""
     import mpmath
 
     va, vb = (statistics.variance(x) / len(x) for x in (a, b))
@@ -169,7 +170,7 @@ def test_the_t_quantile_and_welchs_p_value_agree_with_the_t_density():
     of the density and the tables' 4.3027 for 95% with two degrees of freedom."""
     import mpmath
 
-    from experiments.comparison import t_quantile, welch_p
+    from experiments.report.comparison import t_quantile, welch_p
 
     assert t_quantile(0.975, 2) == pytest.approx(T_975_DF2, rel=1e-14)
     for df in (1, 2, 4, 9, 29, 7.3):
@@ -191,8 +192,8 @@ def test_the_t_quantile_and_welchs_p_value_agree_with_the_t_density():
 
 def test_the_verdict_on_seeds_that_ended_identically_is_no_t_test():
     """0.1 three times: a std of 0 (the rounded formula gives 1.7e-17), no t-test, no crash."""
-    from experiments.comparison import verdict
-    from experiments.summary import configurations
+    from experiments.report.comparison import verdict
+    from experiments.report.runs import configurations
 
     rows = [
         {
@@ -267,7 +268,7 @@ def test_seeds_of_a_configuration_are_replicates_with_mean_std_and_t_interval(se
 
 def test_seeds_that_end_identically_are_said_to_instead_of_a_spread_of_zero(tmp_path: Path, capsys):
     """The thermometer's seeds start from w = 1, b = 0 on one fixed batch: its runs end identically."""
-    from experiments.summary import summarize
+    from experiments.report.summary import summarize
 
     for seed in (0, 1):
         job = tmp_path / f"experiment=thermometer,seed={seed}"
@@ -296,8 +297,8 @@ def test_the_pictures_of_a_sweep_with_seeds_plot_the_means_over_seeds(seed_sweep
     """summary.png's lines are the means over seeds of the best val/loss; curves.png's lines the
     means of the seeds' logged curves, as TensorBoard's reader reads them; both are also images of
     the sweep's TensorBoard run."""
-    from experiments.figures import curves_figure, sweep_figure
-    from experiments.summary import configurations, learning_curves
+    from experiments.report.figures import curves_figure, sweep_figure
+    from experiments.report.runs import configurations, learning_curves
 
     sweep, _ = seed_sweep
     rows = collect(sweep)
@@ -338,7 +339,7 @@ def test_many_learning_rates_of_one_optimizer_are_coloured_by_learning_rate_not_
     legend."""
     from matplotlib.colors import to_rgba
 
-    from experiments.figures import curves_figure, paths_figure
+    from experiments.report.figures import curves_figure, paths_figure
 
     def curves(lrs, optimizers, momenta=None):
         return [

@@ -25,10 +25,10 @@ from conftest import (
     train_in_process,
 )
 from experiments import api
-from experiments.config import UserError
+from experiments.core.config import UserError
+from experiments.core.state import RunInfo
 from experiments.evaluate import evaluate
 from experiments.population.group import Job, group_key, train_group
-from experiments.state import RunInfo
 
 SHORT = [
     "experiment=thermometer",

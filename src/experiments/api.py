@@ -20,24 +20,19 @@ as they were afterwards.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import re
-import signal
-import sys
-import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.config import UserError
+from experiments.core.config import UserError
 
 
 def literal(value: Any) -> str:
     """A Python value as one override value: True -> true, None -> null, [1, 2] -> [1,2], and a
     string as it is, quoted where Hydra would read more into it ('/data/a b,c' is one path)."""
-    from experiments.overrides import quote_value
+    from experiments.core.overrides import quote_value
 
     if value is None:
         return "null"
@@ -53,7 +48,7 @@ def literal(value: Any) -> str:
 def arguments(overrides: tuple[str, ...], options: dict[str, Any]) -> list[str]:
     """The command line of overrides and keywords (`optimizer__lr=0.01` is `optimizer.lr=0.01`);
     a key given both ways is refused rather than one of them silently winning."""
-    from experiments.overrides import key_of
+    from experiments.core.overrides import key_of
 
     for override in overrides:
         if not isinstance(override, str):
@@ -74,7 +69,7 @@ def swept(args: list[str]) -> str | None:
     """The first override that gives a key several values (a sweep), as Hydra's parser reads it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from experiments.overrides import overrides_of, quote_paths
+    from experiments.core.overrides import overrides_of, quote_paths
 
     try:  # paths (resume=, ckpt_path=) are one value, as the command line reads them
         parsed = OverridesParser.create().parse_overrides(quote_paths(overrides_of(args)))
@@ -83,94 +78,19 @@ def swept(args: list[str]) -> str | None:
     return next((o.input_line for o in parsed if o.is_sweep_override()), None)
 
 
-class Preserved:
-    """The caller's process as it was: sys.argv, the working directory, every logger's handlers,
-    level and propagation (Hydra configures logging for each run), the warnings filters, the
-    environment (the entry point sets HYDRA_FULL_ERROR, Lightning PL_GLOBAL_SEED, the run's lock
-    EXPERIMENTS_OWNED_DIRS) and the handlers of SIGINT and SIGTERM (a fit installs its own)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self) -> Preserved:
-        self.argv, self.cwd = list(sys.argv), os.getcwd()
-        self.handlers = {signum: signal.getsignal(signum) for signum in self.SIGNALS}
-        self.loggers = {
-            logger: (list(logger.handlers), logger.level, logger.propagate, logger.disabled)
-            for logger in self.all_loggers()
-        }
-        self.filters = list(warnings.filters)
-        self.environ = dict(os.environ)
-        return self
-
-    @staticmethod
-    def all_loggers() -> list[logging.Logger]:
-        found = [logging.getLogger()]
-        found += [
-            logger
-            for logger in logging.root.manager.loggerDict.values()
-            if isinstance(logger, logging.Logger)
-        ]
-        return found
-
-    def __exit__(self, *exc: object) -> None:
-        sys.argv = self.argv
-        os.chdir(self.cwd)
-        for logger in self.all_loggers():
-            handlers, level, propagate, disabled = self.loggers.get(
-                logger, ([], logging.NOTSET, True, False)
-            )
-            for handler in list(logger.handlers):
-                if handler not in handlers:  # a run's train.log, Hydra's console handler
-                    logger.removeHandler(handler)
-                    handler.close()
-            for handler in handlers:
-                if handler not in logger.handlers:
-                    logger.addHandler(handler)
-            logger.setLevel(level)
-            logger.propagate, logger.disabled = propagate, disabled
-        warnings.filters[:] = self.filters
-        if threading.current_thread() is threading.main_thread():  # elsewhere none can change
-            for signum, handler in self.handlers.items():
-                if handler is not None:  # None: set outside Python, which cannot be restored
-                    signal.signal(signum, handler)
-        for key in set(os.environ) - set(self.environ):
-            del os.environ[key]
-        os.environ.update(self.environ)
-
-
 def entry(args: list[str]) -> Path:
     """Run `python -m experiments.train ARGS` in this process; the run or sweep directory. The
     directories it locked are given up when it ends, as the command line's process would."""
     from experiments import hydra_callbacks
-    from experiments.config import mistake
-    from experiments.overrides import config_error, prepare_arguments
-    from experiments.rundir import discard_claimed, holdings, release_since
+    from experiments.cli import in_process
     from experiments.train import main
 
-    earlier = holdings()
-    with Preserved():
-        os.environ["HYDRA_FULL_ERROR"] = "1"
-        sys.argv = ["experiments.train", *prepare_arguments(args)]
-        hydra_callbacks.CLAIMED.clear()
-        try:
-            main()
-        except SystemExit as done:
-            if isinstance(done.code, str):  # a mistake, as the command line prints it
-                discard_claimed()
-                raise UserError(done.code.removeprefix("error: ").strip()) from None
-            if done.code in (130, 143):  # Ctrl-C, SIGTERM: the command line's exit codes
-                raise KeyboardInterrupt from None
-        except (UserError, KeyboardInterrupt):
-            discard_claimed()
-            raise
-        except Exception as error:
-            message = config_error(error, sys.argv[1:], "train")
-            if message is None:
-                raise
-            discard_claimed()
-            raise UserError(mistake(message).removeprefix("error: ").strip()) from None
-        finally:
-            release_since(earlier)
+    hydra_callbacks.CLAIMED.clear()
+    code = in_process(main, "train", args)
+    if isinstance(code, str):  # a mistake, as the command line prints it
+        raise UserError(code.removeprefix("error: ").strip())
+    if code in (130, 143):  # Ctrl-C, SIGTERM: the command line's exit codes
+        raise KeyboardInterrupt
     if not hydra_callbacks.CLAIMED:
         raise UserError(
             f"{' '.join(args)} runs nothing (--help, --cfg and --info print and stop); use the command line for them."
@@ -183,7 +103,7 @@ def train(*overrides: str, **options: Any) -> Run:
     (`optimizer__lr=0.01` is `optimizer.lr=0.01`). Returns the Run, whatever its status; a
     mistake raises experiments.UserError with the command line's sentence."""
     from experiments.cli import asks_for_multirun
-    from experiments.overrides import key_of, one_value
+    from experiments.core.overrides import key_of, one_value
 
     args = arguments(overrides, options)
     if asks_for_multirun(args) or any(
@@ -223,7 +143,7 @@ def sweep(
 def load(path: str | os.PathLike[str]) -> Run | Sweep:
     """A run or a sweep directory that the command line (or this module) wrote."""
     folder = Path(path)
-    from experiments.state import METRICS
+    from experiments.core.state import METRICS
 
     if (folder / METRICS).is_file():
         return Run(folder)
@@ -252,7 +172,7 @@ class Run:
     @property
     def record(self) -> dict[str, Any]:
         """metrics.json, read afresh."""
-        from experiments.state import read_record
+        from experiments.core.state import read_record
 
         record = read_record(self.run_dir)
         if record is None:
@@ -289,7 +209,7 @@ class Run:
         TensorBoard event files, or its metrics.csv with logger=csv."""
         import pandas as pd
 
-        from experiments.summary import scalars
+        from experiments.report.runs import scalars
 
         if logged := scalars(self.run_dir):
             frame = pd.DataFrame(logged).sort_index()
@@ -347,7 +267,7 @@ class Sweep:
 
     @property
     def runs(self) -> list[Run]:
-        from experiments.state import METRICS
+        from experiments.core.state import METRICS
 
         return [Run(p.parent) for p in sorted(self.sweep_dir.glob(f"*/{METRICS}"))]
 
@@ -356,7 +276,8 @@ class Sweep:
         sweep ends: a sweep stopped part way (Ctrl-C) has no CSV files but its jobs' tables."""
         import pandas as pd
 
-        from experiments.summary import configuration_table, csv_text, job_table, read_sweep
+        from experiments.report.runs import read_sweep
+        from experiments.report.tables import configuration_table, csv_text, job_table
 
         report = read_sweep(self.sweep_dir)
         if not report.rows:

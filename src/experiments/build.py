@@ -12,8 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import UserError, check_positive_int
-from experiments.signals import hand_sigterm_to_lightning
+from experiments.core.config import UserError, check_positive_int
+from experiments.core.signals import hand_sigterm_to_lightning
 
 # Keys of a `scheduler` option that are Lightning's (how to step it), not the torch scheduler's.
 LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor", "strict", "name")
@@ -161,7 +161,7 @@ def build(cfg: DictConfig, choices: dict[str, str] | None = None) -> tuple[Any, 
     if choices is None:
         from pathlib import Path
 
-        from experiments.state import RunInfo
+        from experiments.core.state import RunInfo
 
         choices = RunInfo.from_hydra(Path(".")).choices
     datamodule = build_node(cfg.data, "data")
@@ -274,13 +274,37 @@ def check_schedule_length(cfg: DictConfig, model: Any, datamodule: Any) -> None:
         )
 
 
+def start_fit(cfg: DictConfig) -> None:
+    """What a fit does first, a single run's or a population's, once its values are checked:
+    Lightning quietened, the accelerator checked (one sentence if it is missing), the random seed
+    set, before anything random is built."""
+    from experiments.core.quiet import quiet_lightning
+
+    quiet_lightning()
+    import lightning.pytorch as pl
+
+    check_accelerator(cfg.trainer)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def run_parts(
+    cfg: DictConfig, info: Any, datamodule: Any, model: Any, population: dict | None = None
+) -> tuple[Any, list[Any], list[Any]]:
+    """What each run of a fit has, alone or in a population: its state (what metrics.json
+    records), its loggers and its configured callbacks (conf/callbacks/)."""
+    state = new_state(cfg, info, datamodule)
+    state.population = population
+    loggers = run_loggers(cfg, state, model)
+    return state, loggers, instantiate_group(cfg.get("callbacks"), "callbacks")
+
+
 def new_state(cfg: DictConfig, info: Any, datamodule: Any) -> Any:
-    """A run's state (experiments.state.RunState): its resolved config, what picks its best
+    """A run's state (experiments.core.state.RunState): its resolved config, what picks its best
     checkpoint, its HParams row; a resumed run's history carried on."""
     import torch
 
+    from experiments.core.state import RunState
     from experiments.hparams import flat_hparams
-    from experiments.state import RunState
 
     config = {
         k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
@@ -337,7 +361,7 @@ def make_trainer(
 ) -> Any:
     """Lightning's Trainer as `trainer` configures it, with these callbacks, loggers, plugins and
     `settings` (they win over the config's); without a profiler configured, the quiet one."""
-    from experiments import speedups
+    from experiments.core import speedups
 
     if "profiler" not in trainer:
         settings["profiler"] = speedups.quiet_profiler()

@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.cli import one_sentence, run_cli
-from experiments.config import CONF_DIR, UserError
+from experiments.core.config import CONF_DIR, UserError
 
 log = logging.getLogger("experiments")
 
@@ -29,7 +29,7 @@ def find_checkpoint(run: str, which: str) -> Path:
             candidate = path / "checkpoints" / f"{name}.ckpt"
             if candidate.is_file():
                 return candidate
-        from experiments.state import read_record
+        from experiments.core.state import read_record
 
         record = read_record(path) or {}
         if record.get("status") in ("diverged", "failed", "interrupted", "pruned"):
@@ -75,8 +75,8 @@ def evaluate(
     )
     path = find_checkpoint(run, which)
     from experiments.callbacks.checkpoint import read_checkpoint
-    from experiments.quiet import quiet_lightning
-    from experiments.signals import hand_sigterm_to_lightning
+    from experiments.core.quiet import quiet_lightning
+    from experiments.core.signals import hand_sigterm_to_lightning
 
     quiet_lightning()
     import lightning.pytorch as pl

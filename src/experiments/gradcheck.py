@@ -24,7 +24,7 @@ import hydra
 from omegaconf import DictConfig
 
 from experiments.cli import one_sentence, run_cli
-from experiments.config import CONF_DIR, UserError
+from experiments.core.config import CONF_DIR, UserError
 
 log = logging.getLogger("experiments")
 
@@ -144,8 +144,8 @@ def print_report(result: dict[str, Any], tolerance: float) -> None:
 
 def gradient_check_of(cfg: DictConfig) -> dict[str, Any]:
     """The check for the configured experiment: its model at its initial weights, its first batch."""
-    from experiments.config import check_positive, check_positive_int
-    from experiments.quiet import quiet_lightning
+    from experiments.core.config import check_positive, check_positive_int
+    from experiments.core.quiet import quiet_lightning
 
     check_positive("gradcheck.eps", cfg.gradcheck.eps)
     check_positive("gradcheck.tolerance", cfg.gradcheck.tolerance)

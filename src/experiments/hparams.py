@@ -8,8 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import CONF_DIR, flatten
-from experiments.overrides import key_of
+from experiments.core.config import CONF_DIR, flatten
+from experiments.core.overrides import key_of
 
 # TensorBoard's session status for each run status (api_pb2.Status names; it has none for "stopped early").
 SESSION_STATUS = {
@@ -153,7 +153,7 @@ def write_session(
 
     Metrics already logged as scalars (test/*) are referenced by tag; the `best/*` ones are written
     here. In a sweep the runs leave out the experiment summary: TensorBoard takes the first one it
-    finds for the whole table, so the sweep writes one covering every run (experiments.summary).
+    finds for the whole table, so the sweep writes one covering every run (experiments.report.summary).
     """
     writer = tensorboard.experiment  # a torch SummaryWriter
     experiment, start, end = summaries(params, list(metrics), status)

@@ -13,8 +13,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from experiments.cli import one_sentence
-from experiments.config import UserError
-from experiments.rundir import RESUME_ONE_RUN, claim_run_dir, claim_sweep_dir
+from experiments.core.config import UserError
+from experiments.core.rundir import RESUME_ONE_RUN, claim_run_dir, claim_sweep_dir
 
 # The run and sweep directories this process claimed, newest last: experiments.api returns them.
 CLAIMED: list[Path] = []
@@ -46,7 +46,7 @@ def check_launcher(config: DictConfig) -> None:
     answer_for_official_optuna(config)
     check_preset_sweeper(config)
     if str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper"):
-        from hydra_plugins.experiments_plugins.optuna_sweeper import check_settings
+        from hydra_plugins.experiments_plugins.optuna_space import check_settings
 
         check_settings(config)
     target = str(config.hydra.launcher.get("_target_", ""))
@@ -72,7 +72,7 @@ def check_preset_sweeper(config: DictConfig) -> None:
     under the preset's name."""
     from omegaconf import OmegaConf
 
-    from experiments.config import CONF_DIR
+    from experiments.core.config import CONF_DIR
 
     choices = config.hydra.runtime.choices
     preset, sweeper = choices.get("sweep"), choices.get("hydra/sweeper")
@@ -113,7 +113,7 @@ class SweepSummary(Callback):
     The sweep exits non-zero if a job failed."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from experiments.summary import summarize
+        from experiments.report.summary import summarize
 
         if summarize(Path(str(config.hydra.sweep.dir))).get("failed"):
             sys.exit(1)

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 class ResumableCSVLogger(LightningCSVLogger):
     """Lightning's CSVLogger, keeping the rows a run wrote before it was resumed: Lightning's own
     deletes metrics.csv when it opens a directory that has one. (A new run never opens such a
-    directory: experiments.rundir refuses to start a run where another one lives.)"""
+    directory: experiments.core.rundir refuses to start a run where another one lives.)"""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

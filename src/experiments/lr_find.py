@@ -29,8 +29,8 @@ import hydra
 from omegaconf import DictConfig
 
 from experiments.cli import one_sentence, run_cli
-from experiments.config import CONF_DIR, UserError
-from experiments.state import RunInfo, write_json
+from experiments.core.config import CONF_DIR, UserError
+from experiments.core.state import RunInfo, write_json
 
 log = logging.getLogger("experiments")
 
@@ -58,8 +58,8 @@ def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int = 10
 
 def find_lr(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
     """Run the range test in `info.run_dir`; the curve, the suggestion and the command using it."""
-    from experiments.config import check_values
-    from experiments.quiet import quiet_lightning
+    from experiments.core.config import check_values
+    from experiments.core.quiet import quiet_lightning
 
     check_values(cfg, info.overrides, info.choices)
     settings = cfg.lr_find

@@ -10,28 +10,20 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from experiments.config import check_values
-from experiments.quiet import quiet_lightning
-from experiments.search import job_trial
-from experiments.state import RunInfo
+from experiments.core.config import check_values
+from experiments.core.search import job_trial
+from experiments.core.state import RunInfo
 
 
 def train_and_test(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
     """Fit and test the configured experiment in `info.run_dir`; return what its metrics.json holds."""
     check_values(cfg, info.overrides, info.choices)  # before the slow imports
-    quiet_lightning()
-    import lightning.pytorch as pl
+    from experiments.build import start_fit
+
+    start_fit(cfg)
     from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 
-    from experiments.build import (
-        build,
-        check_accelerator,
-        instantiate_group,
-        make_trainer,
-        new_state,
-        recorder,
-        run_loggers,
-    )
+    from experiments.build import build, make_trainer, recorder, run_parts
     from experiments.callbacks.checkpoint import AtomicCheckpointIO, check_fits, read_checkpoint
     from experiments.callbacks.pruning import TrialPruning
     from experiments.callbacks.recorder import OneRun
@@ -39,18 +31,14 @@ def train_and_test(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
 
     key, start = ("resume", cfg.resume) if info.resumed else ("ckpt_path", cfg.ckpt_path)
     checkpoint = read_checkpoint(cfg.ckpt_path, key) if cfg.ckpt_path else None
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    check_accelerator(cfg.trainer)
     datamodule, model = build(cfg, info.choices)
     if checkpoint is not None:
         check_fits(checkpoint, model, cfg.optimizer._target_, key, start)
         del checkpoint
 
-    state = new_state(cfg, info, datamodule)
-    loggers = run_loggers(cfg, state, model)
+    # conf/callbacks/ (checkpoints, progress) and what the run records
+    state, loggers, callbacks = run_parts(cfg, info, datamodule, model)
     run = OneRun(state, loggers)
-    # conf/callbacks/: checkpoints, progress
-    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     if cfg.get("scheduler"):
         # train/lr, every log_every_n_steps
         callbacks.append(LearningRateMonitor(logging_interval="step"))

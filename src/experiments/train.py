@@ -19,18 +19,15 @@ import hydra
 from omegaconf import DictConfig
 
 from experiments.cli import one_sentence, run_cli
-from experiments.config import CONF_DIR, UserError, mistake
-from experiments.overrides import disk_full, key_of
-from experiments.rundir import RESUME_ONE_RUN, check_continuation, own
-from experiments.state import (
+from experiments.core.config import CONF_DIR, UserError
+from experiments.core.job import job_code, own_job, record_failure, report, stop_code
+from experiments.core.overrides import disk_full, key_of
+from experiments.core.rundir import RESUME_ONE_RUN, check_continuation
+from experiments.core.state import (
     METRICS,
     RunInfo,
-    exit_code,
-    failure_record,
     final_status,
     read_record,
-    summary_text,
-    write_record,
 )
 
 log = logging.getLogger("experiments")
@@ -44,16 +41,6 @@ def rank_zero() -> bool:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     return rank_zero_only.rank == 0
-
-
-def record_failure(info: RunInfo, reason: str) -> None:
-    """metrics.json for a sweep job that failed before its run could record itself."""
-    try:
-        write_record(
-            info.run_dir, failure_record(info.run_dir, reason, info.choices, info.overrides)
-        )
-    except OSError as error:
-        log.error("could not record the failure in %s: %s", info.run_dir, error)
 
 
 def starts_script_processes(cfg: DictConfig) -> bool:
@@ -78,7 +65,7 @@ def run_job_in_own_process(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | N
     As a single run, the usual Hydra and DDP handshake applies: same directory, rank 0 writes."""
     from hydra.core.hydra_config import HydraConfig
 
-    from experiments.overrides import quote_value
+    from experiments.core.overrides import quote_value
 
     if resumable_job(run_dir):
         command = [f"resume={quote_value(str(run_dir))}"]
@@ -131,13 +118,10 @@ def run_job(cfg: DictConfig, info: RunInfo) -> tuple[dict[str, Any] | None, bool
             if isinstance(error, UserError):
                 raise error from None
             raise
-        if isinstance(error, UserError):
-            sys.stderr.write(mistake(error) + "\n")
-            record_failure(info, str(error))
-        else:
+        if not isinstance(error, UserError):
             log.exception("job failed: %s", error)  # the traceback goes to the job's train.log
-            if not (info.run_dir / METRICS).is_file():
-                record_failure(info, f"{type(error).__name__}: {error}")
+        if isinstance(error, UserError) or not (info.run_dir / METRICS).is_file():
+            record_failure(info, error)
         return None, False
 
 
@@ -147,19 +131,14 @@ def main(cfg: DictConfig) -> float | None:
     """One run, or one job of a sweep. A job that fails or diverges is recorded and the sweep goes
     on; with fail_fast=true the sweep stops there. A single run that does not finish exits non-zero."""
     info = run_info(cfg)
-    if info.multirun:
-        try:
-            own(info.run_dir, "job")
-        except UserError as error:  # another process trains this job: leave its directory alone
-            sys.stderr.write(mistake(error) + "\n")
-            return None
+    if info.multirun and not own_job(info.run_dir):
+        return None
     result, printed = run_job(cfg, info)
     if result is not None and not printed and rank_zero():
-        log.info(summary_text(result))
-    code = 1 if result is None else exit_code(result["status"], result["reason"])
-    # Hydra's launchers run every job before raising a failure, so stopping a sweep means exiting here.
-    if code and (not info.multirun or cfg.fail_fast or code != 1):
-        sys.exit(code)
+        report(result)
+    code = job_code(result)
+    if stopping := stop_code([code], info.multirun, bool(cfg.fail_fast)):
+        sys.exit(stopping)
     return None if code else result["monitor"]["best"]
 
 

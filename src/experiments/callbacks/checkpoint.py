@@ -22,8 +22,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpo
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from experiments.callbacks.interruption import Interruption
-from experiments.config import UserError
-from experiments.state import write_atomically
+from experiments.core.config import UserError
+from experiments.core.state import write_atomically
 
 
 class BestAndLastCheckpoint(Interruption, LightningModelCheckpoint):

@@ -8,8 +8,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from experiments.core.state import RunState
 from experiments.hparams import hparams_metrics, write_session
-from experiments.state import RunState
 
 # Runs that stop before their last epoch: TensorBoard's Scalars tab shows them by a
 # `status/<status>` scalar at the step they stopped (filter the tags by "status").
@@ -30,7 +30,7 @@ class HParamsEntry:
     def __init__(self, runs: Any, with_experiment: bool) -> None:
         self.states: list[RunState] = runs.states
         self.loggers: list[list[object]] = runs.loggers
-        # A sweep writes one experiment summary for all its runs (experiments.summary).
+        # A sweep writes one experiment summary for all its runs (experiments.report.summary).
         self.with_experiment = with_experiment
         self.written: set[int] = set()
         self.started = False

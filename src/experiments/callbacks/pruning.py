@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from experiments.state import RunState
+from experiments.core.state import RunState
 
 
 class TrialPruning(pl.Callback):

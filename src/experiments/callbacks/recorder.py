@@ -22,8 +22,8 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from experiments.core.state import RunState, write_atomically
 from experiments.models.base import Diverged
-from experiments.state import RunState, write_atomically
 
 
 def write_resolved_config(path: Path, config: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The run's pictures in TensorBoard's Images tab (experiments.figures.run_images): a line's data
+"""The run's pictures in TensorBoard's Images tab (experiments.report.figures.run_images): a line's data
 and fit when training ends, a classifier's confusion matrix and misclassified images after testing."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from experiments.state import RunState
+from experiments.core.state import RunState
 
 
 class RunImages:
@@ -21,7 +21,7 @@ class RunImages:
         datamodule = trainer.datamodule
         if not trainer.is_global_zero or getattr(datamodule, "splits", None) is None:
             return
-        from experiments.figures import run_images
+        from experiments.report.figures import run_images
 
         rows = [
             i

@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from experiments.state import RunState, write_json
+from experiments.core.state import RunState, write_json
 
 
 class ParameterPath:

@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from experiments.config import UserError, check_batch_size
+from experiments.core.config import UserError, check_batch_size
 
 Split = tuple[Tensor, Tensor]
 

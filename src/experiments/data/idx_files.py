@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from experiments.config import UserError
-from experiments.state import write_atomically
+from experiments.core.config import UserError
+from experiments.core.state import write_atomically
 
 if TYPE_CHECKING:
     import numpy as np

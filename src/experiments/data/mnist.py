@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.config import UserError
+from experiments.core.config import UserError
 from experiments.data import idx_files
 from experiments.data.batching import Split, TensorDataModule, seeded_split
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from experiments.config import UserError, check_fraction
+from experiments.core.config import UserError, check_fraction
 from experiments.data.batching import Split, TensorDataModule, seeded_split
 
 

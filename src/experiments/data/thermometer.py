@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from experiments.config import UserError, check_fraction
+from experiments.core.config import UserError, check_fraction
 from experiments.data.batching import Split, TensorDataModule, seeded_split
 
 T_C = [0.5, 14.0, 15.0, 28.0, 11.0, 8.0, 3.0, -4.0, 6.0, 13.0, 21.0]

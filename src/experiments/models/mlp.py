@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from experiments.config import UserError, positive_int
+from experiments.core.config import UserError, positive_int
 from experiments.models.base import ExperimentModule, OptimizerFactory
 
 

@@ -13,15 +13,14 @@ cannot give each run (EarlyStopping, say) trains on its own.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import UserError, mistake
-from experiments.state import RunInfo
+from experiments.core.config import UserError
+from experiments.core.state import RunInfo
 
 PER_RUN_KEYS = (
     "optimizer",
@@ -47,6 +46,7 @@ class Job:
     info: RunInfo
     resume_step: int | None = None  # the step of its last.ckpt when it continues
     trial: Any = None  # its Optuna trial, when hydra/sweeper=optuna prunes
+    checked: bool = False  # its values passed check_values (the launcher checks each job once)
 
     @property
     def run_dir(self) -> Path:
@@ -103,50 +103,45 @@ def train_group(
     its own best weights. Returns what each job's metrics.json holds (None for a job left
     untrained because fail_fast=true stopped at another's mistake). `exact`: on the CPU, each
     job's arithmetic is its single run's (experiments.population.stacked)."""
-    from experiments.config import check_values
-    from experiments.quiet import quiet_lightning
-    from experiments.state import failure_record, write_record
+    from experiments.core.config import check_values
+    from experiments.core.job import record_failure
 
     refused: dict[int, dict[str, Any]] = {}
 
     def refuse(k: int, error: UserError) -> None:
         """A job's own mistake fails that job alone, as on the basic launcher."""
-        job = jobs[k]
-        sys.stderr.write(mistake(error) + "\n")
-        refused[k] = failure_record(job.run_dir, str(error), job.info.choices, job.info.overrides)
-        write_record(job.run_dir, refused[k])
+        refused[k] = record_failure(jobs[k].info, error)
 
     for k, job in enumerate(jobs):
         try:
-            check_values(job.cfg, job.info.overrides, job.info.choices)
+            if not job.checked:
+                check_values(job.cfg, job.info.overrides, job.info.choices)
         except UserError as error:
             refuse(k, error)
     if len(refused) == len(jobs):
         return [refused[k] for k in range(len(jobs))]
-    quiet_lightning()
+    first = next(job.cfg for k, job in enumerate(jobs) if k not in refused)
+    check_launchable(first)
+    from experiments.build import start_fit
+
+    start_fit(first)
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from experiments.build import (
         build_model,
         build_node,
-        check_accelerator,
         check_schedule_length,
         instantiate_group,
         make_trainer,
-        new_state,
         recorder,
-        run_loggers,
+        run_parts,
     )
     from experiments.callbacks.progress import ProgressLine
     from experiments.callbacks.pruning import TrialPruning
     from experiments.population.checkpoints import PopulationCheckpointIO, PopulationCheckpoints
     from experiments.population.module import PopulationModule, PopulationRuns
 
-    first = next(job.cfg for k, job in enumerate(jobs) if k not in refused)
-    check_launchable(first)
-    check_accelerator(first.trainer)
-    pl.seed_everything(first.seed, workers=True, verbose=False)
     datamodule = build_node(first.data, "data")
     datamodule.load()
     built = []
@@ -166,17 +161,14 @@ def train_group(
 
     trained = [job for _, job, _ in built]
     models, states, loggers, checkpoints = [], [], [], []
+    population = {"size": len(trained), "jobs": [j.run_dir.name for j in trained]}
     for _, job, model in built:
-        state = new_state(job.cfg, job.info, datamodule)
-        state.population = {"size": len(trained), "jobs": [j.run_dir.name for j in trained]}
-        if states:
-            state.epoch_seconds = states[
-                0
-            ].epoch_seconds  # the runs of a population share every epoch
+        state, own_loggers, configured = run_parts(job.cfg, job.info, datamodule, model, population)
+        if states:  # the runs of a population share every epoch
+            state.epoch_seconds = states[0].epoch_seconds
         models.append(model)
         states.append(state)
-        loggers.append(run_loggers(job.cfg, state, model))
-        configured = instantiate_group(job.cfg.get("callbacks"), "callbacks")
+        loggers.append(own_loggers)
         checkpoints.append([c for c in configured if isinstance(c, ModelCheckpoint)])
     optimizers, schedulers = (
         [m.optimizer_factory for m in models],

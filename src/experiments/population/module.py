@@ -23,8 +23,9 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from experiments import speedups
 from experiments.callbacks.interruption import Interruption
+from experiments.core import speedups
+from experiments.core.state import RunState
 from experiments.models.base import (
     TRAIN_EPOCH,
     ExperimentModule,
@@ -40,7 +41,6 @@ from experiments.population.stacked import (
     one_by_one_losses,
     one_by_one_outputs,
 )
-from experiments.state import RunState
 
 log = logging.getLogger("experiments")
 

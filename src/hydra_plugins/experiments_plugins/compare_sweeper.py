@@ -6,7 +6,7 @@ Stage 1 runs the grid of every swept key (`optimizer` and `optimizer.lr` in the 
 mean of the monitored best over those seeds (a point where a seed diverged or failed is never
 taken) and runs it with `seeds` seeds: `seed`, `seed + 1`, ... The stage-1 seeds of that point are
 the first stage-2 seeds, so they are not trained twice. The sweep's summary then compares the
-stage-2 configurations (experiments.summary: comparison.md, the table and one sentence for the
+stage-2 configurations (experiments.report.summary: comparison.md, the table and one sentence for the
 top two).
 
 A seed must change something for a spread to mean anything: where the model starts from fixed
@@ -32,10 +32,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
-from experiments.comparison import optimizer_of, plural, write_plan
-from experiments.config import UserError, check_positive_int
-from experiments.overrides import key_of
-from experiments.state import read_record
+from experiments.core.config import UserError, check_positive_int
+from experiments.core.overrides import key_of
+from experiments.core.state import read_record
+from experiments.report.comparison import optimizer_of, plural, write_plan
 from hydra_plugins.experiments_plugins.grid_sweeper import GridSweeper, composed, grid
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from experiments.config import CONF_DIR, check_positive_int
-from experiments.state import final_status
+from experiments.core.config import CONF_DIR, check_positive_int
+from experiments.core.state import final_status
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from experiments.state import final_status
+from experiments.core.state import final_status
 from hydra_plugins.experiments_plugins.grid_sweeper import composed
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class VectorizedLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from experiments.population.group import check_launchable, group_key
+        from experiments.population.group import group_key
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -78,8 +78,6 @@ class VectorizedLauncher(Launcher):
             HydraConfig.instance().set_config(configs[-1])
         # each job's config as its task receives it, made once (a copy costs 10 to 30 ms)
         tasks = [task_config(config) for config in configs]
-        if configs:
-            check_launchable(tasks[0])
         refused = [
             i for i, config in enumerate(configs) if value_error(config, tasks[i]) is not None
         ]
@@ -159,21 +157,29 @@ class VectorizedLauncher(Launcher):
         job_overrides: Sequence[Sequence[str]],
         members: list[int],
     ) -> dict[int, JobReturn]:
-        from experiments.config import UserError, mistake
+        from experiments.core.config import UserError, mistake
+        from experiments.core.job import job_code, own_job, record_failure, report, stop_code
+        from experiments.core.rundir import discard
+        from experiments.core.search import job_trial
+        from experiments.core.state import RunInfo
         from experiments.population.group import Job, train_group
-        from experiments.rundir import discard, own
-        from experiments.search import job_trial
-        from experiments.state import RunInfo, exit_code, failure_record, summary_text, write_record
 
         # one update rule per class
         members = sorted(members, key=lambda i: str(configs[i].optimizer._target_))
         jobs: list[Job] = []
         handlers: list[logging.Handler] = []
+        owned = []
+        for i in members:
+            run_dir = Path(configs[i].hydra.runtime.output_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if own_job(run_dir):  # else another process trains it: its directory is left alone
+                owned.append(i)
+        members = owned
+        if not members:
+            return {}
         for n, i in enumerate(members):
             config = configs[i]
             run_dir = Path(config.hydra.runtime.output_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            own(run_dir, "job")
             save_hydra_files(config, tasks[i])
             if n == 0:
                 configure_log(config.hydra.job_logging, config.hydra.verbose)
@@ -192,7 +198,7 @@ class VectorizedLauncher(Launcher):
             info = RunInfo.from_hydra(run_dir)
             step = resume_step(config)
             info.resumed = step is not None
-            jobs.append(Job(cfg, info, step, job_trial(cfg)))
+            jobs.append(Job(cfg, info, step, job_trial(cfg), checked=True))  # value_error
             self.hydra_context.callbacks.on_job_start(
                 config=config, task_function=self.task_function
             )
@@ -205,19 +211,12 @@ class VectorizedLauncher(Launcher):
             )
             if not isinstance(error, UserError):
                 log.exception("group failed: %s", error)
-            sys.stderr.write(mistake(reason) + "\n")
-            outcomes = []
-            for job in jobs:
-                outcomes.append(
-                    failure_record(job.run_dir, reason, job.info.choices, job.info.overrides)
-                )
-                write_record(job.run_dir, outcomes[-1])
+            sys.stderr.write(mistake(reason) + "\n")  # once for the group
+            outcomes = [record_failure(job.info, reason, say=False) for job in jobs]
         else:
             for job, outcome in zip(jobs, outcomes):
                 if outcome is not None:  # each job's summary in its own log, as a single run's
-                    log.info(
-                        summary_text(outcome), extra={"run_dir": job.run_dir, "file_only": True}
-                    )
+                    report(outcome, job.run_dir)
             stopped = [o for o in outcomes if o is not None and o["status"] == "interrupted"]
             if stopped:
                 log.info(
@@ -245,17 +244,14 @@ class VectorizedLauncher(Launcher):
             results[i] = ret
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         # A population stops as a single job would: interrupted, or fail_fast=true at a failed job.
-        codes = [1 if o is None else exit_code(o["status"], o.get("reason")) for o in outcomes]
-        if signals := [c for c in codes if c in (130, 143)]:
-            sys.exit(signals[0])
-        if fail_fast and any(codes):
-            sys.exit(1)
+        if stopping := stop_code([job_code(o) for o in outcomes], True, fail_fast):
+            sys.exit(stopping)
         return results
 
 
 def value_error(config: DictConfig, task: DictConfig) -> str | None:
     """The sentence for a job whose values fail the checks that need no data, or None."""
-    from experiments.config import UserError, check_values
+    from experiments.core.config import UserError, check_values
 
     try:
         check_values(

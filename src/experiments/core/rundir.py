@@ -18,8 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from experiments.config import UserError, flatten
-from experiments.state import METRICS
+from experiments.core.config import UserError, flatten
+from experiments.core.state import METRICS
 
 OWNER_VARIABLE = "EXPERIMENTS_OWNED_DIRS"  # directories this process's parent already owns
 _held: dict[str, int] = {}  # directory -> descriptor holding its lock, open until the process ends
@@ -117,7 +117,7 @@ def check_continuation(cfg: DictConfig, run_dir: Path) -> None:
     that would make it another run, and a continuation with nothing left to train."""
     from omegaconf import OmegaConf
 
-    from experiments.state import read_record
+    from experiments.core.state import read_record
 
     saved = flatten(
         OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
@@ -200,7 +200,7 @@ _created: dict[str, Path] = {}  # run directory -> the outermost folder this pro
 
 
 # What a sweep writes at its root before its first job trains: Hydra's record of the sweep, and
-# hydra/sweeper=optuna's study (experiments.search.JOURNAL) with the lock Optuna takes on it.
+# hydra/sweeper=optuna's study (experiments.core.search.JOURNAL) with the lock Optuna takes on it.
 SWEEP_FILES = ("multirun.yaml", "optuna.journal", "optuna.journal.lock")
 
 

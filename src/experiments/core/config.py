@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # The repository's conf/, linked from the package's folder (src/experiments/conf) and copied into
 # the built wheel, so a checkout and an installed wheel both find it here.
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 class UserError(ValueError):

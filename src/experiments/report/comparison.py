@@ -10,8 +10,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from experiments.overrides import key_of
-from experiments.state import read_json, write_json
+from experiments.core.overrides import key_of
+from experiments.core.state import read_json, write_json
 
 PLAN = "compare.json"  # a comparison's two stages, written by its sweeper when stage 2 is chosen
 

@@ -169,7 +169,7 @@ def several_values(given: str, overrides: list[str], config_name: str) -> str:
     at a time to find and name that mistake."""
     from hydra import compose, initialize_config_dir
 
-    from experiments.config import CONF_DIR
+    from experiments.core.config import CONF_DIR
 
     job = overrides
     try:
@@ -190,7 +190,7 @@ def several_values(given: str, overrides: list[str], config_name: str) -> str:
 def one_value(override: str) -> str | None:
     """How a value list becomes one value: `write a list as k=[a,b] or quote a string as
     k='a,b'`; None for a config group, whose options are never one value."""
-    from experiments.config import CONF_DIR
+    from experiments.core.config import CONF_DIR
 
     key, _, values = override.partition("=")
     if (CONF_DIR / key_of(override)).is_dir():
@@ -273,7 +273,7 @@ def unknown_key(key: str, others: list[str], config_name: str) -> str:
     from hydra import compose, initialize_config_dir
     from omegaconf import DictConfig, OmegaConf
 
-    from experiments.config import CONF_DIR
+    from experiments.core.config import CONF_DIR
 
     parent, _, leaf = key.rpartition(".")
     where, node = parent or "the config", None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.overrides import key_of
+from experiments.core.overrides import key_of
 
 STATUSES = ("running", "finished", "pruned", "interrupted", "diverged", "failed")
 # How a run ended for good: a sweep run again leaves it alone. An interrupted run continues from
@@ -349,7 +349,7 @@ def versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             return None
 
-    source = Path(__file__).resolve().parents[2]
+    source = Path(__file__).resolve().parents[3]
     commit, dirty = None, False
     if (source / ".git").exists():  # a checkout, not an installed wheel
         try:
@@ -375,7 +375,7 @@ def versions() -> dict[str, str | None]:
         except (OSError, subprocess.SubprocessError):
             commit = None
     return {
-        "experiments": installed("experiments"),
+        "experiments": installed("lightning-hydra-experiments"),
         "git_commit": None if commit is None else commit + ("-dirty" if dirty else ""),
         "torch": installed("torch"),
         "lightning": installed("lightning"),

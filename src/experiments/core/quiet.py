@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from experiments import speedups
+from experiments.core import speedups
 
 
 def quiet_lightning() -> None:

@@ -1,0 +1,53 @@
+"""The sweep's own TensorBoard run, `.sweep`: one HParams experiment covering every job, and the
+sweep's pictures as images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# the sweep's own TensorBoard run (HParams experiment, pictures); hidden, as .hydra is, so that
+# every visible folder of a sweep is a job
+SWEEP_RUN = ".sweep"
+
+
+SWEEP_EVENTS = ".sweep"  # the suffix of the sweep's own event file, the only one it replaces
+
+
+def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict[str, Any]) -> None:
+    """The sweep's own TensorBoard run, `.sweep`: one HParams experiment listing every key and metric any
+    job has, so TensorBoard's table shows all of them (it takes the first experiment summary it
+    finds), and the sweep's pictures as images (sweep/summary, sweep/curves, sweep/paths)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from experiments.hparams import mark_differing, summaries
+
+    settings = [{**row["hparams"], "status": row["status"]} for row in rows]
+    params: dict[str, Any] = {}
+    for each in settings:
+        for key, value in each.items():
+            params.setdefault(key, value)
+    domains = {
+        k: sorted({str(each[k]) for each in settings if k in each})
+        for k, v in params.items()
+        if isinstance(v, str)
+    }
+    # every key whose value differs between jobs: those swept and those that differ because of
+    # them (Adam's betas against SGD's empty value)
+    differing = {key for key in params if len({repr(s.get(key)) for s in settings}) > 1}
+    metrics = sorted(
+        {k for r in rows for k, v in r["best_metrics"].items() if v is not None}
+        | {k for r in rows for k in r["test"]}
+    )
+    experiment, _, _ = summaries(params, metrics, domains=domains)
+    mark_differing(experiment, differing)
+    # a sweep run again: one experiment, not two (an older version wrote it to the sweep's root)
+    for earlier in [
+        *sweep_dir.glob(f"events.out.tfevents.*{SWEEP_EVENTS}"),
+        *sweep_dir.glob(f"{SWEEP_RUN}/events.out.tfevents.*{SWEEP_EVENTS}"),
+    ]:
+        earlier.unlink()
+    with SummaryWriter(log_dir=str(sweep_dir / SWEEP_RUN), filename_suffix=SWEEP_EVENTS) as writer:
+        writer.file_writer.add_summary(experiment)
+        for name, pixels in images.items():
+            writer.add_image(f"sweep/{name.removesuffix('.png')}", pixels, 0, dataformats="HWC")

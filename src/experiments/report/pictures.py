@@ -1,0 +1,61 @@
+"""A sweep's pictures, from its jobs' files: summary.png, curves.png and, for two-parameter
+models, paths.png (drawn by experiments.report.figures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from experiments.report.comparison import (
+    seed_of,
+)
+from experiments.report.runs import learning_curves, line_names
+
+
+def write_figures(
+    sweep_dir: Path, rows: list[dict[str, Any]], configs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """summary.png, curves.png (of `configs`) and, for two-parameter models, paths.png; their
+    pixels by file name."""
+    from matplotlib.image import imsave
+
+    from experiments.report.figures import curves_figure, image_of, paths_figure, sweep_figure
+
+    figures = {}
+    lines = line_names(rows)
+    monitors = [r["monitor"] for r in rows if r["monitor"]]
+    if any(r["lr"] is not None for r in rows):
+        figures["summary.png"] = sweep_figure(
+            [{**r, "line": lines[r["job"]]} for r in rows], monitors[0] if monitors else "val/loss"
+        )
+    tags = ["train/loss", *sorted(set(monitors))[:1]]
+    curves = learning_curves(sweep_dir, configs, tags)
+    by_job = {r["job"]: r for r in rows}
+    for curve, config in zip(curves, configs):  # what curves_figure colours many lines by
+        curve["lr"] = by_job[config["jobs"][0]]["lr"]
+        curve["others"] = lines[config["jobs"][0]]
+    if any(c["curves"] for c in curves):
+        figures["curves.png"] = curves_figure(curves, tags)
+    trajectories = []
+    for r in rows:
+        path = sweep_dir / r["job"] / "trajectory.json"
+        if path.is_file():
+            trajectories.append(
+                {
+                    **json.loads(path.read_text()),
+                    "name": r["job"],
+                    "optimizer": r["optimizer"] or r["job"],
+                    "lr": r["lr"],
+                    "seed": seed_of(r),
+                    "others": lines[r["job"]],
+                    "status": r["status"],
+                }
+            )
+    if trajectories and trajectories[0]["x"]:
+        figures["paths.png"] = paths_figure(trajectories)
+    # each figure drawn once: its pixels are both the PNG and the sweep's TensorBoard image
+    images = {name: image_of(figure) for name, figure in figures.items()}
+    for name, pixels in images.items():
+        imsave(sweep_dir / name, pixels)
+    return images

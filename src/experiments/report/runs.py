@@ -1,0 +1,226 @@
+"""A sweep as its jobs' files say: one row per job from its metrics.json (`collect`), the jobs
+that differ only in `seed` as one configuration with its seeds' statistics (`configurations`),
+the logged curves (`scalars`, `learning_curves`), and `read_sweep`, which puts them together
+(a comparison's plan included) for the tables, the pictures and the api's Sweep."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.core.overrides import key_of
+from experiments.core.state import METRICS, read_record
+from experiments.report.comparison import (
+    read_plan,
+    spread,
+    tuned_keys,
+)
+
+STATUS_ORDER = {"finished": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job that left a metrics.json, best first, then diverged and failed ones."""
+    rows = []
+    for path in sweep_dir.glob(f"**/{METRICS}"):
+        metrics = read_record(path.parent)
+        if metrics is None:  # a job writing its first record right now
+            continue
+        monitor = metrics.get("monitor") or {}
+        hparams = metrics.get("hparams") or {}
+        val_loss = (metrics.get("metrics") or {}).get("val/loss") or {}
+        rows.append(
+            {
+                "job": path.parent.relative_to(sweep_dir).as_posix(),
+                "status": metrics["status"],
+                "reason": metrics.get("reason") or "",
+                "monitor": monitor.get("name"),
+                "mode": monitor.get("mode", "min"),
+                "best": monitor.get("best"),
+                "final": val_loss.get("final"),
+                "test": metrics.get("test") or {},
+                "overrides": metrics.get("overrides") or [],
+                "epochs": metrics.get("epochs"),
+                "wall_time_s": metrics.get("wall_time_s"),
+                "optimizer": hparams.get("optimizer"),
+                "lr": hparams.get("optimizer.lr"),
+                "hparams": hparams,
+                "best_metrics": {
+                    f"best/{k.replace('/', '_')}": v.get("best")
+                    for k, v in (metrics.get("metrics") or {}).items()
+                    if k.startswith("val/")
+                },
+            }
+        )
+
+    def rank(row: dict[str, Any]) -> tuple:
+        best = row["best"]
+        score = (
+            math.inf
+            if best is None or not math.isfinite(best)
+            else (best if row["mode"] == "min" else -best)
+        )
+        return STATUS_ORDER.get(row["status"], 4), score, row["job"]
+
+    return sorted(rows, key=rank)
+
+
+def configurations(
+    rows: list[dict[str, Any]], named_by: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """The jobs grouped by their overrides other than `seed`, best first by the mean of the
+    monitored best over their finished seeds; each with the mean, standard deviation and 95%
+    t-interval of the monitored best and of every test metric. A configuration is named by the
+    overrides that differ between configurations, or by those of the keys `named_by`."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        key = tuple(sorted(o for o in row["overrides"] if key_of(o) != "seed"))
+        groups.setdefault(key, []).append(row)
+    shared = set.intersection(*(set(key) for key in groups)) if len(groups) > 1 else set()
+    monitors = sorted({r["monitor"] for r in rows if r["monitor"]})
+    tests = sorted({k for r in rows for k in r["test"]})
+    found = []
+    for key, jobs in groups.items():
+        finished = [r for r in jobs if r["status"] == "finished"]
+        values = {f"best {m}": [r["best"] for r in finished if r["monitor"] == m] for m in monitors}
+        values |= {t: [r["test"][t] for r in finished if t in r["test"]] for t in tests}
+        if named_by is not None:
+            name = ",".join(o for o in key if key_of(o) in named_by)
+        else:
+            name = ",".join(o for o in key if o not in shared) or ",".join(key)
+        found.append(
+            {
+                "configuration": name or "(defaults)",
+                "seeds": len(jobs),
+                "finished": len(finished),
+                "diverged": sum(r["status"] == "diverged" for r in jobs),
+                "other": len(jobs) - len(finished) - sum(r["status"] == "diverged" for r in jobs),
+                "mode": jobs[0]["mode"],
+                "stats": {name: spread(v) for name, v in values.items() if v},
+                "jobs": [r["job"] for r in jobs],
+                "finished_jobs": [r["job"] for r in finished],
+                "diverged_jobs": [r["job"] for r in jobs if r["status"] == "diverged"],
+            }
+        )
+
+    def rank(config: dict[str, Any]) -> tuple:
+        mean = config["stats"].get(f"best {monitors[0]}", {}).get("mean") if monitors else None
+        if mean is None or not math.isfinite(mean):
+            return 1, math.inf, config["configuration"]
+        return 0, mean if config["mode"] == "min" else -mean, config["configuration"]
+
+    return sorted(found, key=rank)
+
+
+@dataclass
+class SweepReport:
+    """A sweep as its jobs' files say, as far as it got."""
+
+    rows: list[dict[str, Any]]  # every job with a metrics.json, best first
+    jobs: list[dict[str, Any]]  # those its tables count: a comparison's plan, or every job
+    configs: list[dict[str, Any]]  # the jobs' configurations, best first
+    plan: dict[str, Any] | None  # sweep=compare's plan (experiments.report.comparison.PLAN)
+    stage_two: list[dict[str, Any]] | None  # its stage-2 configurations, named by every tuned key
+
+    @property
+    def earlier(self) -> list[dict[str, Any]]:
+        """Jobs in the folder that the comparison's plan does not use: an earlier run of the same
+        sweep with more seeds or other grid points left them."""
+        counted = {r["job"] for r in self.jobs}
+        return [r for r in self.rows if r["job"] not in counted]
+
+
+def read_sweep(sweep_dir: Path) -> SweepReport:
+    rows = collect(sweep_dir)
+    plan = read_plan(sweep_dir)
+    if plan is None:
+        return SweepReport(rows, rows, configurations(rows), None, None)
+    stage_two_jobs = set(plan["stage2"])
+    planned = stage_two_jobs | set(plan.get("stage1_jobs", [r["job"] for r in rows]))
+    jobs = [r for r in rows if r["job"] in planned]
+    named_by = tuned_keys(plan) | {"optimizer", "optimizer.lr"}
+    stage_two = configurations([r for r in jobs if r["job"] in stage_two_jobs], named_by)
+    # a configuration whose seeds diverged does not come first on the seeds that survived
+    stage_two.sort(key=lambda c: c["diverged"] > 0)
+    return SweepReport(rows, jobs, configurations(jobs), plan, stage_two)
+
+
+def line_names(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Each job's line in the pictures, by job: its optimizer and every other setting the sweep
+    varied besides the learning rate and the seed (`adam`, `adam scheduler=cosine`). Jobs of one
+    line differ in their learning rate and seed only: the line is their mean over seeds, by
+    learning rate."""
+    values = [{key_of(o): o for o in r["overrides"]} for r in rows]
+    keys = {k for v in values for k in v} - {"optimizer", "optimizer.lr", "seed"}
+    varied = sorted(k for k in keys if len({v.get(k) for v in values}) > 1)
+    return {
+        r["job"]: " ".join([str(r["optimizer"]), *(v[k] for k in varied if k in v)])
+        for r, v in zip(rows, values)
+    }
+
+
+def learning_curves(
+    sweep_dir: Path, configs: list[dict[str, Any]], tags: list[str]
+) -> list[dict[str, Any]]:
+    """Per configuration and tag, as its jobs' TensorBoard event files hold them: the finished
+    seeds' mean, min and max at the steps they all logged, and each diverged seed's own points."""
+    curves = []
+    for config in configs:
+        found: dict[str, dict[str, Any]] = {}
+        histories = {job: scalars(sweep_dir / job, tags) for job in config["jobs"]}
+        for tag in tags:
+            runs = [histories[job][tag] for job in config["finished_jobs"] if tag in histories[job]]
+            diverged = [
+                histories[job][tag] for job in config["diverged_jobs"] if tag in histories[job]
+            ]
+            steps = sorted(set.intersection(*(set(run) for run in runs))) if runs else []
+            if not steps and not diverged:
+                continue
+            found[tag] = {
+                "steps": steps,
+                "mean": [math.fsum(run[k] for run in runs) / len(runs) for k in steps],
+                "low": [min(run[k] for run in runs) for k in steps],
+                "high": [max(run[k] for run in runs) for k in steps],
+                "runs": runs,
+                "diverged": [(sorted(run), [run[k] for k in sorted(run)]) for run in diverged],
+            }
+        curves.append({"name": config["configuration"], "curves": found})
+    return curves
+
+
+def scalars(run_dir: Path, tags: list[str] | None = None) -> dict[str, dict[int, float]]:
+    """The run's logged values of `tags` (None: every tag), step -> value, the last written where a
+    resumed run logged a step twice: from its TensorBoard event files, read by TensorBoard's own
+    reader, or under logger=csv from its metrics.csv (Lightning's CSVLogger writes a row per
+    logging call, so one step's values may be spread over several rows)."""
+    if any(run_dir.glob("events.out.tfevents.*")):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        reader_log = logging.getLogger("tensorboard")  # "No path found after ..." for each run
+        level = reader_log.level
+        reader_log.setLevel(logging.WARNING)
+        try:
+            events.Reload()
+        finally:
+            reader_log.setLevel(level)
+        return {
+            tag: {event.step: event.value for event in events.Scalars(tag)}
+            for tag in events.Tags()["scalars"]
+            if tags is None or tag in tags
+        }
+    found: dict[str, dict[int, float]] = {}
+    if (run_dir / "metrics.csv").is_file():
+        with (run_dir / "metrics.csv").open(newline="") as logged:
+            for row in csv.DictReader(logged):
+                if not row.get("step"):
+                    continue
+                step = int(float(row.pop("step")))
+                for tag, value in row.items():
+                    if value not in ("", None) and (tags is None or tag in tags):
+                        found.setdefault(tag, {})[step] = float(value)
+    return found
