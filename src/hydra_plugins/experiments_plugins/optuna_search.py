@@ -33,6 +33,7 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
@@ -100,7 +101,10 @@ def continued_sampler(setting: Any, sampler: Any, trials: int) -> Any:
     return sampler
 
 
-class OptunaSearch:
+class OptunaSearch(Sweeper):
+    """The implementation behind optuna_sweeper.OptunaSweeper, a Sweeper itself as the official
+    plugin's implementation class is (its batches are validated as Hydra validates them)."""
+
     def __init__(
         self,
         sampler: Any = None,
