@@ -44,22 +44,66 @@ def train_in_process(overrides: list[str], run_dir: Path) -> dict:
     return train_and_test(cfg, run_info(cfg))
 
 
+# Commands whose own process matters: Lightning's DDP runs the command line again in each of its
+# processes, and these launchers start processes of their own whose output the caller reads.
+OWN_PROCESS = (
+    "trainer=ddp",
+    "strategy=ddp",
+    "hydra/launcher=parallel",
+    "hydra/launcher=submitit",
+    "hydra/launcher=slurm",
+)
+
+
 def cli(
     args: list[str],
     cwd: Path,
     timeout: float = 300,
     env: dict | None = None,
     module: str = "experiments.train",
+    process: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run `python -m experiments.train ARGS` for real, as a user would, with CI=true."""
-    full_env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(cwd / ".cache"), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    """`python -m experiments.train ARGS` as a user runs it, with CI=true: its exit code, stdout and
+    stderr. In this process (experiments.cli.main: the command line's own path, its sentence and
+    exit code, the caller's process given back as it was), so a test does not pay a fresh
+    process's imports; in a process of its own with process=True, or for the commands that need
+    one (OWN_PROCESS)."""
+    full_env = {"CI": "true", "XDG_CACHE_HOME": str(cwd / ".cache"), **(env or {})}
+    if process or env or any(a.replace(" ", "").startswith(OWN_PROCESS) for a in args):
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd,
+            env={**os.environ, **full_env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    return cli_in_process(args, cwd, full_env, module)
+
+
+def cli_in_process(
+    args: list[str], cwd: Path, env: dict[str, str], module: str
+) -> subprocess.CompletedProcess:
+    import contextlib
+    import importlib
+    import io
+
+    from experiments.cli import main
+
+    entry = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    environ, where = dict(os.environ), os.getcwd()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(entry, module.rsplit(".", 1)[1], list(args))
+    finally:
+        os.chdir(where)
+        os.environ.clear()
+        os.environ.update(environ)
+    return subprocess.CompletedProcess(
+        [sys.executable, "-m", module, *args], code, out.getvalue(), err.getvalue()
     )
 
 

@@ -30,6 +30,7 @@ def readme_python() -> str:
     return section[section.index("```python\n") + 10 : section.index("```\n", 10)]
 
 
+@pytest.mark.slow  # a real Jupyter kernel
 def test_the_readmes_python_example_trains_twice_under_a_kernels_argv_with_the_guarantees(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ):
@@ -195,6 +196,7 @@ def test_sweep_returns_the_command_lines_tables_and_load_reads_what_it_wrote(
     assert "<table" in swept._repr_html_()
 
 
+@pytest.mark.slow  # a real Jupyter kernel
 def test_every_notebook_runs_in_a_real_jupyter_kernel(tmp_path: Path):
     """The notebooks retell the tutorials: the thermometer by hand and by train (tutorial 002's w and b),
     an optimizer comparison with seeds, the MNIST MLP (on a small set of IDX files here)."""

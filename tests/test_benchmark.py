@@ -11,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import fake_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # the benchmark: every case end to end
 def test_the_quick_benchmark_runs_every_case_and_writes_its_tables(tmp_path: Path):
     data = fake_mnist(tmp_path / "digits")
     done = subprocess.run(

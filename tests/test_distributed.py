@@ -28,6 +28,7 @@ def event_file_pids(run_dir: Path) -> set[str]:
     return {p.name.split(".")[-2] for p in run_dir.glob("events.out.tfevents.*")}
 
 
+@pytest.mark.slow  # DDP: processes of its own
 def test_ddp_on_two_cpu_processes_keeps_one_run_directory_and_synced_metrics(tmp_path: Path):
     done = cli(
         [
@@ -58,6 +59,7 @@ def test_ddp_on_two_cpu_processes_keeps_one_run_directory_and_synced_metrics(tmp
     assert metrics["metrics"]["val/loss"]["final"] == pytest.approx(single, rel=1e-5)
 
 
+@pytest.mark.slow  # DDP: processes of its own
 def test_ddp_splits_each_epoch_across_processes_and_syncs_test_accuracy(tmp_path: Path):
     root = fake_mnist(tmp_path / "digits")
     done = cli(
@@ -90,6 +92,7 @@ def test_ddp_splits_each_epoch_across_processes_and_syncs_test_accuracy(tmp_path
     assert metrics["test"]["test/acc"] == pytest.approx(single, abs=1e-6)
 
 
+@pytest.mark.slow  # DDP: processes of its own
 def test_a_sweep_of_ddp_jobs_runs_each_job_once_in_its_own_directory(tmp_path: Path):
     done = cli(
         [
@@ -148,6 +151,7 @@ def test_cfg_hydra_shows_the_slurm_launcher_settings(tmp_path: Path):
         assert line in done.stdout
 
 
+@pytest.mark.slow  # submitit: a process per job
 def test_submitit_local_executor_runs_a_two_job_sweep(tmp_path: Path):
     done = cli(
         [
@@ -167,6 +171,7 @@ def test_submitit_local_executor_runs_a_two_job_sweep(tmp_path: Path):
     assert (sweep / ".submitit").is_dir() and (sweep / "summary.csv").is_file()
 
 
+@pytest.mark.slow  # submitit: a process per job
 def test_a_sweep_job_run_again_after_preemption_resumes_from_its_checkpoint(tmp_path: Path):
     """What a SLURM requeue does: the same job, in the same directory, after a SIGTERM."""
     args = [

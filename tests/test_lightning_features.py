@@ -108,6 +108,7 @@ def test_monitor_mode_auto_takes_the_metrics_direction(tmp_path: Path, mnist_roo
     assert cfg.monitor_mode == "auto"
 
 
+@pytest.mark.slow  # builds and installs the wheel
 def test_the_wheel_carries_its_configs_and_trains_from_anywhere(tmp_path: Path):
     built = subprocess.run(
         [

@@ -653,6 +653,7 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str
     return sweep, done.stdout + done.stderr, again.stdout + again.stderr, untouched
 
 
+@pytest.mark.slow  # sweep=compare: two stages of jobs
 def test_compare_reruns_each_optimizers_best_stage_one_learning_rate_with_its_seeds(comparison):
     """Stage 1: the 6-point grid with seed 0, every seed from a random start; stage 2: the point
     with the best stage-1 value of each optimizer, seeds 0, 1, 2 (seed 0 is stage 1's job)."""
@@ -688,6 +689,7 @@ def test_compare_reruns_each_optimizers_best_stage_one_learning_rate_with_its_se
     assert sorted(stage_two.values()) == [5, 5, 6, 6, 7, 7]
 
 
+@pytest.mark.slow  # sweep=compare: two stages of jobs
 def test_compare_ends_with_the_stage_two_table_and_a_welch_sentence_recomputed_from_the_jobs(
     comparison,
 ):
@@ -720,6 +722,7 @@ def test_compare_ends_with_the_stage_two_table_and_a_welch_sentence_recomputed_f
     ]
 
 
+@pytest.mark.slow  # sweep=compare: two stages of jobs
 def test_compare_run_again_into_its_directory_trains_nothing_and_says_the_same(comparison):
     sweep, output, again, untouched = comparison
     assert "6 of 6 jobs already have a final result" in again
