@@ -17,7 +17,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class Interruption(pl.Callback):
-    """Its hooks call on to the next class's (experiments.callbacks.checkpoint.BestAndLastCheckpoint
+    """Lightning's OnExceptionCheckpoint saves where the exception was raised, for Ctrl-C possibly
+    in the middle of a step; this stops SIGINT at a step boundary as Lightning stops SIGTERM, and
+    last.ckpt is written there. Its hooks call on to the next class's (experiments.callbacks.checkpoint.BestAndLastCheckpoint
     combines it with Lightning's ModelCheckpoint)."""
 
     def __init__(self, save_to: str | None = None) -> None:

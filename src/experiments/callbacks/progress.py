@@ -38,6 +38,9 @@ def notebook_output() -> Any | None:
 
 
 class ProgressLine(ProgressBar):
+    """Lightning's TQDMProgressBar and RichProgressBar redraw bars; in CI or a log file that is a
+    stream of carriage returns, where this prints a plain line every `plain_every_seconds`."""
+
     def __init__(
         self,
         refresh_seconds: float = 0.1,

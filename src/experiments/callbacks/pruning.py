@@ -13,6 +13,10 @@ from experiments.core.state import RunState
 
 
 class TrialPruning(pl.Callback):
+    """optuna-integration's PyTorchLightningPruningCallback follows one trial per Trainer and stops
+    the whole fit when it is pruned; this one reports each run of a population to its own trial and
+    stops only the runs pruned."""
+
     def __init__(self, runs: Any, trials: list[Any | None]) -> None:
         self.runs = runs
         self.states: list[RunState] = runs.states
