@@ -15,8 +15,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.core.config import CONF_DIR
+from experiments.core.config import CONF_DIR, register_resolvers
 from experiments.data.idx_files import FILES, write_fake_set
+
+register_resolvers()  # as the entry points do
 
 IDX_NAMES = {
     (split, kind): FILES[f"{split}_{kind}"]

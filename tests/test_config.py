@@ -81,12 +81,13 @@ def test_default_experiment_is_linear_regression_on_synthetic_data(tmp_path: Pat
 
 def test_another_hydra_app_in_the_environment_keeps_hydras_own_basic_sweeper(tmp_path: Path):
     """Installing this package changes nothing for a foreign Hydra app: Hydra still scans our
-    plugins in its process, and its -m still runs Hydra's own BasicSweeper."""
+    plugins in its process, yet its -m runs Hydra's own BasicSweeper and none of our OmegaConf
+    resolvers is registered there."""
     app = tmp_path / "app.py"
     app.write_text(
         textwrap.dedent("""\
-        import hydra
-        hydra.main(version_base="1.3", config_path=None)(lambda cfg: print("job", cfg.x))()
+        import hydra, omegaconf
+        hydra.main(version_base="1.3", config_path=None)(lambda cfg: print("job", cfg.x, omegaconf.OmegaConf.has_resolver("job_dir")))()
         """)
     )
     shown = subprocess.run(
@@ -100,7 +101,8 @@ def test_another_hydra_app_in_the_environment_keeps_hydras_own_basic_sweeper(tmp
         [sys.executable, str(app), "-m", "+x=1,2"], cwd=tmp_path, capture_output=True, text=True
     )
     assert swept.returncode == 0, swept.stderr[-2000:]
-    assert "job 1" in swept.stdout and "job 2" in swept.stdout
+    # Hydra imported our plugin modules; our resolvers stay ours (registered by our entry points)
+    assert "job 1 False" in swept.stdout and "job 2 False" in swept.stdout
     assert sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if p.is_dir()) == ["0", "1"]
 
 

@@ -493,3 +493,49 @@ def test_a_population_refuses_distributed_training_in_one_sentence(tmp_path: Pat
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
     assert "hydra/launcher=vectorized trains a group of jobs in one process" in done.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("launcher", ["basic", "vectorized"])
+def test_a_sweep_leaves_a_job_another_process_trains_alone_and_trains_the_others(
+    tmp_path: Path, launcher: str
+):
+    """A job whose directory another live process holds is named in one sentence and left as it
+    is; the sweep trains its other jobs and ends normally, on either launcher."""
+    import sys
+
+    sweep = tmp_path / "sweep"
+    held = sweep / "experiment=thermometer,optimizer.lr=0.01,trainer.max_epochs=20"
+    held.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)",
+            str(held),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = cli(
+            [
+                "-m",
+                "experiment=thermometer",
+                "trainer.max_epochs=20",
+                "optimizer.lr=0.01,0.02",
+                f"hydra/launcher={launcher}",
+                f"hydra.sweep.dir={sweep}",
+            ],
+            tmp_path,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"job={held} is in use by another run that is still training" in done.stderr
+    # nothing trained there (Hydra's basic launcher writes a job's .hydra/ before the job starts)
+    assert {p.name for p in held.iterdir()} <= {".hydra"}
+    other = read_metrics(sweep / "experiment=thermometer,optimizer.lr=0.02,trainer.max_epochs=20")
+    assert other["status"] == "finished"

@@ -31,7 +31,7 @@ def outcome(entry: Callable[[], Any], config_name: str, argv: list[str]) -> int 
     errors, for the command line and experiments.api alike; a refused or interrupted start
     leaves nothing behind."""
     # Hydra's own error printing spans several lines; with this set its exceptions reach us.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = [sys.argv[0], *prepare_arguments(argv)]
     code: int | str | None = 0
     try:

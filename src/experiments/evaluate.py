@@ -15,7 +15,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.cli import one_sentence, run_cli
-from experiments.core.config import CONF_DIR, UserError
+from experiments.core.config import CONF_DIR, UserError, register_resolvers
+
+register_resolvers()  # conf/ resolves ${job_dir:...} and its siblings
 
 log = logging.getLogger("experiments")
 

@@ -33,7 +33,11 @@ def answer_for_official_optuna(config: DictConfig) -> None:
 
     if config.hydra.sweeper.get("_target_") != OFFICIAL_OPTUNA:
         return
-    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+    try:  # the module itself: a folder left with only __pycache__ in it is a namespace package
+        official = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper")
+    except ModuleNotFoundError:
+        official = None
+    if official is None:
         with read_write(config.hydra.sweeper):
             config.hydra.sweeper._target_ = OUR_OPTUNA
 

@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from experiments.cli import one_sentence, run_cli
-from experiments.core.config import CONF_DIR, UserError
+from experiments.core.config import CONF_DIR, UserError, register_resolvers
 from experiments.core.job import job_code, own_job, record_failure, report, stop_code
 from experiments.core.overrides import disk_full, key_of
 from experiments.core.rundir import RESUME_ONE_RUN, check_continuation
@@ -29,6 +29,8 @@ from experiments.core.state import (
     final_status,
     read_record,
 )
+
+register_resolvers()  # conf/ resolves ${job_dir:...} and its siblings
 
 log = logging.getLogger("experiments")
 

@@ -46,7 +46,9 @@ def positive_int(value: Any) -> bool:
 
 def check_positive_int(key: str, value: Any, meaning: str = "", allowed: tuple = ()) -> None:
     """`key` holds a positive integer (or one of `allowed`, which `meaning` then explains)."""
-    if value not in allowed and not positive_int(value):
+    if not positive_int(value) and not any(
+        value is a or (type(value) is type(a) and value == a) for a in allowed
+    ):
         raise UserError(f"{key} must be a positive integer{meaning}, got {value!r}.")
 
 
@@ -151,12 +153,18 @@ def gpu_for_job(job_num: int | None = None, gpu_count: int | None = None) -> lis
     return [int(job_num) % gpu_count] if gpu_count else [0]
 
 
-OmegaConf.register_new_resolver("job_dir", job_dir_name, replace=True)
-OmegaConf.register_new_resolver("gpu_for_job", gpu_for_job, replace=True)
-# resume=<run dir> runs in that directory and leaves its .hydra/ (the run's own config) untouched.
-OmegaConf.register_new_resolver(
-    "run_dir_or_resume", lambda resume, new: resume or new, replace=True
-)
-OmegaConf.register_new_resolver(
-    "unless_resume", lambda resume, subdir: None if resume else subdir, replace=True
-)
+RESOLVERS = {
+    "job_dir": job_dir_name,
+    "gpu_for_job": gpu_for_job,
+    # resume=<run dir> runs in that directory and leaves its .hydra/ (the run's own config) untouched.
+    "run_dir_or_resume": lambda resume, new: resume or new,
+    "unless_resume": lambda resume, subdir: None if resume else subdir,
+}
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/ uses, registered by this app's entry points (experiments.train and its
+    siblings): Hydra imports every hydra_plugins module in every Hydra app, so registering them
+    when this module is imported would take these names from another app in the environment."""
+    for name, resolver in RESOLVERS.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)

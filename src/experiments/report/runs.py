@@ -27,9 +27,11 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job that left a metrics.json, best first, then diverged and failed ones."""
     rows = []
     for path in sweep_dir.glob(f"**/{METRICS}"):
-        metrics = read_record(path.parent)
-        if metrics is None:  # a job writing its first record right now
-            continue
+        # written whole or not at all (write_atomically): one that cannot be read is damaged
+        metrics = read_record(path.parent) or {
+            "status": "failed",
+            "reason": f"its {METRICS} cannot be read",
+        }
         monitor = metrics.get("monitor") or {}
         hparams = metrics.get("hparams") or {}
         val_loss = (metrics.get("metrics") or {}).get("val/loss") or {}

@@ -127,6 +127,10 @@ class VectorizedLauncher(Launcher):
             log.info(
                 f"\tnot trained: #{initial_job_idx + i} {' '.join(filter_overrides(job_overrides[i]))} (a value fails its check)"
             )
+        from experiments.population.group import check_launchable
+
+        for members in together:  # a swept trainer.strategy stops the sweep before anything trains
+            check_launchable(tasks[members[0]])
         results: dict[int, JobReturn] = {}
         # A job whose value is refused runs first, as on the basic launcher, to record its sentence
         # (and, with fail_fast=true, to stop the sweep before anything trains).
@@ -168,15 +172,17 @@ class VectorizedLauncher(Launcher):
         members = sorted(members, key=lambda i: str(configs[i].optimizer._target_))
         jobs: list[Job] = []
         handlers: list[logging.Handler] = []
-        owned = []
+        owned, results = [], {}
         for i in members:
             run_dir = Path(configs[i].hydra.runtime.output_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            if own_job(run_dir):  # else another process trains it: its directory is left alone
+            if own_job(run_dir):
                 owned.append(i)
+            else:  # another process trains it: its directory is left alone, as train.main does
+                results[i] = job_return(configs[i], tasks[i], job_overrides[i], None)
         members = owned
         if not members:
-            return {}
+            return results
         for n, i in enumerate(members):
             config = configs[i]
             run_dir = Path(config.hydra.runtime.output_dir)
@@ -226,20 +232,11 @@ class VectorizedLauncher(Launcher):
             for handler in handlers:
                 logging.getLogger().removeHandler(handler)
                 handler.close()
-        results = {}
         for i, job, outcome in zip(members, jobs, outcomes):
             if outcome is None:  # never trained: the sweep stops at another job's mistake
                 discard(job.run_dir)
                 continue
-            ret = JobReturn(
-                overrides=list(job_overrides[i]),
-                cfg=tasks[i],
-                hydra_cfg=configs[i],
-                working_dir=os.getcwd(),
-                task_name=str(configs[i].hydra.job.name),
-            )
-            ret.return_value = outcome["monitor"].get("best")
-            ret.status = JobStatus.COMPLETED
+            ret = job_return(configs[i], tasks[i], job_overrides[i], outcome["monitor"].get("best"))
             self.hydra_context.callbacks.on_job_end(config=configs[i], job_return=ret)
             results[i] = ret
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -247,6 +244,22 @@ class VectorizedLauncher(Launcher):
         if stopping := stop_code([job_code(o) for o in outcomes], True, fail_fast):
             sys.exit(stopping)
         return results
+
+
+def job_return(
+    config: DictConfig, task: DictConfig, overrides: Sequence[str], value: float | None
+) -> JobReturn:
+    """What Hydra's run_job returns for a job that completed with this return value."""
+    ret = JobReturn(
+        overrides=list(overrides),
+        cfg=task,
+        hydra_cfg=config,
+        working_dir=os.getcwd(),
+        task_name=str(config.hydra.job.name),
+    )
+    ret.return_value = value
+    ret.status = JobStatus.COMPLETED
+    return ret
 
 
 def value_error(config: DictConfig, task: DictConfig) -> str | None:
