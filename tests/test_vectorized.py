@@ -535,7 +535,8 @@ def test_a_sweep_leaves_a_job_another_process_trains_alone_and_trains_the_others
         holder.wait()
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"job={held} is in use by another run that is still training" in done.stderr
-    # nothing trained there (Hydra's basic launcher writes a job's .hydra/ before the job starts)
-    assert {p.name for p in held.iterdir()} <= {".hydra"}
+    # nothing trained there (Hydra's basic launcher writes a job's .hydra/ and opens its log
+    # before the job starts)
+    assert {p.name for p in held.iterdir()} <= {".hydra", "train.log"}
     other = read_metrics(sweep / "experiment=thermometer,optimizer.lr=0.02,trainer.max_epochs=20")
     assert other["status"] == "finished"
