@@ -82,6 +82,8 @@ def check_writable(key: str, folder: Path) -> None:
 
 
 def check_resume_dir(resume: str) -> Path:
+    """A run directory to continue, taken for this process: a run still training there is named
+    before anything else (it may not have written its last.ckpt yet)."""
     run_dir = Path(resume)
     if (
         not (run_dir / ".hydra" / "overrides.yaml").is_file()
@@ -90,6 +92,7 @@ def check_resume_dir(resume: str) -> Path:
         raise UserError(
             f"resume={resume} is not a run directory written by experiments.train (no .hydra/overrides.yaml); pass one under outputs/runs/."
         )
+    own(run_dir, "resume")
     if not (run_dir / "checkpoints" / "last.ckpt").is_file():
         raise UserError(
             f"resume={resume} has no checkpoints/last.ckpt to continue from; start a new run instead."
@@ -250,8 +253,7 @@ def claim_run_dir(config: DictConfig) -> None:
     """Before Hydra writes anything into a single run's directory: the directory is writable, free
     of any other run (unless resume= continues that run), and owned by this process."""
     if config.get("resume"):
-        run_dir = check_resume_dir(str(config.resume))
-        own(run_dir, "resume")
+        check_resume_dir(str(config.resume))
         return
     run_dir = Path(str(config.hydra.run.dir))
     if inherited(run_dir):
