@@ -3,11 +3,12 @@
     python benchmarks/run.py [--reps 3] [--data /usr/share/datasets/fashion-mnist] [--quick]
                              [--cases 2,3] [--before REV] [--skip NAMES]
 
-Every command is a fresh process, start-up included, and the variants of each case run side by
+Every command is a fresh process, start-up included (but in --quick), and the variants of each case run side by
 side: repetition 1 of every variant, then repetition 2, and so on, so a slow minute on a shared
 machine hits them alike. The tables (medians over the repetitions, with ratios against the
 targets) go to benchmarks/RESULTS.md and benchmarks/results.json, or --out. --quick runs tiny
-sizes once (the smoke test of this script). With a GPU, cases 1 to 3 also run on it.
+sizes once, every command in this process (the smoke test of this script; its times
+mean nothing). With a GPU, cases 1 to 3 also run on it.
 
   1. MNIST-style data, the tutorial's 784-28-10 MLP, Adam 1e-3, batch 128, 2 epochs: the package,
      the tutorial's own loop (benchmarks/tutorial_loop.py) and a loop over preloaded tensors
@@ -88,9 +89,60 @@ def run(command: list[str], workdir: Path, env: dict | None = None) -> dict:
     return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024, "stdout": out.read_text()}
 
 
-def measure(variant: Variant, workdir: Path) -> None:
+def run_here(command: list[str], workdir: Path) -> dict:
+    """A command run in this process, as --quick does: a package command through
+    experiments.cli.main (the command line's own path), a script through runpy, `-c` code through
+    exec. The imports are paid once, so the smoke test checks every case in a fraction of the
+    time; its wall times and memory then mean nothing."""
+    import contextlib
+    import resource
+    import runpy
+
+    from experiments import cli, train
+
+    out, err = workdir / "stdout", workdir / "stderr"
+    where, argv, ci = os.getcwd(), list(sys.argv), os.environ.get("CI")
+    os.environ["CI"] = "true"
+    os.chdir(workdir)
+    try:
+        with out.open("w") as stdout, err.open("w") as stderr:
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    if command[: len(TRAIN)] == TRAIN:
+                        code = cli.main(train.main, "train", command[len(TRAIN) :])
+                    elif command[1] == "-c":
+                        exec(compile(command[2], "<string>", "exec"), {"__name__": "__main__"})
+                        code = 0
+                    else:
+                        sys.argv = command[1:]
+                        runpy.run_path(command[1], run_name="__main__")
+                        code = 0
+                except SystemExit as exit:
+                    code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+            seconds = time.perf_counter() - started
+    finally:
+        os.chdir(where)
+        sys.argv = argv
+        if ci is None:
+            os.environ.pop("CI")
+        else:
+            os.environ["CI"] = ci
+    if code != 0:
+        raise SystemExit(
+            f"benchmark command failed ({code}): {' '.join(command)}\n{err.read_text()[-3000:]}"
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_mb": peak, "stdout": out.read_text()}
+
+
+def measure(variant: Variant, workdir: Path, here: bool = False) -> None:
+    """Run a variant once into workdir and keep what it measured; here: in this process (--quick)."""
     workdir.mkdir(parents=True)
-    result = run(variant.command, workdir, variant.env)
+    if here and not variant.env:
+        result = run_here(variant.command, workdir)
+    else:
+        result = run(variant.command, workdir, variant.env)
     if variant.reads == "json":
         result["json"] = json.loads(result["stdout"].strip().splitlines()[-1])
     elif variant.reads == "package":
@@ -754,7 +806,9 @@ def main() -> None:
         help="a folder with the four MNIST-style IDX files",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="tiny sizes, one repetition: checks the benchmark runs"
+        "--quick",
+        action="store_true",
+        help="tiny sizes, one repetition, every command in this process: checks the benchmark runs",
     )
     parser.add_argument(
         "--out",
@@ -862,6 +916,7 @@ def main() -> None:
                             / f"{name}-{variant.name}-{rep}".replace(" ", "_")
                             .replace(",", "")
                             .replace("'", ""),
+                            here=args.quick,
                         )
         finally:
             if args.before:
