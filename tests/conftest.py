@@ -177,3 +177,28 @@ def mnist_root(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".cache"))
+
+
+# Module-scoped fixtures that train: the tests using one run on one xdist worker (--dist loadgroup
+# in pyproject.toml), so each trains once a session instead of once per worker.
+TRAINED_ONCE = (
+    "thermometer_run",
+    "finished_run",
+    "digits_run",
+    "uninterrupted",
+    "optimizer_sweep",
+    "seed_sweep",
+    "comparison",
+    "thermometer_events",
+    "thermometer_sweep",
+    "vectorized_cli",
+    "digits",  # last: the group of a test using two is the first listed
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = [name for name in TRAINED_ONCE if name in getattr(item, "fixturenames", ())]
+        if used:
+            item.add_marker(pytest.mark.xdist_group(used[0]))

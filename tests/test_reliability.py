@@ -18,11 +18,12 @@ import torch
 from conftest import cli, fake_mnist, only_run_dir, read_metrics, scalar_history, train_in_process
 
 # Mini-batches with shuffling, Adam's state, validation: all of what a resume must restore.
+EPOCHS = 20  # of 33 steps each
 KILLABLE = [
     "experiment=mnist",
     "data.val_size=40",
     "data.batch_size=8",
-    "trainer.max_epochs=60",
+    f"trainer.max_epochs={EPOCHS}",
     "trainer.deterministic=true",
     "callbacks.progress.plain_every_seconds=0.05",
 ]
@@ -58,9 +59,9 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    target = random.randint(40, 1500)  # of 60 epochs x 33 steps
+    target = random.randint(40, EPOCHS * 33 - 200)  # room to stop before the end
     for line in process.stdout:
-        if (match := re.search(r"epoch (\d+)/60 · step (\d+)/33", line)) and (
+        if (match := re.search(rf"epoch (\d+)/{EPOCHS} · step (\d+)/33", line)) and (
             int(match[1]) - 1
         ) * 33 + int(match[2]) >= target:
             process.send_signal(signum)
@@ -74,7 +75,7 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(
     assert metrics["status"] == "interrupted" and metrics["reason"].startswith(
         f"interrupted by {signal.Signals(signum).name}"
     )
-    assert 0 < metrics["steps"] < 60 * 33 and "Interrupted" in output
+    assert 0 < metrics["steps"] < EPOCHS * 33 and "Interrupted" in output
     assert (
         torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
         == metrics["steps"]
@@ -86,7 +87,7 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(
     resumed, straight = weights(run_dir), weights(uninterrupted)
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
     final = read_metrics(run_dir)
-    assert final["status"] == "finished" and final["steps"] == 60 * 33
+    assert final["status"] == "finished" and final["steps"] == EPOCHS * 33
     assert final["metrics"] == read_metrics(uninterrupted)["metrics"]
     # every logged value at its step, the interrupted epoch's included
     assert scalar_history(run_dir) == scalar_history(uninterrupted)
