@@ -198,7 +198,15 @@ TRAINED_ONCE = (
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the tests of a fixture that trains; then put the slow tests (and whole groups holding
+    one) first, so that the two workers end together on short tests instead of one waiting for
+    the other's long one."""
+    keys: dict[str, str] = {}
+    slow: dict[str, bool] = {}
     for item in items:
         used = [name for name in TRAINED_ONCE if name in getattr(item, "fixturenames", ())]
         if used:
             item.add_marker(pytest.mark.xdist_group(used[0]))
+        keys[item.nodeid] = key = f"{item.path}::{used[0]}" if used else item.nodeid
+        slow[key] = slow.get(key, False) or item.get_closest_marker("slow") is not None
+    items.sort(key=lambda item: not slow[keys[item.nodeid]])

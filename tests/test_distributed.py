@@ -34,8 +34,8 @@ def test_ddp_on_two_cpu_processes_keeps_one_run_directory_and_synced_metrics(tmp
         [
             "experiment=thermometer",
             "trainer=ddp_cpu",
-            "trainer.max_epochs=300",
-            "trainer.check_val_every_n_epoch=100",
+            "trainer.max_epochs=60",
+            "trainer.check_val_every_n_epoch=20",
         ],
         tmp_path,
     )
@@ -44,7 +44,7 @@ def test_ddp_on_two_cpu_processes_keeps_one_run_directory_and_synced_metrics(tmp
     assert (run_dir / "train_ddp_process_1.log").is_file()
     assert len(event_file_pids(run_dir)) == 1  # TensorBoard files come from rank 0 only
     metrics = read_metrics(run_dir)
-    assert metrics["status"] == "finished" and metrics["steps"] == 300
+    assert metrics["status"] == "finished" and metrics["steps"] == 60
     assert done.stdout.count("Finished in") == 1  # one summary, from rank 0
     # The validation loss DDP logged equals what one process computes with the same weights.
     model = LinearRegression()

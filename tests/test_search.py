@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 import textwrap
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def jobs(sweep: Path) -> list[Path]:
     return sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.startswith("trial"))
 
 
+@pytest.mark.slow  # eight trials and Optuna's plots
 def test_an_optuna_search_runs_its_trials_reports_the_best_and_continues_when_run_again(
     tmp_path: Path,
 ):
@@ -421,14 +423,14 @@ def test_a_broken_gradient_is_caught(tmp_path: Path):
 
 
 def test_gradcheck_exits_non_zero_on_a_broken_gradient_and_zero_on_the_packages_models(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     (tmp_path / "broken.py").write_text(BROKEN_MODEL)
     (tmp_path / "conf" / "model").mkdir(parents=True)
     (tmp_path / "conf" / "model" / "broken.yaml").write_text(
         "_target_: broken.BrokenLine\ninit_weight: 1.0\ninit_bias: 0.0\n"
     )
-    env = {"PYTHONPATH": str(tmp_path)}
+    monkeypatch.syspath_prepend(str(tmp_path))  # PYTHONPATH=tmp_path, in this process
     done = cli(
         [
             f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
@@ -437,8 +439,8 @@ def test_gradcheck_exits_non_zero_on_a_broken_gradient_and_zero_on_the_packages_
         ],
         tmp_path,
         module="experiments.gradcheck",
-        env=env,
     )
+    sys.modules.pop("broken", None)  # the process given back as it was
     assert done.returncode == 1 and "beyond gradcheck.tolerance=0.0001" in done.stderr
     assert "linear.weight[0, 0]" in done.stdout  # the table is shown before the verdict
     done = cli(["experiment=thermometer"], tmp_path, module="experiments.gradcheck")

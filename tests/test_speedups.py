@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 
 from experiments.core import speedups
@@ -124,6 +125,7 @@ def test_lightning_still_wraps_each_hook_in_the_profilers_profile():
     assert any("training_step" in name for name in entered) and len(entered) > 50
 
 
+@pytest.mark.slow  # two fresh processes importing Lightning
 def test_lightning_still_sets_the_nvml_check_and_the_package_removes_it_again():
     """skip_nvml_probe only pays while importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK and
     torch's Adam probes the accelerator on every step; a value the user set is left alone."""

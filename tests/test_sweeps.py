@@ -492,6 +492,7 @@ def test_the_hparams_table_marks_every_setting_that_differs_between_runs(optimiz
     assert sorted(ended).count("diverged") == 2 and ended.count("finished") == 13
 
 
+@pytest.mark.slow  # joblib's worker processes
 def test_parallel_launcher_gives_the_sequential_results(optimizer_sweep, tmp_path: Path):
     sweep, _ = optimizer_sweep
     done = cli(
