@@ -18,7 +18,7 @@ import torch
 from conftest import cli, fake_mnist, only_run_dir, read_metrics, scalar_history, train_in_process
 
 # Mini-batches with shuffling, Adam's state, validation: all of what a resume must restore.
-EPOCHS = 20  # of 33 steps each
+EPOCHS = 30  # of 33 steps each
 KILLABLE = [
     "experiment=mnist",
     "data.val_size=40",
@@ -59,7 +59,7 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    target = random.randint(40, EPOCHS * 33 - 200)  # room to stop before the end
+    target = random.randint(40, EPOCHS * 33 - 300)  # room to stop before the end
     for line in process.stdout:
         if (match := re.search(rf"epoch (\d+)/{EPOCHS} · step (\d+)/33", line)) and (
             int(match[1]) - 1
