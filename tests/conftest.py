@@ -141,6 +141,11 @@ def only_run_dir(cwd: Path) -> Path:
     return runs[0]
 
 
+def job_dirs(sweep: Path) -> list[Path]:
+    """A sweep's jobs: the folders under it holding a metrics.json, in name order."""
+    return sorted(p.parent for p in sweep.glob("**/metrics.json"))
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 

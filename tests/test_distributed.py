@@ -12,6 +12,7 @@ from conftest import (
     cli,
     compose_train,
     fake_mnist,
+    job_dirs,
     only_run_dir,
     read_metrics,
     terminate_at_epoch,
@@ -108,11 +109,8 @@ def test_a_sweep_of_ddp_jobs_runs_each_job_once_in_its_own_directory(tmp_path: P
     assert done.returncode == 0, done.stderr[-3000:]
     sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
     assert len(sweeps) == 1 and not (tmp_path / "outputs" / "runs").exists()
-    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [p.name for p in jobs] == [
-        "experiment=thermometer,optimizer.lr=0.001,trainer.max_epochs=50,trainer=ddp_cpu",
-        "experiment=thermometer,optimizer.lr=0.01,trainer.max_epochs=50,trainer=ddp_cpu",
-    ]
+    jobs = job_dirs(sweeps[0])
+    assert [p.name for p in jobs] == ["lr=0.001", "lr=0.01"]
     for job in jobs:
         assert read_metrics(job)["status"] == "finished" and read_metrics(job)["steps"] == 50
         assert (job / "train_ddp_process_1.log").is_file() and len(event_file_pids(job)) == 1
@@ -166,7 +164,7 @@ def test_submitit_local_executor_runs_a_two_job_sweep(tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
-    jobs = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    jobs = job_dirs(sweep)
     assert len(jobs) == 2 and all(read_metrics(job)["status"] == "finished" for job in jobs)
     assert (sweep / ".submitit").is_dir() and (sweep / "summary.csv").is_file()
 
@@ -184,7 +182,7 @@ def test_a_sweep_job_run_again_after_preemption_resumes_from_its_checkpoint(tmp_
     ]
     assert terminate_at_epoch(args, tmp_path, 300) == 143
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
-    job = next(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    (job,) = job_dirs(sweep)
     stopped = read_metrics(job)
     assert stopped["status"] == "interrupted" and 300 <= stopped["steps"] < 1000
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli, fake_mnist, only_run_dir, read_metrics, train_in_process
+from conftest import cli, fake_mnist, job_dirs, only_run_dir, read_metrics, train_in_process
 
 SHORT = ["experiment=thermometer", "trainer.max_epochs=300", "trainer.check_val_every_n_epoch=100"]
 CORES = len(os.sched_getaffinity(0))
@@ -221,9 +221,7 @@ def test_a_sweep_run_again_leaves_finished_and_diverged_jobs_alone(tmp_path: Pat
     sweep = tmp_path / "sweep"
     args = ["-m", *SHORT, "data.input_scale=null", f"hydra.sweep.dir={sweep}"]
     assert cli([*args, "optimizer.lr=1e-5,1e-2"], tmp_path).returncode == 0
-    jobs = {
-        p.name: snapshot(p) for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")
-    }
+    jobs = {p.name: snapshot(p) for p in job_dirs(sweep)}
     statuses = sorted(read_metrics(sweep / name)["status"] for name in jobs)
     assert statuses == ["diverged", "finished"]
     done = cli([*args, "optimizer.lr=1e-5,1e-2,1e-6"], tmp_path)
@@ -232,7 +230,7 @@ def test_a_sweep_run_again_leaves_finished_and_diverged_jobs_alone(tmp_path: Pat
     assert {
         name: snapshot(sweep / name) for name in jobs
     } == jobs  # not a byte changed, no event file added
-    assert len([p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]) == 3
+    assert len(job_dirs(sweep)) == 3
     # one HParams experiment, in the sweep's own run
     assert len(list(sweep.glob("**/events.out.tfevents.*.sweep"))) == 1
     assert "3 jobs: 2 finished, 1 diverged" in done.stdout
@@ -731,7 +729,7 @@ def test_a_sweep_job_directory_resumes_by_its_name_and_keeps_its_csv_history(tmp
         ).returncode
         == 0
     )
-    job = next(p for p in sweep.iterdir() if p.is_dir() and "lr=0.01," in p.name)
+    job = sweep / "lr=0.01"
     earlier = read_metrics(job)
     done = cli([f"resume={job}", "trainer.max_epochs=600"], tmp_path)
     assert done.returncode == 0, done.stderr

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import cli, read_metrics, scalar_history
+from conftest import cli, job_dirs, read_metrics, scalar_history
 from experiments.core.config import job_dir_name
 from experiments.report.runs import collect
 from experiments.report.tables import job_table, shown
@@ -32,10 +32,6 @@ def only_sweep(cwd: Path) -> Path:
     return sweeps[0]
 
 
-def job_dirs(sweep: Path) -> list[Path]:
-    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 @pytest.fixture(scope="module")
 def optimizer_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The sweep=optimizers preset: 5 optimizers x 3 learning rates on the thermometer, shortened."""
@@ -45,15 +41,21 @@ def optimizer_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str
     return only_sweep(cwd), done.stdout
 
 
-def test_all_15_jobs_run_each_in_a_directory_named_by_its_overrides(optimizer_sweep):
+def test_all_15_jobs_run_each_in_a_directory_named_by_what_varies(optimizer_sweep):
+    """Each job's folder (its run's name in TensorBoard) says what sets it apart, the optimizer
+    and its learning rate; its metrics.json records every override."""
     sweep, _ = optimizer_sweep
-    names = [p.name for p in job_dirs(sweep)]
-    assert len(names) == 15
-    assert (
-        "experiment=thermometer,optimizer.lr=0.01,optimizer=adam,trainer.check_val_every_n_epoch=100,trainer.max_epochs=300"
-        in names
-    )
-    assert all((sweep / name / "metrics.json").is_file() for name in names)
+    names = [p.relative_to(sweep).as_posix() for p in job_dirs(sweep)]
+    assert len(names) == 15 and max(map(len, names)) <= 40
+    assert {"adam,lr=0.01", "sgd,lr=0.1", "rmsprop,lr=0.001"} <= set(names)
+    assert sorted(read_metrics(sweep / "adam,lr=0.01")["overrides"]) == [
+        "experiment=thermometer",
+        "optimizer.lr=0.01",
+        "optimizer=adam",
+        "sweep=optimizers",
+        "trainer.check_val_every_n_epoch=100",
+        "trainer.max_epochs=300",
+    ]
 
 
 def test_diverging_jobs_are_stopped_and_reported_while_the_sweep_goes_on(optimizer_sweep):
@@ -66,11 +68,7 @@ def test_diverging_jobs_are_stopped_and_reported_while_the_sweep_goes_on(optimiz
         assert statuses[key]["status"] == "diverged"
         assert "train loss became" in statuses[key]["reason"] and statuses[key]["epochs"] < 300
     assert sum(m["status"] == "finished" for m in statuses.values()) == 13
-    log = (
-        sweep
-        / [p.name for p in job_dirs(sweep) if "lr=0.1,optimizer=sgd," in p.name][0]
-        / "train.log"
-    ).read_text()
+    log = (sweep / "sgd,lr=0.1" / "train.log").read_text()
     assert "Diverged" in log
 
 
@@ -121,7 +119,7 @@ def test_one_seed_per_configuration_gives_a_configuration_row_per_job(optimizer_
     runs = list(csv.DictReader((sweep / "runs.csv").open()))
     assert len(configs) == 15 and all(c["seeds"] == "1" for c in configs)
     best = configs[0]["configuration"].split(",")
-    assert len(best) == 2 and all(f"{part}," in runs[0]["job"] + "," for part in best)
+    assert len(best) == 2 and set(best) <= set(read_metrics(sweep / runs[0]["job"])["overrides"])
     assert configs[0]["best val/loss mean"] == runs[0]["best val/loss"]
     assert configs[0]["best val/loss std"] == "" and "configurations, mean ±" not in stdout
     assert [c["diverged"] for c in configs[-2:]] == ["1", "1"]
@@ -448,7 +446,7 @@ def test_tensorboard_shows_every_job_as_a_run_with_the_same_hparams_and_real_met
         "optimizer.betas",
         "batch_size",
     } <= next(iter(key_sets))
-    adam = next(s for run, s in sessions.items() if "optimizer=adam" in run)
+    adam = next(s for run, s in sessions.items() if run.startswith("adam,"))
     assert adam.hparams["optimizer.momentum"].number_value == 0.0  # neutral, not dropped
     # one experiment for the whole table, in the sweep's own run (no run named ".")
     assert list(experiments) == [".sweep"] and "." not in runs
@@ -457,7 +455,7 @@ def test_tensorboard_shows_every_job_as_a_run_with_the_same_hparams_and_real_met
         "test/loss",
     }
     assert {h.name for h in experiments[".sweep"].hparam_infos} == set(next(iter(key_sets)))
-    finished_run = next(run for run in sessions if "lr=0.01,optimizer=adam" in run)
+    finished_run = "adam,lr=0.01"
     accumulator = EventAccumulator(str(sweep / finished_run))
     accumulator.Reload()
     best = accumulator.Scalars("best/val_loss")[-1].value
@@ -546,9 +544,7 @@ def test_a_failing_job_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_pat
         refused["status"] == "failed"
         and "data.batch_size must be a positive integer" in refused["reason"]
     )
-    failed_dir = next(
-        p for p in job_dirs(only_sweep(tmp_path)) if "nonexistent,data.batch_size=null" in p.name
-    )
+    failed_dir = only_sweep(tmp_path) / "monitor=nonexistent,batch_size=null"
     assert "Traceback" in (failed_dir / "train.log").read_text()
     assert "4 jobs: 1 finished, 3 failed" in done.stdout
 
@@ -647,10 +643,10 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str
     done = cli(COMPARE, cwd, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     sweep = only_sweep(cwd)
-    before = {job.name: folder_bytes(job) for job in job_dirs(sweep)}
+    before = {job: folder_bytes(job) for job in job_dirs(sweep)}
     again = cli([*COMPARE, f"hydra.sweep.dir={sweep}"], cwd, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    untouched = before == {job.name: folder_bytes(job) for job in job_dirs(sweep)}
+    untouched = before == {job: folder_bytes(job) for job in job_dirs(sweep)}
     return sweep, done.stdout + done.stderr, again.stdout + again.stderr, untouched
 
 
@@ -659,8 +655,14 @@ def test_compare_reruns_each_optimizers_best_stage_one_learning_rate_with_its_se
     """Stage 1: the 6-point grid with seed 0, every seed from a random start; stage 2: the point
     with the best stage-1 value of each optimizer, seeds 0, 1, 2 (seed 0 is stage 1's job)."""
     sweep, output, _, _ = comparison
-    jobs = {p.name: read_metrics(p) for p in job_dirs(sweep)}
+    jobs = {p.relative_to(sweep).as_posix(): read_metrics(p) for p in job_dirs(sweep)}
     assert len(jobs) == 6 + 2 * 2
+    # each run's name says its stage, optimizer, learning rate and seed, in 40 characters
+    for name, m in jobs.items():
+        stage = "stage1" if m["hparams"]["seed"] == 5 else "stage2"
+        lr, seed = m["hparams"]["optimizer.lr"], m["hparams"]["seed"]
+        assert name == f"{stage}/{m['hparams']['optimizer']},lr={lr:g},seed={seed}", name
+        assert len(name) <= 40
     assert all("model.init_weight=null" in m["overrides"] for m in jobs.values())
     assert "random initialisation (model.init_weight=null model.init_bias=null)" in output
     assert all(name.count("seed=") == 1 for name in jobs)
@@ -688,6 +690,53 @@ def test_compare_reruns_each_optimizers_best_stage_one_learning_rate_with_its_se
     }
     assert sorted(plan["stage2"]) == sorted(stage_two)
     assert sorted(stage_two.values()) == [5, 5, 6, 6, 7, 7]
+
+
+@pytest.mark.slow  # sweep=compare: two stages of jobs
+def test_the_dashboard_holds_each_stage_two_configurations_mean_and_band_and_the_pictures(
+    comparison,
+):
+    """`tensorboard --logdir <sweep>/dashboard`: a run per stage-2 configuration whose
+    <tag>/mean, /lower and /upper are the mean, min and max of its finished seeds' own curves at
+    the steps they all logged (recomputed here from the jobs' event files), a margin chart per tag,
+    and the sweep's pictures; few runs, so TensorBoard selects every one when it opens."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    sweep, output, _, _ = comparison
+    dashboard = sweep / "dashboard"
+    plan = json.loads((sweep / "compare.json").read_text())
+    configurations: dict[str, list[dict]] = {}
+    for job in plan["stage2"]:
+        hparams = read_metrics(sweep / job)["hparams"]
+        name = f"{hparams['optimizer']},lr={hparams['optimizer.lr']:g}"
+        configurations.setdefault(name, []).append(sweep / job)
+    assert len(configurations) == 2 and all(len(j) == 3 for j in configurations.values())
+    assert sorted(p.name for p in dashboard.iterdir()) == sorted([*configurations, "sweep"])
+    for name, jobs in configurations.items():
+        band = scalar_history(dashboard / name)
+        assert all(read_metrics(job)["status"] == "finished" for job in jobs)
+        for tag in ("train/loss", "val/loss"):
+            seeds = [dict(scalar_history(job)[tag]) for job in jobs]
+            steps = sorted(set.intersection(*(set(seed) for seed in seeds)))
+            assert len(steps) > 1 and [s for s, _ in band[f"{tag}/mean"]] == steps
+            for part, combine in (("mean", statistics.fmean), ("lower", min), ("upper", max)):
+                expected = [combine(seed[s] for seed in seeds) for s in steps]
+                assert [v for _, v in band[f"{tag}/{part}"]] == pytest.approx(expected, rel=1e-6)
+    pictures = EventAccumulator(str(dashboard / "sweep"), size_guidance={"tensors": 0})
+    pictures.Reload()
+    assert {"sweep/summary", "sweep/curves", "sweep/paths"} <= set(pictures.Tags()["images"])
+    layout = layout_pb2.Layout.FromString(
+        pictures.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    )
+    margins = {
+        tuple(s.value for s in chart.margin.series)
+        for category in layout.category
+        for chart in category.chart
+    }
+    assert ("train/loss/mean",) in {m[:1] for m in margins} and ("val/loss/mean",) in {
+        m[:1] for m in margins
+    }
+    assert f"tensorboard --logdir outputs/sweeps/{sweep.name}/dashboard " in output
 
 
 @pytest.mark.slow  # sweep=compare: two stages of jobs

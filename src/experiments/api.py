@@ -269,7 +269,7 @@ class Sweep:
     def runs(self) -> list[Run]:
         from experiments.core.state import METRICS
 
-        return [Run(p.parent) for p in sorted(self.sweep_dir.glob(f"*/{METRICS}"))]
+        return [Run(p.parent) for p in sorted(self.sweep_dir.glob(f"**/{METRICS}"))]
 
     def frame(self, which: str) -> Any:
         """A table of the sweep read from its jobs' files now, as its CSV file holds it once the

@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from experiments.core.config import job_dir_name
+
 
 def quote_value(value: str) -> str:
     """A value as Hydra's override grammar reads it literally, whatever it holds (`=`, `,`, spaces)."""
@@ -68,6 +70,53 @@ def prepare_arguments(argv: list[str]) -> list[str]:
 
 def key_of(override: str) -> str:
     return override.partition("=")[0].lstrip("+~")
+
+
+def unquoted(value: str) -> str:
+    return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
+def job_identity(
+    overrides: list[str], exclude: tuple[str, ...] | list[str] = ()
+) -> tuple[str, ...]:
+    """What makes a sweep's job the job it is: its overrides, in any order, without hydra's own and
+    those that only say where or how it runs (`exclude`: hydra.job.config.override_dirname's
+    exclude_keys). A sweep run again finds a job's directory by this, whatever the folder's name."""
+    return tuple(
+        sorted(
+            o for o in overrides if not key_of(o).startswith("hydra") and key_of(o) not in exclude
+        )
+    )
+
+
+def job_names(
+    jobs: list[list[str]],
+    exclude: tuple[str, ...] | list[str] = (),
+    groups: tuple[str, ...] | set[str] = (),
+    always: tuple[str, ...] = (),
+) -> list[str]:
+    """Each job's short name in its sweep: what sets it apart from the sweep's other jobs, config
+    groups by their option and other keys by their last part, `seed` last
+    (`adam,lr=0.464,seed=3`); every override where nothing varies; keys in `always` even where
+    they do not vary. Two jobs may get one name only where their values differ in a `/` alone."""
+    parsed = [
+        {key_of(o): o.partition("=")[2] for o in job if key_of(o) not in exclude} for job in jobs
+    ]
+    parsed = [{k: v for k, v in p.items() if not k.startswith("hydra")} for p in parsed]
+    keys = list(dict.fromkeys(k for p in parsed for k in p))
+    varying = [k for k in keys if k in always or len({p.get(k) for p in parsed}) > 1] or keys
+    varying.sort(key=lambda k: (k not in groups, k == "seed"))
+    last = [k.rsplit(".", 1)[-1] for k in varying]
+    shown = {k: k if last.count(s) > 1 else s for k, s in zip(varying, last)}
+    names = []
+    for num, values in enumerate(parsed):
+        parts = [
+            unquoted(values[k]) if k in groups else f"{shown[k]}={unquoted(values[k])}"
+            for k in varying
+            if k in values
+        ]
+        names.append(job_dir_name(",".join(parts), num))
+    return names
 
 
 def flag_error(error: BaseException) -> str | None:

@@ -289,3 +289,37 @@ def claim_sweep_dir(sweep_dir: Path) -> None:
         )
     check_writable("hydra.sweep.dir", sweep_dir)
     own(sweep_dir, "hydra.sweep.dir")
+
+
+def sweep_job_dirs(
+    sweep_dir: Path, jobs: list[list[str]], names: list[str], exclude: tuple[str, ...] = ()
+) -> list[str]:
+    """Each job's folder in its sweep, relative to it. A job that already ran there keeps its
+    folder, found by the overrides its metrics.json records (job_identity), whatever that folder is
+    called: a sweep run again with another key swept, or one written by an older version, still
+    finds its finished jobs. A new job gets its name (job_names), with `~2`, `~3`, ... where that
+    folder holds another job, so two jobs never share one."""
+    from experiments.core.overrides import job_identity
+    from experiments.core.state import read_record
+
+    found: dict[tuple[str, ...], str] = {}
+    for path in sorted(sweep_dir.glob(f"**/{METRICS}")) if sweep_dir.is_dir() else []:
+        record = read_record(path.parent) or {}
+        if isinstance(record.get("overrides"), list):
+            relative = path.parent.relative_to(sweep_dir).as_posix()
+            found.setdefault(job_identity(record["overrides"], exclude), relative)
+    taken = set(found.values())
+    dirs = []
+    for job, name in zip(jobs, names):
+        identity = job_identity(job, exclude)
+        if identity not in found:
+            folder, n = name, 1
+            while folder in taken or any(
+                t.startswith(f"{folder}/") or folder.startswith(f"{t}/") for t in taken
+            ):
+                n += 1
+                folder = f"{name}~{n}"
+            found[identity] = folder
+            taken.add(folder)
+        dirs.append(found[identity])
+    return dirs

@@ -1,13 +1,13 @@
-"""The sweep's own TensorBoard run, `.sweep`: one HParams experiment covering every job, and the
-sweep's pictures as images."""
+"""The sweep's own TensorBoard runs: `.sweep`, one HParams experiment covering every job and the
+sweep's pictures; and `dashboard/`, a log directory of its own with each configuration's mean
+curve and band over its seeds."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-# the sweep's own TensorBoard run (HParams experiment, pictures); hidden, as .hydra is, so that
-# every visible folder of a sweep is a job
+# the sweep's own TensorBoard run (HParams experiment, pictures); hidden, as .hydra is
 SWEEP_RUN = ".sweep"
 
 
@@ -51,3 +51,47 @@ def write_sweep_events(sweep_dir: Path, rows: list[dict[str, Any]], images: dict
         writer.file_writer.add_summary(experiment)
         for name, pixels in images.items():
             writer.add_image(f"sweep/{name.removesuffix('.png')}", pixels, 0, dataformats="HWC")
+
+
+DASHBOARD = "dashboard"  # the sweep's comparison as TensorBoard shows it: `tensorboard --logdir <sweep>/dashboard`
+BAND_TAGS = ("mean", "lower", "upper")
+
+
+def write_dashboard(
+    sweep_dir: Path, curves: list[dict[str, Any]], names: list[str], images: dict[str, Any]
+) -> Path:
+    """`<sweep>/dashboard`, a TensorBoard log directory of its own with one run per configuration
+    (`adam,lr=0.01`) holding, per tag, the mean over its finished seeds and their min and max at
+    the steps they all logged (`val/loss/mean`, `val/loss/lower`, `val/loss/upper`: the band of
+    curves.png), a custom-scalars layout drawing each tag's bands in one margin chart, and a run
+    `sweep` with the sweep's pictures. Few runs, so TensorBoard selects them all when it opens
+    (it selects none of a log directory with more than 40, as a sweep's own often has)."""
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = sweep_dir / DASHBOARD
+    shutil.rmtree(folder, ignore_errors=True)  # written whole from the jobs' files each time
+    tags: list[str] = []
+    for curve, name in zip(curves, names):
+        with SummaryWriter(log_dir=str(folder / name)) as writer:
+            for tag, found in curve["curves"].items():
+                if tag not in tags:
+                    tags.append(tag)
+                for step, mean, low, high in zip(
+                    found["steps"], found["mean"], found["low"], found["high"]
+                ):
+                    for part, value in zip(BAND_TAGS, (mean, low, high)):
+                        writer.add_scalar(f"{tag}/{part}", value, step)
+    with SummaryWriter(log_dir=str(folder / "sweep")) as writer:
+        charts = {
+            f"{tag}: mean over seeds, band min to max": [
+                "Margin",
+                [f"{tag}/{part}" for part in BAND_TAGS],
+            ]
+            for tag in tags
+        }
+        writer.add_custom_scalars({"comparison": charts})
+        for name, pixels in images.items():
+            writer.add_image(f"sweep/{name.removesuffix('.png')}", pixels, 0, dataformats="HWC")
+    return folder

@@ -14,10 +14,13 @@ from experiments.report.runs import learning_curves, line_names
 
 
 def write_figures(
-    sweep_dir: Path, rows: list[dict[str, Any]], configs: list[dict[str, Any]]
+    sweep_dir: Path,
+    rows: list[dict[str, Any]],
+    configs: list[dict[str, Any]],
+    curves: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """summary.png, curves.png (of `configs`) and, for two-parameter models, paths.png; their
-    pixels by file name."""
+    """summary.png, curves.png (of `configs`; their `curves` where read already) and, for
+    two-parameter models, paths.png; their pixels by file name."""
     from matplotlib.image import imsave
 
     from experiments.report.figures import curves_figure, image_of, paths_figure, sweep_figure
@@ -30,7 +33,11 @@ def write_figures(
             [{**r, "line": lines[r["job"]]} for r in rows], monitors[0] if monitors else "val/loss"
         )
     tags = ["train/loss", *sorted(set(monitors))[:1]]
-    curves = learning_curves(sweep_dir, configs, tags)
+    if curves is None:
+        curves = learning_curves(sweep_dir, configs, tags)
+    curves = [
+        {**c, "curves": {t: c["curves"][t] for t in tags if t in c["curves"]}} for c in curves
+    ]
     by_job = {r["job"]: r for r in rows}
     for curve, config in zip(curves, configs):  # what curves_figure colours many lines by
         curve["lr"] = by_job[config["jobs"][0]]["lr"]

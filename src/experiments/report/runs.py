@@ -226,3 +226,35 @@ def scalars(run_dir: Path, tags: list[str] | None = None) -> dict[str, dict[int,
                     if value not in ("", None) and (tags is None or tag in tags):
                         found.setdefault(tag, {})[step] = float(value)
     return found
+
+
+def curve_tags(sweep_dir: Path, configs: list[dict[str, Any]]) -> list[str]:
+    """The training and validation curves a sweep's jobs log (train/*, val/*), as the first
+    finished job of the first configuration that has one logged them."""
+    for config in configs:
+        for job in config["finished_jobs"]:
+            logged = scalars(sweep_dir / job)
+            if logged:
+                return sorted(t for t in logged if t.startswith(("train/", "val/")))
+    return ["train/loss", "val/loss"]
+
+
+def configuration_names(
+    configs: list[dict[str, Any]], by_job: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Each configuration's short name, as a job's (experiments.core.overrides.job_names) without
+    its seed: `adam,lr=0.01`; TensorBoard's run for it in the sweep's dashboard."""
+    from experiments.core.config import CONF_DIR
+    from experiments.core.overrides import job_names
+
+    overrides = [
+        [o for o in by_job[c["jobs"][0]]["overrides"] if key_of(o) != "seed"] for c in configs
+    ]
+    groups = {key_of(o) for each in overrides for o in each if (CONF_DIR / key_of(o)).is_dir()}
+    names = job_names(overrides, groups=groups)
+    seen: dict[str, int] = {}
+    for k, name in enumerate(names):
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            names[k] = f"{name}~{seen[name]}"
+    return names

@@ -23,9 +23,16 @@ from experiments.report.comparison import (
     closing_sentences,
     plural,
 )
-from experiments.report.events import write_sweep_events
+from experiments.report.events import write_dashboard, write_sweep_events
 from experiments.report.pictures import write_figures
-from experiments.report.runs import STATUS_ORDER, read_sweep, scalars
+from experiments.report.runs import (
+    STATUS_ORDER,
+    configuration_names,
+    curve_tags,
+    learning_curves,
+    read_sweep,
+    scalars,
+)
 from experiments.report.tables import (
     configuration_table,
     job_table,
@@ -84,8 +91,14 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
         return {}
     write_table(sweep_dir / "runs", *job_table(report.rows))
     write_table(sweep_dir / "summary", *configuration_table(configs))
-    images = write_figures(sweep_dir, rows, stage_two or configs)
+    drawn = stage_two or configs
+    curves = learning_curves(sweep_dir, drawn, curve_tags(sweep_dir, drawn))
+    images = write_figures(sweep_dir, rows, drawn, curves)
     write_sweep_events(sweep_dir, report.rows, images)
+    dashboard = None
+    if any(c["curves"] for c in curves):
+        names = configuration_names(drawn, {r["job"]: r for r in report.rows})
+        dashboard = write_dashboard(sweep_dir, curves, names, images)
     counts = {status: sum(r["status"] == status for r in rows) for status in STATUS_ORDER}
     title = f"{len(rows)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
     caption = "mean ± the half-width of its 95% t-interval, over the finished seeds"
@@ -118,5 +131,10 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
         f"{', comparison.md' if report.plan is not None else ''}; "
         f"pictures: {', '.join(images) or 'none'}"
     )
-    print(f"tensorboard --logdir {shlex.quote(str(sweep_dir))}")
+    if dashboard is not None:
+        print(
+            f"tensorboard --logdir {shlex.quote(str(dashboard))}   # each configuration's mean and band "
+            "(Custom Scalars, Time Series) and the pictures (Images)"
+        )
+    print(f"tensorboard --logdir {shlex.quote(str(sweep_dir))}   # every job (HParams)")
     return counts

@@ -124,8 +124,11 @@ class CompareSweeper(GridSweeper):
         points = [[*point, *fixed] for point in points]
         search = [f"seed={first_seed + k}" for k in range(self.search_seeds)]
         stage_one = [[*point, seed] for point in points for seed in search]
-        self.validate_batch_is_legal(stage_one)
-        names = [self.job_dir(job, 0).name for job in stage_one]
+        # every name says the stage, the swept settings (optimizer, learning rate) and the seed
+        shown = (*(key_of(o.input_line) for o in parsed if o.is_sweep_override()), "seed")
+        named = dict(zip(map(tuple, stage_one), self.named(stage_one, "stage1", shown)))
+        self.validate_batch_is_legal(list(named.values()))
+        names = [self.folder(named[tuple(job)]) for job in stage_one]
         if len(set(names)) < len(names):
             raise UserError(
                 f"hydra.sweep.subdir={self.config.hydra.sweep.subdir} gives several jobs of sweep=compare one folder; "
@@ -144,10 +147,10 @@ class CompareSweeper(GridSweeper):
         log.info(
             f"sweep=compare, stage 1: {len(points)} grid points x {len(search)} seed(s) = {len(stage_one)} jobs"
         )
-        returns = self.launch_all(stage_one)
+        returns = self.launch_all(list(named.values()))
         records = {
             tuple(point): [
-                read_record(self.job_dir([*point, seed], 0)) for seed in search
+                read_record(self.job_dir(named[(*point, seed)], 0)) for seed in search
             ]  # the name does not depend on the number
             for point in points
         }
@@ -160,7 +163,8 @@ class CompareSweeper(GridSweeper):
             f"sweep=compare, stage 2: the best point of {len(chosen)} optimizer(s) x {plural(len(seeds), 'seed')} = "
             f"{len(stage_two)} jobs, {len(stage_two) - len(new)} of them from stage 1"
         )
-        returns += self.launch_all(new, first_num=len(stage_one))
+        named.update(zip(map(tuple, new), self.named(new, "stage2", shown)))
+        returns += self.launch_all([named[tuple(job)] for job in new], first_num=len(stage_one))
         write_plan(
             sweep_dir,
             {
@@ -169,11 +173,16 @@ class CompareSweeper(GridSweeper):
                 ],
                 "stage1_jobs": names,
                 "chosen": {name: list(point) for name, point in chosen.items()},
-                "stage2": [self.job_dir(job, 0).name for job in stage_two],
+                "stage2": [self.folder(named[tuple(job)]) for job in stage_two],
                 "seeds": [int(s.split("=")[1]) for s in seeds],
             },
         )
         return returns
+
+    def folder(self, job: list[str]) -> str:
+        """A job's folder, relative to the sweep's (the names its plan and tables use)."""
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        return self.job_dir(job, 0).relative_to(sweep_dir).as_posix()
 
     def random_start_overrides(self, point: list[str], given: dict[str, Any]) -> list[str]:
         """`model.init_*=null` for each initial value the model fixes, unless the command line fixed it."""

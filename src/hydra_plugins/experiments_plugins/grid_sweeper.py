@@ -28,6 +28,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from experiments.core.config import CONF_DIR, check_positive_int
+from experiments.core.overrides import job_names, key_of, quote_value
+from experiments.core.rundir import sweep_job_dirs
 from experiments.core.state import final_status
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ COMPOSED: dict[tuple[str, ...], DictConfig] = {}
 # loader sets them, hydra.overrides.task and hydra.job.override_dirname rewritten (about 10 ms).
 # tests/test_config.py checks that the result equals Hydra's own for every preset and sweep in conf/.
 TEMPLATES: dict[tuple, tuple[list[Override], DictConfig]] = {}
+SUBDIR = "hydra.sweep.subdir"
 
 
 def plain_value(override: Override, master: DictConfig) -> bool:
@@ -51,6 +54,8 @@ def plain_value(override: Override, master: DictConfig) -> bool:
     package, not a hydra key, a number, string, bool or null, and a key inside a node
     (`optimizer.lr`) or a top-level key holding a plain value (`seed`), never a config group."""
     key = override.key_or_group
+    if key == SUBDIR and override.type == OverrideType.CHANGE and not override.is_sweep_override():
+        return True  # the job's folder, set by the sweeper (GridSweeper.named)
     if not (
         override.type == OverrideType.CHANGE
         and not override.is_sweep_override()
@@ -89,9 +94,13 @@ def from_template(
             # what ConfigLoaderImpl._apply_overrides_to_config does with `key=value`
             OmegaConf.update(config, new.key_or_group, new.value(), merge=True)
     job = config.hydra.job
-    # hydra.* lines go to hydra.overrides.hydra, the same in the template (they are its shape)
+    # hydra.* lines go to hydra.overrides.hydra, after the sweep's own (load_sweep_config)
     task = [o for o in overrides if not o.is_hydra_override()]
     config.hydra.overrides.task = [o.input_line for o in task]
+    config.hydra.overrides.hydra = [
+        *master.hydra.overrides.hydra,
+        *(o.input_line for o in overrides if o.is_hydra_override()),
+    ]
     # what hydra's get_overrides_dirname does
     lines = sorted(
         o.input_line for o in task if o.key_or_group not in job.config.override_dirname.exclude_keys
@@ -188,6 +197,32 @@ class GridSweeper(Sweeper):
         for overrides in batch:
             composed(self.hydra_context, self.config, overrides, mutable=False)
 
+    def names_jobs(self) -> bool:
+        """Whether the sweep names its jobs' folders (conf/train.yaml's hydra.sweep.subdir), not a
+        hydra.sweep.subdir of the user's."""
+        raw = OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir")
+        return "${job_dir:" in str(raw)
+
+    def named(
+        self, jobs: list[list[str]], stage: str = "", always: tuple[str, ...] = ()
+    ) -> list[list[str]]:
+        """The jobs, each with its folder in the sweep set (hydra.sweep.subdir): a short name of
+        what sets it apart from the others (`adam,lr=0.01,seed=3`, under `stage` where given), or
+        the folder where the same job already ran (experiments.core.rundir.sweep_job_dirs)."""
+        if not self.names_jobs():
+            return jobs
+        exclude = tuple(self.config.hydra.job.config.override_dirname.exclude_keys)
+        choices = self.config.hydra.runtime.choices
+        groups = {k for k in (key_of(o) for job in jobs for o in job) if k in choices} | {
+            k for k in (key_of(o) for job in jobs for o in job) if (CONF_DIR / k).is_dir()
+        }
+        names = job_names(jobs, exclude, groups, always)
+        if stage:
+            names = [f"{stage}/{name}" for name in names]
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        folders = sweep_job_dirs(sweep_dir, jobs, names, exclude)
+        return [[*job, f"{SUBDIR}={quote_value(f)}"] for job, f in zip(jobs, folders)]
+
     def job_dir(self, overrides: Sequence[str], num: int) -> Path:
         # the kept config: the launcher sets the same number on it
         config = composed(self.hydra_context, self.config, overrides, mutable=False)
@@ -201,6 +236,7 @@ class GridSweeper(Sweeper):
         jobs = grid(
             parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
         )
+        jobs = self.named(jobs)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         # a mistake in any job stops the sweep before it writes a file
         self.validate_batch_is_legal(jobs)

@@ -180,8 +180,8 @@ class OptunaSearch(Sweeper):
         import optuna
         from hydra.utils import get_method
 
-        from experiments.core.config import UserError, job_dir_name
-        from experiments.core.overrides import quote_value
+        from experiments.core.config import UserError
+        from experiments.core.overrides import job_names, quote_value
         from experiments.core.rundir import discard
         from experiments.core.search import DEFAULT_STUDY, study_storage
 
@@ -259,7 +259,9 @@ class OptunaSearch(Sweeper):
                 if extend is not None:
                     extend(self.config, trial)
                 sampled = [f"{key}={literal(value)}" for key, value in trial.params.items()]
-                name = job_dir_name(f"trial{trial.number:03d}," + ",".join(sampled), trial.number)
+                # trial007,adam,lr=0.0123: the trial and its sampled values, keys by their last part
+                groups = set(self.config.hydra.runtime.choices)
+                name = f"trial{trial.number:03d}," + job_names([sampled], groups=groups)[0]
                 batch.append(
                     [
                         *fixed,

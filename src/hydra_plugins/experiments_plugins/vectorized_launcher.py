@@ -226,7 +226,7 @@ class VectorizedLauncher(Launcher):
             stopped = [o for o in outcomes if o is not None and o["status"] == "interrupted"]
             if stopped:
                 log.info(
-                    f"{len(stopped)} jobs {stopped[0]['reason'].split(';')[0]}, each with its checkpoints/last.ckpt; the same command with hydra.sweep.dir={jobs[0].run_dir.parent} resumes them"
+                    f"{len(stopped)} jobs {stopped[0]['reason'].split(';')[0]}, each with its checkpoints/last.ckpt; the same command with hydra.sweep.dir={configs[0].hydra.sweep.dir} resumes them"
                 )
         finally:
             for handler in handlers:
