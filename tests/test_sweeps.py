@@ -599,6 +599,33 @@ def write_job(folder: Path, status: str, best: float | None, reason: str = "") -
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
+def test_a_sweep_run_again_finds_its_jobs_by_their_overrides_whatever_their_folders_are_called(
+    tmp_path: Path,
+):
+    """A job's folder is a short name of what varies; a sweep run again finds each job that ran
+    by the overrides its metrics.json records: after a fixed value became a swept one (the names
+    grow), and in a folder named as an older version named it. Not a byte of them changes. A fixed
+    value changed makes other jobs, in folders that say what sets them apart."""
+    sweep = tmp_path / "sweep"
+    base = ["-m", *SHORT, "optimizer=sgd,adam", f"hydra.sweep.dir={sweep}"]
+    assert cli([*base, "optimizer.lr=0.01", "seed=0"], tmp_path).returncode == 0
+    assert [p.name for p in job_dirs(sweep)] == ["adam", "sgd"]
+    done = cli([*base, "optimizer.lr=0.01", "seed=1"], tmp_path)
+    assert done.returncode == 0 and "already have a final result" not in done.stdout + done.stderr
+    assert [p.name for p in job_dirs(sweep)] == ["adam", "adam,seed=1", "sgd", "sgd,seed=1"]
+    assert [read_metrics(sweep / n)["hparams"]["seed"] for n in ("adam", "adam,seed=1")] == [0, 1]
+    older = "experiment=thermometer,optimizer.lr=0.01,optimizer=sgd,seed=0,trainer.check_val_every_n_epoch=100,trainer.max_epochs=300"
+    (sweep / "sgd").rename(sweep / older)
+    before = {job: folder_bytes(job) for job in job_dirs(sweep)}
+    done = cli([*base, "optimizer.lr=0.01,0.1", "seed=0"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "2 of 4 jobs already have a final result" in done.stdout + done.stderr
+    assert {job: folder_bytes(job) for job in before} == before
+    assert sorted(p.name for p in job_dirs(sweep)) == sorted(
+        ["adam", "adam,lr=0.1", "adam,seed=1", older, "sgd,lr=0.1", "sgd,seed=1"]
+    )
+
+
 def test_collect_orders_best_first_then_diverged_then_failed(tmp_path: Path):
     write_job(tmp_path / "b", "finished", 2.0)
     write_job(tmp_path / "c", "failed", None, "ValueError: boom")
@@ -737,6 +764,42 @@ def test_the_dashboard_holds_each_stage_two_configurations_mean_and_band_and_the
         m[:1] for m in margins
     }
     assert f"tensorboard --logdir outputs/sweeps/{sweep.name}/dashboard " in output
+
+
+@pytest.mark.slow  # sweep=compare: two stages of jobs
+def test_every_picture_of_a_sweep_gives_a_configuration_one_colour(comparison):
+    """summary.png, curves.png and paths.png colour a line (an optimizer with its other settings)
+    from one map: a stage-2 configuration has the same colour in all three, each line its own.
+    Steps whose last is 30 times their first get a log axis."""
+    from matplotlib.colors import to_rgba
+
+    from experiments.report.figures import log_steps
+    from experiments.report.pictures import sweep_figures
+    from experiments.report.runs import line_names, read_sweep
+
+    sweep = comparison[0]
+    report = read_sweep(sweep)
+    figures = sweep_figures(sweep, report.jobs, report.stage_two)
+
+    def colours(figure, prefix: str) -> dict[str, set]:
+        found: dict[str, set] = {}
+        for ax in figure.axes:
+            for line in ax.get_lines():
+                if (gid := line.get_gid() or "").startswith(prefix):
+                    found.setdefault(gid.removeprefix(prefix), set()).add(to_rgba(line.get_color()))
+        return found
+
+    summary = colours(figures["summary.png"], "mean:")  # by line
+    curves = colours(figures["curves.png"], "mean:")  # by configuration
+    paths = colours(figures["paths.png"], "path:")  # by job
+    lines = line_names(report.rows)
+    assert sorted(summary) == ["adam", "sgd"] and all(len(c) == 1 for c in summary.values())
+    assert summary["adam"] != summary["sgd"]
+    for config in report.stage_two:
+        colour = summary[lines[config["jobs"][0]]]
+        assert curves[config["configuration"]] == colour
+        assert all(paths[job] == colour for job in config["jobs"])
+    assert log_steps([0, 10, 20, 5000]) and not log_steps([860, 1720, 8600])
 
 
 @pytest.mark.slow  # sweep=compare: two stages of jobs

@@ -299,7 +299,7 @@ def sweep_job_dirs(
     called: a sweep run again with another key swept, or one written by an older version, still
     finds its finished jobs. A new job gets its name (job_names), with `~2`, `~3`, ... where that
     folder holds another job, so two jobs never share one."""
-    from experiments.core.overrides import job_identity
+    from experiments.core.overrides import job_identity, job_names
     from experiments.core.state import read_record
 
     found: dict[tuple[str, ...], str] = {}
@@ -308,18 +308,30 @@ def sweep_job_dirs(
         if isinstance(record.get("overrides"), list):
             relative = path.parent.relative_to(sweep_dir).as_posix()
             found.setdefault(job_identity(record["overrides"], exclude), relative)
-    taken = set(found.values())
+    holders = {folder: identity for identity, folder in found.items()}
     dirs = []
     for job, name in zip(jobs, names):
         identity = job_identity(job, exclude)
         if identity not in found:
-            folder, n = name, 1
-            while folder in taken or any(
-                t.startswith(f"{folder}/") or folder.startswith(f"{t}/") for t in taken
-            ):
+            folder = name
+            if clashes(folder, holders):
+                # another job has that name (a fixed value changed since: seed=0 then seed=1):
+                # the name says what sets this one apart from it, then ~2, ~3, ...
+                other = holders.get(folder, ())
+                apart = job_names([[o for o in identity if o not in other]])[0]
+                folder = name = f"{name},{apart}"
+            n = 1
+            while clashes(folder, holders):
                 n += 1
                 folder = f"{name}~{n}"
             found[identity] = folder
-            taken.add(folder)
+            holders[folder] = identity
         dirs.append(found[identity])
     return dirs
+
+
+def clashes(folder: str, holders: dict[str, Any]) -> bool:
+    """Whether a job's folder would be another job's, or inside or around one."""
+    return folder in holders or any(
+        t.startswith(f"{folder}/") or folder.startswith(f"{t}/") for t in holders
+    )

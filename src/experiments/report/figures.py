@@ -168,7 +168,9 @@ def misclassified_figure(
     return fig
 
 
-def sweep_figure(rows: list[dict[str, Any]], metric: str) -> Figure:
+def sweep_figure(
+    rows: list[dict[str, Any]], metric: str, colours: dict[str, Any] | None = None
+) -> Figure:
     """The monitored best against the learning rate, as DeepOBS draws it: per line (an optimizer,
     with any other setting the sweep varied: `line`) each seed as a dot and the mean over its
     finished seeds as a line; diverged jobs as x above the rest, each line's on a row of its own.
@@ -191,9 +193,10 @@ def sweep_figure(rows: list[dict[str, Any]], metric: str) -> Figure:
     values = [v for points in seeds.values() for _, v in points]
     positive = bool(values) and min(values) > 0
     high, low = (max(values), min(values)) if values else (1.0, 0.0)
-    colours = line_colours(len(names))
+    colours = colours or dict(zip(names, line_colours(len(names))))
     crossed = 0
-    for name, colour in zip(names, colours):
+    for name in names:
+        colour = colours.get(name)
         by_lr: dict[float, list[float]] = defaultdict(list)
         for lr, value in seeds[name]:
             by_lr[lr].append(value)
@@ -235,6 +238,39 @@ def sweep_figure(rows: list[dict[str, Any]], metric: str) -> Figure:
     return fig
 
 
+def colour_map(lines: Sequence[str]) -> dict[str, Any]:
+    """One colour per line of a sweep (an optimizer and its other settings besides the learning
+    rate and seed: experiments.report.runs.line_names), in name order, for every picture of the
+    sweep: a configuration is the same colour in summary.png, curves.png and paths.png."""
+    names = sorted(set(lines))
+    return dict(zip(names, line_colours(len(names))))
+
+
+LINE_STYLES = ("-", "--", ":", "-.")  # lines of one colour, apart by learning rate
+
+
+def styles_by_lr(items: Sequence[dict[str, Any]]) -> list[str]:
+    """Each item's line style: the items of one line (`others`) differ by learning rate, smallest
+    first solid, then dashed, dotted, dash-dotted."""
+    lrs: dict[Any, list] = defaultdict(list)
+    for item in items:
+        lrs[item.get("others")].append(item.get("lr"))
+    order = {
+        line: sorted(set(values), key=lambda v: (v is None, v or 0)) for line, values in lrs.items()
+    }
+    return [
+        LINE_STYLES[order[i.get("others")].index(i.get("lr")) % len(LINE_STYLES)] for i in items
+    ]
+
+
+def log_steps(steps: Sequence[int]) -> bool:
+    """Whether a curve's steps want a log axis: the last is 30 times the first logged or more
+    (the thermometer's 5000 steps logged every 50), so a linear axis would squeeze where most
+    happens into its first tenth; ten epochs validated once each stay linear."""
+    positive = [s for s in steps if s > 0]
+    return bool(positive) and max(positive) >= 30 * min(positive)
+
+
 def line_colours(n: int) -> list[Any]:
     """n colours that differ: matplotlib's ten, or twenty paired ones past ten lines."""
     from matplotlib import colormaps
@@ -258,7 +294,9 @@ def lr_rows(configs: list[dict[str, Any]]) -> list[list[int]] | None:
     return list(groups.values())
 
 
-def curves_figure(configs: list[dict[str, Any]], tags: Sequence[str]) -> Figure:
+def curves_figure(
+    configs: list[dict[str, Any]], tags: Sequence[str], colours: dict[str, Any] | None = None
+) -> Figure:
     """Learning curves against step, one panel per tag: per configuration the mean over its
     finished seeds as a line and their min-max as a band (one validation: a point with its range
     as an error bar); each diverged seed as a dashed line up to where it diverged, ending in an x.
@@ -269,7 +307,13 @@ def curves_figure(configs: list[dict[str, Any]], tags: Sequence[str]) -> Figure:
     rows = lr_rows(configs)
     by_lr = lr_scale([c["lr"] for c in configs]) if rows else None
     groups = rows or [list(range(len(configs)))]
-    colours = by_lr[0] if by_lr else line_colours(len(configs))
+    if by_lr:
+        colours, styles = by_lr[0], ["-"] * len(configs)
+    else:
+        lines = [str(c.get("others", c["name"])) for c in configs]
+        shared = colours or colour_map(lines)
+        colours = [shared[line] for line in lines]
+        styles = styles_by_lr(configs)
     legend = (
         0.5
         if by_lr
@@ -280,9 +324,12 @@ def curves_figure(configs: list[dict[str, Any]], tags: Sequence[str]) -> Figure:
     for panels, group in zip(grid, groups):
         for ax, tag in zip(panels, tags):
             for k in group:
-                draw_curve(ax, configs[k], tag, colours[k])
+                draw_curve(ax, configs[k], tag, colours[k], styles[k])
             if "loss" in tag:
                 ax.set_yscale("log")
+            steps = [s for k in group for s in configs[k]["curves"].get(tag, {}).get("steps", [])]
+            if log_steps(steps):
+                ax.set_xscale("log", nonpositive="mask")
             ax.set_xlabel("step")
             title = f"{configs[group[0]].get('others')}: {tag}" if rows else tag
             ax.set_title(title, fontsize=10)
@@ -309,7 +356,7 @@ def curves_figure(configs: list[dict[str, Any]], tags: Sequence[str]) -> Figure:
     return fig
 
 
-def draw_curve(ax: Any, config: dict[str, Any], tag: str, colour: Any) -> None:
+def draw_curve(ax: Any, config: dict[str, Any], tag: str, colour: Any, style: str = "-") -> None:
     curve = config["curves"].get(tag)
     if not curve:
         return
@@ -324,9 +371,14 @@ def draw_curve(ax: Any, config: dict[str, Any], tag: str, colour: Any) -> None:
                 curve["steps"], curve["mean"], yerr=[[below], [above]], color=colour, capsize=4
             )
     else:
-        line = ax.plot(curve["steps"], curve["mean"], label=name, gid=f"mean:{name}", color=colour)[
-            0
-        ]
+        line = ax.plot(
+            curve["steps"],
+            curve["mean"],
+            label=name,
+            gid=f"mean:{name}",
+            color=colour,
+            linestyle=style,
+        )[0]
         if len(curve["runs"]) > 1:
             ax.fill_between(
                 curve["steps"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2
@@ -337,7 +389,9 @@ def draw_curve(ax: Any, config: dict[str, Any], tag: str, colour: Any) -> None:
             ax.scatter(steps[-1:], values[-1:], marker="x", color=line.get_color())
 
 
-def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
+def paths_figure(
+    trajectories: list[dict[str, Any]], colours: dict[str, Any] | None = None
+) -> Figure:
     """The MSE loss surface over (w, b) as contours, and each job's path on it, one panel per optimizer."""
     x = np.asarray(trajectories[0]["x"], dtype=float)
     y = np.asarray(trajectories[0]["y"], dtype=float)
@@ -358,6 +412,7 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
     grid_w, grid_b = np.meshgrid(np.linspace(*w_lim, 200), np.linspace(*b_lim, 200))
     loss = ((grid_w[..., None] * x + grid_b[..., None] - y) ** 2).mean(axis=-1)
 
+    colours = colours or colour_map([str(t.get("others")) for t in trajectories])
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for t in trajectories:
         groups[t["optimizer"]].append(t)
@@ -373,6 +428,7 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
         settings = {str(t.get("others") or "").removeprefix(name).strip() for t in paths}
         repeated = Counter((t.get("lr"), str(t.get("others"))) for t in paths)
         by_lr = lr_colours([t.get("lr") for t in paths], [t.get("others") for t in paths])
+        styles = styles_by_lr(paths)
         ax.contour(
             grid_w,
             grid_b,
@@ -398,8 +454,9 @@ def paths_figure(trajectories: list[dict[str, Any]]) -> Figure:
                 b,
                 linewidth=1.2,
                 label=label + (" (diverged)" if diverged else ""),
-                color=by_lr[0][j] if by_lr else None,
-                linestyle="--" if diverged and by_lr else "-",
+                color=by_lr[0][j] if by_lr else colours.get(str(t.get("others"))),
+                linestyle=("--" if diverged else "-") if by_lr else styles[j],
+                gid=f"path:{t['name']}",
             )
         ax.plot([w_opt], [b_opt], marker="*", color="black", markersize=9)
         ax.set_xlim(*w_lim)

@@ -23,14 +23,41 @@ def write_figures(
     two-parameter models, paths.png; their pixels by file name."""
     from matplotlib.image import imsave
 
-    from experiments.report.figures import curves_figure, image_of, paths_figure, sweep_figure
+    from experiments.report.figures import image_of
+
+    figures = sweep_figures(sweep_dir, rows, configs, curves)
+    # each figure drawn once: its pixels are both the PNG and the sweep's TensorBoard image
+    images = {name: image_of(figure) for name, figure in figures.items()}
+    for name, pixels in images.items():
+        imsave(sweep_dir / name, pixels)
+    return images
+
+
+def sweep_figures(
+    sweep_dir: Path,
+    rows: list[dict[str, Any]],
+    configs: list[dict[str, Any]],
+    curves: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The matplotlib Figures write_figures saves, by file name, every one coloured from one map
+    (experiments.report.figures.colour_map): a line (optimizer and its other settings) has one
+    colour in all of them."""
+    from experiments.report.figures import (
+        colour_map,
+        curves_figure,
+        paths_figure,
+        sweep_figure,
+    )
 
     figures = {}
     lines = line_names(rows)
+    colours = colour_map(list(lines.values()))
     monitors = [r["monitor"] for r in rows if r["monitor"]]
     if any(r["lr"] is not None for r in rows):
         figures["summary.png"] = sweep_figure(
-            [{**r, "line": lines[r["job"]]} for r in rows], monitors[0] if monitors else "val/loss"
+            [{**r, "line": lines[r["job"]]} for r in rows],
+            monitors[0] if monitors else "val/loss",
+            colours,
         )
     tags = ["train/loss", *sorted(set(monitors))[:1]]
     if curves is None:
@@ -43,7 +70,7 @@ def write_figures(
         curve["lr"] = by_job[config["jobs"][0]]["lr"]
         curve["others"] = lines[config["jobs"][0]]
     if any(c["curves"] for c in curves):
-        figures["curves.png"] = curves_figure(curves, tags)
+        figures["curves.png"] = curves_figure(curves, tags, colours)
     trajectories = []
     for r in rows:
         path = sweep_dir / r["job"] / "trajectory.json"
@@ -60,9 +87,5 @@ def write_figures(
                 }
             )
     if trajectories and trajectories[0]["x"]:
-        figures["paths.png"] = paths_figure(trajectories)
-    # each figure drawn once: its pixels are both the PNG and the sweep's TensorBoard image
-    images = {name: image_of(figure) for name, figure in figures.items()}
-    for name, pixels in images.items():
-        imsave(sweep_dir / name, pixels)
-    return images
+        figures["paths.png"] = paths_figure(trajectories, colours)
+    return figures
