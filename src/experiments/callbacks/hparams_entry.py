@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
 from experiments.core.state import RunState
 from experiments.hparams import hparams_metrics, write_session
+from experiments.loggers import write_mlflow_run
 
 # Runs that stop before their last epoch: TensorBoard's Scalars tab shows them by a
 # `status/<status>` scalar at the step they stopped (filter the tags by "status").
@@ -52,9 +53,13 @@ class HParamsEntry:
                         state.status,
                         self.with_experiment,
                     )
-                    if state.status in ENDED_EARLY:
-                        for values, step in ended_early(state):
-                            logger.log_metrics(values, step=step)
+                elif isinstance(logger, MLFlowLogger):
+                    write_mlflow_run(logger, state, hparams_metrics(result))
+                else:
+                    continue
+                if state.status in ENDED_EARLY:
+                    for values, step in ended_early(state):
+                        logger.log_metrics(values, step=step)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.write(trainer)  # a run that ended since (a population's diverged or pruned runs)

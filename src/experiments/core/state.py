@@ -247,7 +247,19 @@ def summary_text(result: dict[str, Any]) -> str:
     shown = run_dir.relative_to(Path.cwd()) if run_dir.is_relative_to(Path.cwd()) else run_dir
     lines.append(f"  run dir: {shown}")
     lines.append(f"  tensorboard --logdir {shlex.quote(str(shown))}")
+    if (run_dir / MLFLOW_DB).is_file():  # logger=mlflow
+        lines.append(f"  {mlflow_ui(run_dir)}")
     return "\n".join(lines)
+
+
+MLFLOW_DB = "mlflow.db"  # logger=mlflow's store in a run's or sweep's folder
+
+
+def mlflow_ui(folder: Path) -> str:
+    """The command that shows the MLflow runs stored in `folder`."""
+    return (
+        f"mlflow ui --backend-store-uri {shlex.quote(f'sqlite:///{folder.absolute() / MLFLOW_DB}')}"
+    )
 
 
 _medians: dict[int, tuple[int, float]] = {}

@@ -19,6 +19,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from experiments.core.state import MLFLOW_DB, mlflow_ui
 from experiments.report.comparison import (
     closing_sentences,
     plural,
@@ -137,4 +138,6 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
             "(Custom Scalars, Time Series) and the pictures (Images)"
         )
     print(f"tensorboard --logdir {shlex.quote(str(sweep_dir))}   # every job (HParams)")
+    if (sweep_dir / MLFLOW_DB).is_file():  # logger=mlflow
+        print(f"{mlflow_ui(sweep_dir)}   # every job, grouped by its tags")
     return counts
