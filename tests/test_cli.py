@@ -133,7 +133,7 @@ def test_help_lists_the_groups_and_cfg_job_shows_overrides_without_running(tmp_p
         "optimizer: adagrad, adam, adamw, momentum, rmsprop, sgd",
         "experiment:",
         "trainer: cpu, ddp, ddp_cpu, default, gpu, gpu_per_job",
-        "logger: csv, none, tensorboard",
+        "logger: csv, mlflow, none, tensorboard",
     ):
         assert group in done.stdout
     done = cli(["--cfg", "job", "optimizer=adam", "optimizer.lr=0.1"], tmp_path)
