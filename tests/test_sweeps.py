@@ -775,7 +775,7 @@ def test_every_picture_of_a_sweep_gives_a_configuration_one_colour(comparison):
 
     from experiments.report.figures import log_steps
     from experiments.report.pictures import sweep_figures
-    from experiments.report.runs import line_names, read_sweep
+    from experiments.report.runs import configuration_names, line_names, read_sweep
 
     sweep = comparison[0]
     report = read_sweep(sweep)
@@ -795,9 +795,11 @@ def test_every_picture_of_a_sweep_gives_a_configuration_one_colour(comparison):
     lines = line_names(report.rows)
     assert sorted(summary) == ["adam", "sgd"] and all(len(c) == 1 for c in summary.values())
     assert summary["adam"] != summary["sgd"]
-    for config in report.stage_two:
+    names = configuration_names(report.stage_two, {r["job"]: r for r in report.rows})
+    assert sorted(curves) == sorted(names)  # adam,lr=0.1: the legend's names, the dashboard's
+    for config, name in zip(report.stage_two, names):
         colour = summary[lines[config["jobs"][0]]]
-        assert curves[config["configuration"]] == colour
+        assert curves[name] == colour
         assert all(paths[job] == colour for job in config["jobs"])
     assert log_steps([0, 10, 20, 5000]) and not log_steps([860, 1720, 8600])
 

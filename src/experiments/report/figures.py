@@ -317,7 +317,7 @@ def curves_figure(
     legend = (
         0.5
         if by_lr
-        else 0.4 + 0.055 * max((len(c["name"]) for c in configs), default=10)  # inches, size 7
+        else 0.6 + 0.065 * max((len(c["name"]) for c in configs), default=10)  # inches, size 7
     )
     fig = Figure(figsize=(5 * len(tags) + legend, 4.2 * len(groups)), dpi=100)
     grid = fig.subplots(len(groups), len(tags), squeeze=False)

@@ -10,7 +10,7 @@ from typing import Any
 from experiments.report.comparison import (
     seed_of,
 )
-from experiments.report.runs import learning_curves, line_names
+from experiments.report.runs import configuration_names, learning_curves, line_names
 
 
 def write_figures(
@@ -66,8 +66,10 @@ def sweep_figures(
         {**c, "curves": {t: c["curves"][t] for t in tags if t in c["curves"]}} for c in curves
     ]
     by_job = {r["job"]: r for r in rows}
-    for curve, config in zip(curves, configs):  # what curves_figure colours many lines by
-        curve["lr"] = by_job[config["jobs"][0]]["lr"]
+    names = configuration_names(configs, by_job)  # adam,lr=0.1: as the dashboard's runs
+    for curve, config, name in zip(curves, configs, names):
+        curve["name"] = name
+        curve["lr"] = by_job[config["jobs"][0]]["lr"]  # what curves_figure colours many lines by
         curve["others"] = lines[config["jobs"][0]]
     if any(c["curves"] for c in curves):
         figures["curves.png"] = curves_figure(curves, tags, colours)
