@@ -327,14 +327,12 @@ def new_state(cfg: DictConfig, info: Any, datamodule: Any) -> Any:
 
 def run_loggers(cfg: DictConfig, state: Any, model: Any) -> list[Any]:
     """The loggers `logger=` names, and the one every run has: its metric history (metrics.json)."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
     from experiments.callbacks.recorder import MetricHistory
-    from experiments.loggers import begin_mlflow_run
+    from experiments.loggers import RunMLFlowLogger, begin_mlflow_run
 
     loggers = instantiate_group(cfg.get("logger"), "logger")
     for logger in loggers:
-        if isinstance(logger, MLFlowLogger):
+        if isinstance(logger, RunMLFlowLogger):
             begin_mlflow_run(logger, state)
     return [*loggers, MetricHistory(state, model.metric_directions())]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers import MLFlowLogger
 
 from experiments.core.state import MLFLOW_DB
 
@@ -58,15 +59,19 @@ def mlflow_store(run_dir: str | Path) -> Path:
     return Path(run_dir).absolute()
 
 
-class RunMLFlowLogger:
+class RunMLFlowLogger(MLFlowLogger):
     """Lightning's MLFlowLogger for this package's runs (logger=mlflow): a local SQLite store under
-    the run or sweep (`store`: another MLflow tracking URI), the run named as its folder, and
-    when the run ends its HParams row as params, tags saying its configuration, optimizer,
-    learning rate, seed and stage (MLflow's "group by" draws a configuration's band), and its
-    status as metrics.json says it (a diverged run FAILED, an interrupted one KILLED). What
-    Lightning's lacks: a status other than its "success" for a run that diverged."""
+    the run or sweep (`store`: another MLflow tracking URI), the run named as its folder, its
+    HParams row as params and tags saying its configuration, optimizer, learning rate, seed and
+    stage (begin_mlflow_run; MLflow's "group by" draws a configuration's band), and its status as
+    metrics.json says it (write_mlflow_run). What Lightning's lacks: a status other than its
+    "success" for a run that diverged."""
 
-    def __new__(cls, run_dir: str, experiment_name: str = "experiments", store: str | None = None):
+    ended: str | None = None  # metrics.json's status once the run ended
+
+    def __init__(
+        self, run_dir: str, experiment_name: str = "experiments", store: str | None = None
+    ) -> None:
         try:
             import mlflow  # noqa: F401
         except ImportError:
@@ -75,31 +80,25 @@ class RunMLFlowLogger:
             raise UserError(
                 'logger=mlflow needs MLflow, which is not installed: pip install ".[mlflow]" (or pip install mlflow) in this environment, or use logger=tensorboard.'
             ) from None
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        class Logger(MLFlowLogger):
-            ended: str | None = None  # metrics.json's status once the run ended
-
-            def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-                # Lightning logs the model's and data's arguments at the start: the run's HParams
-                # row, logged before them (begin_mlflow_run), keeps its values (MLflow's params
-                # cannot change) where a key is in both (batch_size: null there, 11 here)
-                logged = self.experiment.get_run(self.run_id).data.params
-                super().log_hyperparams({k: v for k, v in dict(params).items() if k not in logged})
-
-            def finalize(self, status: str = "success") -> None:
-                if self.ended is not None:
-                    status = MLFLOW_STATUS.get(self.ended, "FAILED")
-                super().finalize(status)
-
-        where = mlflow_store(run_dir)
-        name = Path(run_dir).absolute()
-        name = name.relative_to(where).as_posix() if name.is_relative_to(where) else name.name
-        return Logger(
+        where, folder = mlflow_store(run_dir), Path(run_dir).absolute()
+        name = folder.relative_to(where).as_posix() if folder.is_relative_to(where) else "."
+        super().__init__(
             experiment_name=experiment_name,
-            run_name=name if name != "." else Path(run_dir).absolute().name,
+            run_name=name if name != "." else folder.name,
             tracking_uri=store or f"sqlite:///{where / MLFLOW_DB}",
         )
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        # Lightning logs the model's and data's arguments at the start: the run's HParams row,
+        # logged before them (begin_mlflow_run), keeps its values (MLflow's params cannot
+        # change) where a key is in both (batch_size: null there, 11 here)
+        logged = self.experiment.get_run(self.run_id).data.params
+        super().log_hyperparams({k: v for k, v in dict(params).items() if k not in logged})
+
+    def finalize(self, status: str = "success") -> None:
+        if self.ended is not None:
+            status = MLFLOW_STATUS.get(self.ended, "FAILED")
+        super().finalize(status)
 
 
 def mlflow_tags(state: Any) -> dict[str, str]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from experiments.core.state import RunState
 from experiments.hparams import hparams_metrics, write_session
-from experiments.loggers import write_mlflow_run
+from experiments.loggers import RunMLFlowLogger, write_mlflow_run
 
 # Runs that stop before their last epoch: TensorBoard's Scalars tab shows them by a
 # `status/<status>` scalar at the step they stopped (filter the tags by "status").
@@ -53,7 +53,7 @@ class HParamsEntry:
                         state.status,
                         self.with_experiment,
                     )
-                elif isinstance(logger, MLFlowLogger):
+                elif isinstance(logger, RunMLFlowLogger):
                     write_mlflow_run(logger, state, hparams_metrics(result))
                 else:
                     continue
