@@ -120,3 +120,9 @@ def test_without_mlflow_installed_the_mistake_says_what_to_install(
         'error: logger=mlflow needs MLflow, which is not installed: pip install ".[mlflow]" (or pip install mlflow) in this environment, or use logger=tensorboard.'
     ]
     assert not (tmp_path / "outputs").exists()
+    # a sweep: refused before its directory, not a failed job each
+    done = cli(["-m", *SHORT, "logger=mlflow", "optimizer.lr=0.01,0.02"], tmp_path)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        'error: logger=mlflow needs MLflow, which is not installed: pip install ".[mlflow]" (or pip install mlflow) in this environment, or use logger=tensorboard.'
+    ]
+    assert not (tmp_path / "outputs").exists()

@@ -13,7 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from experiments.cli import one_sentence
-from experiments.core.config import UserError
+from experiments.core.config import UserError, check_loggers_installed
 from experiments.core.rundir import RESUME_ONE_RUN, claim_run_dir, claim_sweep_dir
 
 # The run and sweep directories this process claimed, newest last: experiments.api returns them.
@@ -47,6 +47,7 @@ def check_launcher(config: DictConfig) -> None:
     writes anything."""
     if config.get("resume"):
         raise UserError(RESUME_ONE_RUN)
+    check_loggers_installed(config)
     answer_for_official_optuna(config)
     check_preset_sweeper(config)
     if str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper"):

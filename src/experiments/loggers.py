@@ -74,12 +74,10 @@ class RunMLFlowLogger(MLFlowLogger):
     ) -> None:
         try:
             import mlflow  # noqa: F401
-        except ImportError:
-            from experiments.core.config import UserError
+        except ImportError:  # built outside experiments.train (check_loggers_installed)
+            from experiments.core.config import MLFLOW_MISSING, UserError
 
-            raise UserError(
-                'logger=mlflow needs MLflow, which is not installed: pip install ".[mlflow]" (or pip install mlflow) in this environment, or use logger=tensorboard.'
-            ) from None
+            raise UserError(MLFLOW_MISSING) from None
         where, folder = mlflow_store(run_dir), Path(run_dir).absolute()
         name = folder.relative_to(where).as_posix() if folder.is_relative_to(where) else "."
         super().__init__(

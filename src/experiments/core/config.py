@@ -71,10 +71,32 @@ def check_positive(key: str, value: float) -> None:
         raise UserError(f"{key} must be a positive number, got {value!r}.")
 
 
+MLFLOW_MISSING = (
+    'logger=mlflow needs MLflow, which is not installed: pip install ".[mlflow]" '
+    "(or pip install mlflow) in this environment, or use logger=tensorboard."
+)
+
+
+def check_loggers_installed(cfg: DictConfig) -> None:
+    """A logger whose library is an optional extra (logger=mlflow) finds it installed: checked
+    before a run or a sweep writes anything."""
+    import importlib.util
+
+    loggers = cfg.get("logger") or {}
+    wanted = any(
+        str(node.get("_target_", "")).endswith("RunMLFlowLogger")
+        for node in loggers.values()
+        if OmegaConf.is_dict(node)
+    )
+    if wanted and importlib.util.find_spec("mlflow") is None:
+        raise UserError(MLFLOW_MISSING)
+
+
 def check_values(
     cfg: DictConfig, overrides: list[str] = (), choices: dict[str, str] | None = None
 ) -> None:
     """Checks that need no data and no torch, so a mistyped value fails before the slow imports."""
+    check_loggers_installed(cfg)
     for override in overrides:
         key = override[1:].partition("=")[0]
         # +group=option adds a config group
