@@ -63,6 +63,28 @@ OWN_PROCESS = (
 )
 
 
+def population(jobs: list[list[str]], tmp_path: Path, fail_fast: bool = False) -> list[dict]:
+    """What the vectorized launcher does with these jobs, in this process."""
+    from omegaconf import OmegaConf
+
+    from experiments.core.state import RunInfo
+    from experiments.population.group import Job, train_group
+
+    prepared = []
+    for i, overrides in enumerate(jobs):
+        run_dir = tmp_path / f"job{i}"
+        run_dir.mkdir(parents=True)
+        cfg = compose_train(overrides, run_dir)
+        info = RunInfo.from_hydra(run_dir)
+        info.multirun = True
+        task = OmegaConf.create(
+            {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
+        )
+        task.run_dir = str(run_dir)
+        prepared.append(Job(task, info))
+    return train_group(prepared, fail_fast)
+
+
 def cli(
     args: list[str],
     cwd: Path,

@@ -24,6 +24,7 @@ LAYERS = {
     "experiments.loggers": 1,
     "experiments.report": 1,
     "experiments.population": 1,
+    "experiments.dynamics": 1,
     # 2: one fit each, never importing each other
     "experiments.run": 2,
     "experiments.population.group": 2,

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
@@ -20,6 +19,7 @@ from conftest import (
     compose_train,
     fake_mnist,
     job_dirs,
+    population,
     read_metrics,
     scalar_history,
     terminate_at_epoch,
@@ -27,9 +27,8 @@ from conftest import (
 )
 from experiments import api
 from experiments.core.config import UserError
-from experiments.core.state import RunInfo
 from experiments.evaluate import evaluate
-from experiments.population.group import Job, group_key, train_group
+from experiments.population.group import group_key
 
 SHORT = [
     "experiment=thermometer",
@@ -53,23 +52,6 @@ SAME = (
     "test",
     "monitor",
 )
-
-
-def population(jobs: list[list[str]], tmp_path: Path, fail_fast: bool = False) -> list[dict]:
-    """What the vectorized launcher does with these jobs, in this process."""
-    prepared = []
-    for i, overrides in enumerate(jobs):
-        run_dir = tmp_path / f"job{i}"
-        run_dir.mkdir(parents=True)
-        cfg = compose_train(overrides, run_dir)
-        info = RunInfo.from_hydra(run_dir)
-        info.multirun = True
-        task = OmegaConf.create(
-            {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
-        )
-        task.run_dir = str(run_dir)
-        prepared.append(Job(task, info))
-    return train_group(prepared, fail_fast)
 
 
 @pytest.fixture(scope="module")

@@ -353,6 +353,13 @@ def recorder(runs: Any, multirun: bool) -> Any:
     return RunRecorder(parts)
 
 
+def dynamics_monitor(cfg: DictConfig, runs: Any) -> list[Any]:
+    """The instruments `dynamics=` asks for, measuring `runs` (experiments.dynamics), or none."""
+    if not cfg.get("dynamics"):
+        return []
+    return [build_node(cfg.dynamics, "dynamics", runs=runs)]
+
+
 def make_trainer(
     trainer: DictConfig,
     callbacks: list[Any],

@@ -23,7 +23,7 @@ def train_and_test(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
     start_fit(cfg)
     from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 
-    from experiments.build import build, make_trainer, recorder, run_parts
+    from experiments.build import build, dynamics_monitor, make_trainer, recorder, run_parts
     from experiments.callbacks.checkpoint import AtomicCheckpointIO, check_fits, read_checkpoint
     from experiments.callbacks.pruning import TrialPruning
     from experiments.callbacks.recorder import OneRun
@@ -42,6 +42,7 @@ def train_and_test(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
     if cfg.get("scheduler"):
         # train/lr, every log_every_n_steps
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks += dynamics_monitor(cfg, run)
     callbacks.append(recorder(run, info.multirun))
     if (trial := job_trial(cfg)) is not None:
         callbacks.append(TrialPruning(run, [trial]))

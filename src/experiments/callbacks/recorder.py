@@ -59,7 +59,8 @@ class MetricHistory(Logger):
         # epochs completed, as the progress line counts
         epoch = None if epoch is None else int(epoch) + 1
         for name, value in metrics.items():
-            if name != "epoch":
+            # dynamics/...: summarised apart (RunState.dynamics), a gradient norm has no "best"
+            if name != "epoch" and not name.startswith("dynamics/"):
                 self.state.log_metric(name, float(value), epoch, self.directions.get(name, False))
 
 
@@ -129,6 +130,16 @@ class OneRun:
         self, index: int, pl_module: pl.LightningModule, status: str, reason: str, epoch: int
     ) -> None:
         raise RunStopped(status, reason, epoch)
+
+    def parameters(self, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
+        """Each run's weights by parameter name (the instruments' view, experiments.dynamics)."""
+        return [{name: p.detach() for name, p in pl_module.named_parameters()}]
+
+    def gradients(self, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
+        return [{name: p.grad for name, p in pl_module.named_parameters() if p.grad is not None}]
+
+    def optimizer(self, index: int, trainer: pl.Trainer) -> Any:
+        return trainer.optimizers[0]
 
     def checkpoint_config(self) -> dict[str, Any] | None:
         """Carried by the run's checkpoints, so one alone can be re-tested (plain data only)."""

@@ -141,9 +141,37 @@ def check_values(
         raise UserError(
             f"monitor_mode must be min, max or auto (the metric's own direction), got {cfg.get('monitor_mode')!r}."
         )
+    check_dynamics(cfg.get("dynamics"))
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise UserError(f"seed must be an integer from 0 to {2**32 - 1}, got {seed!r}.")
+
+
+DYNAMICS_TIERS = ("basic", "noise", "curvature")
+
+
+def check_dynamics(dynamics: Any) -> None:
+    """dynamics= (conf/dynamics/): known tiers, basic among them, and counts that are counts."""
+    if not dynamics:
+        return
+    tiers = dynamics.get("tiers")
+    if (
+        not OmegaConf.is_list(tiers)
+        or "basic" not in tiers
+        or any(t not in DYNAMICS_TIERS for t in tiers)
+    ):
+        raise UserError(
+            f"dynamics.tiers must be a list of {', '.join(DYNAMICS_TIERS)} with basic among them, got {tiers!r}."
+        )
+    for key in ("every_n_steps", "lanczos_steps", "trace_samples"):
+        if key in dynamics:
+            check_positive_int(f"dynamics.{key}", dynamics.get(key))
+    if "noise_samples" in dynamics and (
+        not positive_int(dynamics.noise_samples) or dynamics.noise_samples < 2
+    ):
+        raise UserError(
+            f"dynamics.noise_samples must be an integer of 2 or more (the per-sample gradients whose spread is the noise), got {dynamics.noise_samples!r}."
+        )
 
 
 def job_dir_name(override_dirname: str, job_num: int) -> str:

@@ -112,6 +112,37 @@ class RunInfo:
 
 
 @dataclass
+class DynamicsRecord:
+    """One instrument over a run: its first and final value with their steps, its least, its
+    largest and its mean over the steps it was measured at (non-finite values counted apart)."""
+
+    first: float | None = None
+    first_step: int | None = None
+    final: float | None = None
+    final_step: int | None = None
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    count: int = 0
+    non_finite: int = 0
+
+    def update(self, value: float, step: int) -> None:
+        if self.first is None:
+            self.first, self.first_step = value, step
+        self.final, self.final_step = value, step
+        if not math.isfinite(value):
+            self.non_finite += 1
+            return
+        self.count += 1
+        self.min = value if self.min is None else min(self.min, value)
+        self.max = value if self.max is None else max(self.max, value)
+        self.mean = value if self.mean is None else self.mean + (value - self.mean) / self.count
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
 class RunState:
     info: RunInfo
     config: dict[str, Any]  # the composed config, resolved, as plain data
@@ -138,6 +169,8 @@ class RunState:
     # torch's intra-op threads: a matrix product's sums are split across them, so another count
     # rounds differently in the last bit, and a long fit can end in another third digit
     torch_threads: int | None = None
+    # dynamics=...: each instrument's summary over the run (experiments.dynamics), by name
+    dynamics: dict[str, DynamicsRecord] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -199,6 +232,7 @@ class RunState:
             "checkpoints": checkpoint_paths(self.run_dir),
             "run_dir": str(self.run_dir),
             "population": self.population,
+            "dynamics": {k: v.to_json() for k, v in self.dynamics.items()} or None,
             "versions": versions(),
             "torch_threads": self.torch_threads,
         }
@@ -215,6 +249,7 @@ class RunState:
             k: MetricRecord.from_json(v) for k, v in (earlier.get("metrics") or {}).items()
         }
         self.earlier_wall_s = float(earlier.get("wall_time_s") or 0.0)
+        self.dynamics = {k: DynamicsRecord(**v) for k, v in (earlier.get("dynamics") or {}).items()}
         trajectory = read_json(self.run_dir / "trajectory.json") or {}
         self.path = list(
             zip(trajectory.get("steps", []), trajectory.get("w", []), trajectory.get("b", []))

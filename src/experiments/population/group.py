@@ -131,6 +131,7 @@ def train_group(
         build_model,
         build_node,
         check_schedule_length,
+        dynamics_monitor,
         instantiate_group,
         make_trainer,
         recorder,
@@ -181,7 +182,7 @@ def train_group(
         if isinstance(c, ProgressLine)
     ]
     saving = PopulationCheckpoints(checkpoints)
-    callbacks = [*progress, saving, recorder(runs, multirun=True)]
+    callbacks = [*progress, saving, *dynamics_monitor(first, runs), recorder(runs, multirun=True)]
     if any(job.trial is not None for job in trained):
         callbacks.append(TrialPruning(runs, [job.trial for job in trained]))
     resume = (

@@ -494,5 +494,26 @@ class PopulationRuns:
     ) -> None:
         pl_module.stop_run(index, status, reason, epoch=epoch)
 
+    def parameters(self, pl_module: PopulationModule) -> list[dict[str, Tensor]]:
+        """Each run's weights by parameter name: views of its row of the population's."""
+        stacked = pl_module.stacked_params()
+        return [
+            {name: value[i].detach() for name, value in stacked.items()}
+            for i in range(pl_module.size)
+        ]
+
+    def gradients(self, pl_module: PopulationModule) -> list[dict[str, Tensor]]:
+        grad, rows = pl_module.flat.grad, []
+        for i in range(pl_module.size):
+            offset, row = 0, {}
+            for name, shape in zip(pl_module.names, pl_module.shapes):
+                row[name] = grad[i, offset : offset + shape.numel()].view(shape)
+                offset += shape.numel()
+            rows.append(row)
+        return rows
+
+    def optimizer(self, index: int, trainer: pl.Trainer) -> torch.optim.Optimizer:
+        return trainer.optimizers[0].replicas[index]
+
     def checkpoint_config(self) -> dict[str, Any] | None:
         return None  # each run's own checkpoint file carries its config (experiments.population.checkpoints)
