@@ -325,8 +325,19 @@ def curves_figure(
         for ax, tag in zip(panels, tags):
             for k in group:
                 draw_curve(ax, configs[k], tag, colours[k], styles[k])
-            if "loss" in tag:
-                ax.set_yscale("log")
+                threshold = configs[k]["curves"].get("dynamics/stability_threshold")
+                if tag == "dynamics/hessian_top_eigenvalue" and threshold and threshold["steps"]:
+                    ax.plot(threshold["steps"], threshold["mean"], "-.", color=colours[k], lw=0.8)
+                    ax.annotate(
+                        f"2/lr {threshold['mean'][-1]:.3g} ({configs[k]['name']})",
+                        (threshold["steps"][-1], threshold["mean"][-1]),
+                        fontsize=6,
+                        color=colours[k],
+                        ha="right",
+                        va="bottom",
+                    )
+            if "loss" in tag or tag.startswith("dynamics/"):
+                ax.set_yscale("log", nonpositive="mask")
             steps = [s for k in group for s in configs[k]["curves"].get(tag, {}).get("steps", [])]
             if log_steps(steps):
                 ax.set_xscale("log", nonpositive="mask")
@@ -340,7 +351,12 @@ def curves_figure(
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
-    fig.suptitle("mean over seeds, band: min to max, dashed to x: a diverged seed", fontsize=9)
+    dotted = any(t == "dynamics/hessian_top_eigenvalue" for t in tags)
+    fig.suptitle(
+        "mean over seeds, band: min to max, dashed to x: a diverged seed"
+        + (", dash-dot: 2 / lr, the sharpness where plain gradient descent turns unstable" if dotted else ""),
+        fontsize=9,
+    )
     width = 5 * len(tags) + legend
     right = 1 - legend / width
     top = 1 - 0.6 / (4.2 * len(groups))

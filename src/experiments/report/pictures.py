@@ -1,5 +1,6 @@
-"""A sweep's pictures, from its jobs' files: summary.png, curves.png and, for two-parameter
-models, paths.png (drawn by experiments.report.figures)."""
+"""A sweep's pictures, from its jobs' files: summary.png, curves.png, dynamics.png for jobs with
+instruments (dynamics=...) and, for two-parameter models, paths.png (drawn by
+experiments.report.figures)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,16 @@ from experiments.report.comparison import (
     seed_of,
 )
 from experiments.report.runs import configuration_names, learning_curves, line_names
+
+# dynamics.png, with dynamics=...: the instruments' totals drawn as the losses are, a band over seeds
+DYNAMICS_SHOWN = [
+    "dynamics/grad_norm",
+    "dynamics/update_ratio",
+    "dynamics/distance",
+    "dynamics/noise_scale",
+    "dynamics/hessian_top_eigenvalue",
+]
+THRESHOLD = "dynamics/stability_threshold"  # drawn dotted beside the sharpness
 
 
 def write_figures(
@@ -62,17 +73,23 @@ def sweep_figures(
     tags = ["train/loss", *sorted(set(monitors))[:1]]
     if curves is None:
         curves = learning_curves(sweep_dir, configs, tags)
-    curves = [
-        {**c, "curves": {t: c["curves"][t] for t in tags if t in c["curves"]}} for c in curves
-    ]
+    logged = {t for c in curves for t in c["curves"]}
+    shown = [t for t in DYNAMICS_SHOWN if t in logged]
     by_job = {r["job"]: r for r in rows}
     names = configuration_names(configs, by_job)  # adam,lr=0.1: as the dashboard's runs
-    for curve, config, name in zip(curves, configs, names):
-        curve["name"] = name
-        curve["lr"] = by_job[config["jobs"][0]]["lr"]  # what curves_figure colours many lines by
-        curve["others"] = lines[config["jobs"][0]]
-    if any(c["curves"] for c in curves):
-        figures["curves.png"] = curves_figure(curves, tags, colours)
+    for picture, picture_tags in (("curves.png", tags), ("dynamics.png", shown)):
+        chosen = [
+            {**c, "curves": {t: c["curves"][t] for t in picture_tags if t in c["curves"]}}
+            for c in curves
+        ]
+        for curve, config, name in zip(chosen, configs, names):
+            curve["name"] = name
+            curve["lr"] = by_job[config["jobs"][0]]["lr"]  # what curves_figure colours many lines by
+            curve["others"] = lines[config["jobs"][0]]
+            if picture == "dynamics.png" and THRESHOLD in curves[configs.index(config)]["curves"]:
+                curve["curves"][THRESHOLD] = curves[configs.index(config)]["curves"][THRESHOLD]
+        if picture_tags and any(c["curves"] for c in chosen):
+            figures[picture] = curves_figure(chosen, picture_tags, colours)
     trajectories = []
     for r in rows:
         path = sweep_dir / r["job"] / "trajectory.json"

@@ -229,13 +229,19 @@ def scalars(run_dir: Path, tags: list[str] | None = None) -> dict[str, dict[int,
 
 
 def curve_tags(sweep_dir: Path, configs: list[dict[str, Any]]) -> list[str]:
-    """The training and validation curves a sweep's jobs log (train/*, val/*), as the first
-    finished job of the first configuration that has one logged them."""
+    """The training and validation curves a sweep's jobs log (train/*, val/*) and the totals of
+    their instruments (dynamics/<name>, with dynamics=...), as the first finished job of the first
+    configuration that has one logged them."""
     for config in configs:
         for job in config["finished_jobs"]:
             logged = scalars(sweep_dir / job)
             if logged:
-                return sorted(t for t in logged if t.startswith(("train/", "val/")))
+                return sorted(
+                    t
+                    for t in logged
+                    if t.startswith(("train/", "val/"))
+                    or (t.startswith("dynamics/") and t.count("/") == 1)
+                )
     return ["train/loss", "val/loss"]
 
 
