@@ -34,6 +34,7 @@ LAYERS = {
     "experiments.train": 3,
     "experiments.evaluate": 3,
     "experiments.lr_find": 3,
+    "experiments.landscape": 3,
     "experiments.gradcheck": 3,
     "experiments.hydra_callbacks": 3,
     "hydra_plugins": 3,

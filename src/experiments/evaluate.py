@@ -62,27 +62,10 @@ def checkpoint_class(target: str, key: str, path: Path) -> type:
     return cls
 
 
-def evaluate(
-    run: str,
-    which: str = "best",
-    inputs: list[float] | None = None,
-    data_overrides: dict | None = None,
-    accelerator: str = "cpu",
-) -> dict[str, Any]:
-    """Test the checkpoint's model on its data; return test metrics and, given inputs, predictions."""
-    from experiments.build import check_accelerator
-
-    check_accelerator(
-        OmegaConf.create({"accelerator": accelerator, "devices": 1}), key="accelerator"
-    )
-    path = find_checkpoint(run, which)
+def restore(path: Path, data_overrides: dict | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """The data module and model a checkpoint's run trained (the model holding its weights), and
+    the checkpoint; `data_overrides` where its data has moved."""
     from experiments.callbacks.checkpoint import read_checkpoint
-    from experiments.core.quiet import quiet_lightning
-    from experiments.core.signals import hand_sigterm_to_lightning
-
-    quiet_lightning()
-    import lightning.pytorch as pl
-    import torch
 
     checkpoint = read_checkpoint(path, "run")
     config = OmegaConf.create(checkpoint["run_config"])
@@ -107,6 +90,31 @@ def evaluate(
         raise UserError(
             f"{path} holds weights that do not fit the {model_class.__name__} its config names; pass a checkpoint written by experiments.train."
         ) from None
+    return datamodule, model, checkpoint
+
+
+def evaluate(
+    run: str,
+    which: str = "best",
+    inputs: list[float] | None = None,
+    data_overrides: dict | None = None,
+    accelerator: str = "cpu",
+) -> dict[str, Any]:
+    """Test the checkpoint's model on its data; return test metrics and, given inputs, predictions."""
+    from experiments.build import check_accelerator
+
+    check_accelerator(
+        OmegaConf.create({"accelerator": accelerator, "devices": 1}), key="accelerator"
+    )
+    path = find_checkpoint(run, which)
+    from experiments.core.quiet import quiet_lightning
+    from experiments.core.signals import hand_sigterm_to_lightning
+
+    quiet_lightning()
+    import lightning.pytorch as pl
+    import torch
+
+    datamodule, model, checkpoint = restore(path, data_overrides)
     hand_sigterm_to_lightning()
     trainer = pl.Trainer(
         accelerator=accelerator,

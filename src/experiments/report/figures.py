@@ -354,7 +354,11 @@ def curves_figure(
     dotted = any(t == "dynamics/hessian_top_eigenvalue" for t in tags)
     fig.suptitle(
         "mean over seeds, band: min to max, dashed to x: a diverged seed"
-        + (", dash-dot: 2 / lr, the sharpness where plain gradient descent turns unstable" if dotted else ""),
+        + (
+            ", dash-dot: 2 / lr, the sharpness where plain gradient descent turns unstable"
+            if dotted
+            else ""
+        ),
         fontsize=9,
     )
     width = 5 * len(tags) + legend
@@ -546,3 +550,75 @@ def run_images(
                         )
                     )
     return images
+
+
+def landscape_figure(result: dict[str, Any]) -> Figure:
+    """The loss over a plane through the weights (experiments.landscape), log-scaled contours,
+    with each run's path from its start (o) to its end (x); for a two-parameter model, the
+    Hessian's eigen-directions at the minimum, each labelled with its eigenvalue."""
+    a, b = np.asarray(result["a"]), np.asarray(result["b"])
+    loss = np.asarray(result["loss"], dtype=float)
+    fig = Figure(figsize=(7.5, 6), dpi=100)
+    ax = fig.add_subplot()
+    finite = loss[np.isfinite(loss) & (loss > 0)]
+    shown = np.log10(np.clip(loss, finite.min() if finite.size else 1e-12, None))
+    filled = ax.contourf(a, b, shown, levels=30, cmap="viridis")
+    ax.contour(a, b, shown, levels=12, colors="white", linewidths=0.4, alpha=0.5)
+    fig.colorbar(filled, ax=ax).set_label("log10 loss")
+    colours = line_colours(len(result["paths"]))
+    for colour, (name, points) in zip(colours, result["paths"].items()):
+        points = np.asarray(points)
+        ax.plot(points[:, 0], points[:, 1], "-", color=colour, lw=1.2, label=name)
+        ax.plot(*points[0], "o", color=colour, ms=5)
+        ax.plot(*points[-1], "x", color=colour, ms=7, mew=2)
+    eigen = result.get("eigen")
+    if eigen:
+        centre = np.asarray(eigen["minimum"])
+        reach = 0.3 * min(a[-1] - a[0], b[-1] - b[0])
+        for value, vector in zip(eigen["eigenvalues"], eigen["eigenvectors"]):
+            tip = centre + reach * np.asarray(vector)
+            ax.annotate(
+                "", tip, centre, arrowprops={"arrowstyle": "->", "color": "white", "lw": 1.5}
+            )
+            ax.annotate(f"λ = {value:.3g}", tip, color="white", fontsize=8)
+    ax.set_xlim(a[0], a[-1])
+    ax.set_ylim(b[0], b[-1])
+    ax.set_xlabel(result["axes"][0])
+    ax.set_ylabel(result["axes"][1])
+    ax.set_title(
+        f"loss on {result['samples']} training samples, {result['plane']} plane "
+        f"({result['evaluations']} evaluations); o start, x end"
+        + (
+            f"\n{len(result['outside'])} run(s) that blew up (end loss > 10x start) frame nothing"
+            if result.get("outside")
+            else ""
+        ),
+        fontsize=9,
+    )
+    if len(result["paths"]) <= LEGEND_LINES:
+        ax.legend(fontsize=7, loc="upper right")
+    fig.subplots_adjust(left=0.11, right=0.98, bottom=0.09, top=0.93)
+    return fig
+
+
+def slices_figure(result: dict[str, Any]) -> Figure:
+    """The loss along straight lines through the weights: each run's start (0) to its end (1),
+    and between two runs' ends, a quarter beyond each."""
+    slices = dict(result["slices"])
+    alpha = np.asarray(slices.pop("alpha"))
+    fig = Figure(figsize=(7.5, 4.5), dpi=100)
+    ax = fig.add_subplot()
+    for colour, (name, values) in zip(line_colours(len(slices)), slices.items()):
+        ax.plot(alpha, np.asarray(values, dtype=float), color=colour, label=name)
+    for at, text in ((0.0, "start"), (1.0, "end")):
+        ax.axvline(at, color="grey", lw=0.6, ls=":")
+        ax.text(
+            at, 1.0, text, transform=ax.get_xaxis_transform(), fontsize=8, ha="center", va="bottom"
+        )
+    ax.set_yscale("log", nonpositive="mask")
+    ax.set_xlabel("alpha: weights = start + alpha (end - start); for 'A to B', from A's end to B's")
+    ax.set_ylabel("training loss")
+    if len(slices) <= LEGEND_LINES + 1:
+        ax.legend(fontsize=7)
+    fig.subplots_adjust(left=0.11, right=0.98, bottom=0.12, top=0.92)
+    return fig

@@ -84,7 +84,9 @@ def sweep_figures(
         ]
         for curve, config, name in zip(chosen, configs, names):
             curve["name"] = name
-            curve["lr"] = by_job[config["jobs"][0]]["lr"]  # what curves_figure colours many lines by
+            curve["lr"] = by_job[config["jobs"][0]][
+                "lr"
+            ]  # what curves_figure colours many lines by
             curve["others"] = lines[config["jobs"][0]]
             if picture == "dynamics.png" and THRESHOLD in curves[configs.index(config)]["curves"]:
                 curve["curves"][THRESHOLD] = curves[configs.index(config)]["curves"][THRESHOLD]
