@@ -196,10 +196,15 @@ def test_sweep_returns_the_command_lines_tables_and_load_reads_what_it_wrote(
     assert "<table" in swept._repr_html_()
 
 
-NOTEBOOKS = ["01_thermometer.ipynb", "02_comparing_optimizers.ipynb", "03_mnist_mlp.ipynb"]
+NOTEBOOKS = [
+    "01_thermometer.ipynb",
+    "02_comparing_optimizers.ipynb",
+    "03_mnist_mlp.ipynb",
+    "04_inside_training.ipynb",
+]
 
 
-def test_the_notebooks_are_the_three_the_kernel_test_runs():
+def test_the_notebooks_are_the_four_the_kernel_test_runs():
     assert sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb")) == NOTEBOOKS
 
 
@@ -207,7 +212,8 @@ def test_the_notebooks_are_the_three_the_kernel_test_runs():
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_every_notebook_runs_in_a_real_jupyter_kernel(tmp_path: Path, name: str):
     """The notebooks retell the tutorials: the thermometer by hand and by train (tutorial 002's w and b),
-    an optimizer comparison with seeds, the MNIST MLP (on a small set of IDX files here)."""
+    an optimizer comparison with seeds, the MNIST MLP (on a small set of IDX files here), and why
+    a learning rate diverges (the sharpness against 2 / lr, and the landscape)."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -261,6 +267,12 @@ def test_every_notebook_runs_in_a_real_jupyter_kernel(tmp_path: Path, name: str)
         assert re.search(
             r"""(beats|are not told apart).*\(Welch's t-test\)\.["']$""", results, re.MULTILINE
         )
+    elif name == "04_inside_training.ipynb":
+        assert "lr=0.01: sharpness 60.6, 2/lr 200.0: stable, finished" in printed
+        assert "lr=0.03: sharpness 60.6, 2/lr 66.7: stable, finished" in printed
+        assert "lr=0.034: sharpness 60.6, 2/lr 58.8: unstable, diverged" in printed
+        assert "2015 evaluations of the loss" in printed  # its cost, said first
+        assert "eigenvalues 0.17 and 60.6, ratio 357; minimum w = 5.368, b = -17.30" in printed
     else:
         assert re.search(r"test accuracy \d\.\d+", printed)
 

@@ -8,6 +8,7 @@
     sweep = api.sweep("experiment=thermometer", "optimizer=sgd,adam", "seed=0,1,2")
     sweep.configurations                                # mean, std, 95% CI per configuration
     api.load("outputs/runs/<time>")                     # a Run or Sweep the command line wrote
+    api.landscape(sweep.sweep_dir)                      # python -m experiments.landscape run=...
 
 `train` and `sweep` run the command line's own Hydra entry point in this process: the same
 composition (experiments, presets, `hydra.searchpath`, `resume=`), the same run or sweep directory
@@ -138,6 +139,18 @@ def sweep(
     if not any(a.replace(" ", "").startswith("sweep=") for a in args):
         args = ["-m", *args]
     return Sweep(entry(args))
+
+
+def landscape(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+    """`python -m experiments.landscape run=PATH` with its options as keywords (plane="random",
+    resolution=41, ...): what its landscape.json holds, and under "pictures" the paths of
+    plane.png and slices.png. Its cost is printed before it starts."""
+    from experiments.landscape import FOLDER
+    from experiments.landscape import landscape as draw
+
+    result = draw(str(path), say=print, **options)
+    folder = Path(path) / FOLDER
+    return {**result, "pictures": {name: folder / f"{name}.png" for name in ("plane", "slices")}}
 
 
 def load(path: str | os.PathLike[str]) -> Run | Sweep:

@@ -192,9 +192,10 @@ def landscape(
     batch: int = 64,
     seed: int = 0,
     data_overrides: dict | None = None,
+    say: Any = log.info,
 ) -> dict[str, Any]:
     """Evaluate and draw the landscape of `run` (a run or a sweep directory); return what
-    landscape.json holds."""
+    landscape.json holds. `say` hears its cost before it starts."""
     if plane not in PLANES:
         raise UserError(f"plane must be pca or random, got {plane!r}.")
     for key, value in (("resolution", resolution), ("samples", samples), ("batch", batch)):
@@ -226,18 +227,11 @@ def landscape(
         )
     points = 2 * resolution
     cost = resolution**2 + points * len(slices) + 2 * len(paths)
-    log.info(
-        "landscape of %d run(s) on %d training samples, %d parameters each: %d points of the %s plane "
-        "and %d slice(s) of %d points (and the runs' starts and ends), %d evaluations of the loss, %d at a time",
-        len(paths),
-        len(x),
-        paths[0].weights.shape[1],
-        resolution**2,
-        chosen["kind"],
-        len(slices),
-        points,
-        cost,
-        batch,
+    say(
+        f"landscape of {len(paths)} run(s) on {len(x)} training samples, {paths[0].weights.shape[1]} "
+        f"parameters each: {resolution**2} points of the {chosen['kind']} plane and {len(slices)} "
+        f"slice(s) of {points} points (and the runs' starts and ends), {cost} evaluations of the "
+        f"loss, {batch} at a time"
     )
     started = time.perf_counter()
     loss = Loss(model, shapes, names, x, y, batch)

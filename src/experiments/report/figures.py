@@ -326,11 +326,18 @@ def curves_figure(
             for k in group:
                 draw_curve(ax, configs[k], tag, colours[k], styles[k])
                 threshold = configs[k]["curves"].get("dynamics/stability_threshold")
-                if tag == "dynamics/hessian_top_eigenvalue" and threshold and threshold["steps"]:
-                    ax.plot(threshold["steps"], threshold["mean"], "-.", color=colours[k], lw=0.8)
+                if tag == "dynamics/hessian_top_eigenvalue" and threshold:
+                    # the finished seeds' mean, or a diverged seed's own values
+                    if threshold["steps"]:
+                        steps, values = threshold["steps"], threshold["mean"]
+                    elif threshold["diverged"]:
+                        steps, values = threshold["diverged"][0]
+                    else:
+                        continue
+                    ax.plot(steps, values, "-.", color=colours[k], lw=0.8)
                     ax.annotate(
-                        f"2/lr {threshold['mean'][-1]:.3g} ({configs[k]['name']})",
-                        (threshold["steps"][-1], threshold["mean"][-1]),
+                        f"2/lr {values[-1]:.3g} ({configs[k]['name']})",
+                        (steps[-1], values[-1]),
                         fontsize=6,
                         color=colours[k],
                         ha="right",
