@@ -27,6 +27,9 @@ mean nothing). With a GPU, cases 1 to 3 also run on it.
      vectorized launcher (the preset's) and on the basic launcher, against a plain loop doing the
      same fits one after another (benchmarks/plain_compare.py).
   8. The same on Fashion-MNIST: adam, sgd and momentum x 5 learning rates, 5 seeds, 2 epochs.
+  9. What the instruments cost: the thermometer fit of case 2 and (with data) the MLP of case 1
+     with dynamics=none, basic, noise and curvature at their default intervals, per training epoch
+     against dynamics=none.
 Case 3 also runs the 15 jobs on hydra/launcher=vectorized.
 
 --before REV runs every package command a second time on the code of git revision REV (a
@@ -54,7 +57,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 TRAIN = [PY, "-m", "experiments.train"]
-ALL_CASES = "1,2,3,4,5,6,7,8"
+ALL_CASES = "1,2,3,4,5,6,7,8,9"
 
 
 @dataclass
@@ -420,6 +423,31 @@ def cases(
                 jobs=fits,
             ),
         ]
+    tiers = ("none", "basic", "noise", "curvature")
+    found["9 instruments, thermometer" + suffix] = [
+        Variant(
+            f"dynamics={tier}",
+            [*TRAIN, "experiment=thermometer", f"dynamics={tier}", *epochs, *accelerator],
+            "package",
+        )
+        for tier in tiers
+    ]
+    if data is not None:
+        found["9 instruments, " + experiment + suffix] = [
+            Variant(
+                f"dynamics={tier}",
+                [
+                    *TRAIN,
+                    f"experiment={experiment}",
+                    f"data.root={data}",
+                    f"dynamics={tier}",
+                    *(["data.val_size=100", "trainer.max_epochs=1"] if quick else []),
+                    *accelerator,
+                ],
+                "package",
+            )
+            for tier in tiers
+        ]
     if not gpu:
         found["4 start-up"] = [
             Variant("python -c 'import torch'", [PY, "-c", "import torch"]),
@@ -602,6 +630,20 @@ def measured(results: dict[str, list[dict]]) -> list[dict]:
                     "better": "lower",
                 }
             )
+        elif case.startswith("9 "):
+            for tier in ("basic", "noise", "curvature"):
+                rows.append(
+                    {
+                        "case": case,
+                        "target": f"dynamics={tier}: per training epoch against dynamics=none",
+                        "value": ratio(
+                            by_name[f"dynamics={tier}"]["epoch_s"],
+                            by_name["dynamics=none"]["epoch_s"],
+                        ),
+                        "limit": None,
+                        "better": "lower",
+                    }
+                )
         elif case.startswith("4 "):
             torch_wall = by_name["python -c 'import torch'"]["wall_s"]
             for name, target, limit in (

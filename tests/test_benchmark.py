@@ -19,12 +19,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 CASES = {  # two halves of about equal time, so that the two test workers share them
-    "1,2,4,5,6": [
+    "1,2,4,5,6,9": [
         "1 mnist",
         "2 thermometer",
         "4 start-up",
         "5 mnist sweep of 6",
         "6 population size",
+        "9 instruments, mnist",
+        "9 instruments, thermometer",
     ],
     "3,7,8": ["3 sweep of 15", "7 thermometer comparison", "8 mnist comparison"],
 }
@@ -89,6 +91,16 @@ def test_the_quick_benchmark_runs_every_case_and_writes_its_tables(tmp_path: Pat
             "plain loop",
         }
         assert compared["package, vectorized launcher"]["jobs"] == 6
+    for case in {"9 instruments, mnist", "9 instruments, thermometer"} & set(results):
+        tiers = {v["variant"]: v for v in results[case]}
+        assert list(tiers) == [f"dynamics={t}" for t in ("none", "basic", "noise", "curvature")]
+        assert all(v["epoch_s"] > 0 for v in tiers.values())
+        costs = [row for row in report["targets"] if row["case"] == case]
+        assert [row["target"].split(":")[0] for row in costs] == [
+            "dynamics=basic",
+            "dynamics=noise",
+            "dynamics=curvature",
+        ] and all(row["value"] > 0 for row in costs)
     assert {row["case"] for row in report["targets"]} == set(results)
     table = (tmp_path / "out" / "RESULTS.md").read_text()
     assert "## Targets" in table
@@ -111,8 +123,10 @@ def test_the_two_halves_of_the_quick_benchmark_are_every_case():
             "6 population size",
             "7 thermometer comparison",
             "8 mnist comparison",
+            "9 instruments, mnist",
+            "9 instruments, thermometer",
         }
-    ) and sorted(case[0] for case in halves) == benchmark.ALL_CASES.split(",")
+    ) and sorted({case[0] for case in halves}) == benchmark.ALL_CASES.split(",")
 
 
 def test_before_runs_each_package_command_on_the_earlier_code_and_reports_both_ratios():
