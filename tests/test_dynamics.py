@@ -150,6 +150,7 @@ def test_every_tier_logs_every_layer_of_the_mlp(tier: str, tmp_path: Path):
         "trainer.max_epochs=1",
         f"dynamics={tier}",
         "dynamics.every_n_steps=2",
+        "dynamics.histograms=true",
     ]
     assert train_in_process(overrides, run_dir)["status"] == "finished"
     layers = ["net.1.weight", "net.1.bias", "net.3.weight", "net.3.bias"]

@@ -278,6 +278,8 @@ def summary_text(result: dict[str, Any]) -> str:
     best = result.get("best_parameters")
     if best and best != result.get("parameters"):
         lines.append(f"  {numbers(best)} (best.ckpt, which the test used)")
+    if dynamics := result.get("dynamics"):
+        lines.append(f"  {dynamics_line(dynamics)}")
     run_dir = Path(result["run_dir"])
     shown = run_dir.relative_to(Path.cwd()) if run_dir.is_relative_to(Path.cwd()) else run_dir
     lines.append(f"  run dir: {shown}")
@@ -285,6 +287,29 @@ def summary_text(result: dict[str, Any]) -> str:
     if (run_dir / MLFLOW_DB).is_file():  # logger=mlflow
         lines.append(f"  {mlflow_ui(run_dir)}")
     return "\n".join(lines)
+
+
+SUMMARISED = (  # the instruments the printed summary names, when measured
+    ("grad_norm", "gradient norm"),
+    ("update_ratio", "update/weight"),
+    ("noise_scale", "noise scale"),
+    ("hessian_top_eigenvalue", "sharpness"),
+    ("stability_threshold", "2/lr"),
+)
+
+
+def dynamics_line(dynamics: dict[str, dict[str, Any]]) -> str:
+    """The instruments' last values in one line: `instruments at step 9375: gradient norm 0.41, ...`."""
+    shown = [
+        (label, dynamics[f"dynamics/{name}"])
+        for name, label in SUMMARISED
+        if f"dynamics/{name}" in dynamics
+    ]
+    step = shown[0][1]["final_step"] if shown else None
+    values = ", ".join(
+        f"{label} {record['final']:.3g}" for label, record in shown if record["final"] is not None
+    )
+    return f"instruments at step {step}: {values} (dynamics/ in TensorBoard, metrics.json)"
 
 
 MLFLOW_DB = "mlflow.db"  # logger=mlflow's store in a run's or sweep's folder

@@ -155,14 +155,16 @@ class Curvature:
         dims = mask.sum(1).long().tolist()
         q = torch.randn(mask.shape, generator=generator, dtype=mask.dtype).to(mask.device) * mask
         q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True)
-        basis, alphas, betas = [q], [], []
+        basis = q.new_zeros(len(dims), steps, q.shape[1])  # (C, steps, P): the Lanczos vectors
+        basis[:, 0] = q
+        alphas, betas = [], []
         done = [False] * len(dims)
         length = [0] * len(dims)
         for j in range(steps):
             w = self.products(q) * mask
             alpha = (w * q).sum(1)
             alphas.append(alpha)
-            stacked = torch.stack(basis, 1)  # (C, j+1, P)
+            stacked = basis[:, : j + 1]
             for _ in range(2):  # reorthogonalise twice: float32 loses orthogonality fast
                 w = w - torch.einsum("cj,cjp->cp", torch.einsum("cjp,cp->cj", stacked, w), stacked)
             beta = torch.linalg.vector_norm(w, dim=1)
@@ -171,11 +173,11 @@ class Curvature:
                 if not done[c]:
                     length[c] = j + 1
                     done[c] = j + 1 >= dims[c] or beta[c].item() <= 1e-6 * scale[c].item()
-            if all(done):
+            if all(done) or j + 1 == steps:
                 break
             betas.append(beta)
             q = torch.where(beta[:, None] > 0, w / beta.clamp_min(1e-30)[:, None], 0.0)
-            basis.append(q)
+            basis[:, j + 1] = q
         tops = []
         for c, m in enumerate(length):
             a = torch.stack([alphas[j][c] for j in range(m)]).double()

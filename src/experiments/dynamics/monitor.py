@@ -39,7 +39,7 @@ class DynamicsMonitor(pl.Callback):
         noise_samples: int = 32,
         lanczos_steps: int = 20,
         trace_samples: int = 16,
-        histograms: bool = True,
+        histograms: bool = False,
     ) -> None:
         self.runs = runs
         self.tiers = list(tiers)
