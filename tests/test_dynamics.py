@@ -254,3 +254,34 @@ def test_a_bad_instrument_setting_is_one_sentence(override: str, sentence: str, 
     with pytest.raises(UserError) as refused:
         check_values(cfg, [override])
     assert str(refused.value).startswith(sentence)
+
+
+def test_a_sweeps_dashboard_and_dynamics_png_band_the_instruments_over_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+    done = api.sweep(
+        "experiment=thermometer",
+        "dynamics=basic",
+        "dynamics.every_n_steps=50",
+        "trainer.max_epochs=200",
+        "trainer.check_val_every_n_epoch=100",
+        "model.init_weight=null",
+        "model.init_bias=null",
+        "seed=0,1",
+        launcher="vectorized",
+    )
+    sweep = done.sweep_dir
+    assert (sweep / "dynamics.png").is_file() and "dynamics" in done.pictures
+    seeds = [scalar_history(sweep / f"seed={s}")["dynamics/grad_norm"] for s in (0, 1)]
+    (configuration,) = [run for run in (sweep / "dashboard").iterdir() if run.name != "sweep"]
+    logged = scalar_history(configuration)
+    band = {tag: logged[f"dynamics/grad_norm/{tag}"] for tag in ("mean", "lower", "upper")}
+    steps = [s for s, _ in seeds[0]]
+    assert [s for s, _ in band["mean"]] == steps == [0, 50, 100, 150]
+    for k in range(len(steps)):
+        pair = [seeds[0][k][1], seeds[1][k][1]]
+        assert pair[0] != pair[1]
+        assert band["mean"][k][1] == pytest.approx(sum(pair) / 2, rel=1e-6)
+        assert band["lower"][k][1] == pytest.approx(min(pair), rel=1e-6)
+        assert band["upper"][k][1] == pytest.approx(max(pair), rel=1e-6)
