@@ -13,6 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import (
+    cli,
     compose_train,
     fake_mnist,
     population,
@@ -285,3 +286,24 @@ def test_a_sweeps_dashboard_and_dynamics_png_band_the_instruments_over_seeds(
         assert band["mean"][k][1] == pytest.approx(sum(pair) / 2, rel=1e-6)
         assert band["lower"][k][1] == pytest.approx(min(pair), rel=1e-6)
         assert band["upper"][k][1] == pytest.approx(max(pair), rel=1e-6)
+
+
+def test_a_resumed_run_measures_its_distance_from_where_it_first_started(tmp_path: Path):
+    first = [
+        "experiment=thermometer",
+        "dynamics=basic",
+        "dynamics.every_n_steps=50",
+        "trainer.max_epochs=100",
+        "trainer.check_val_every_n_epoch=50",
+        "hydra.run.dir=run",
+    ]
+    assert cli(first, tmp_path).returncode == 0
+    assert cli(["resume=run", "trainer.max_epochs=200"], tmp_path).returncode == 0
+    run_dir = tmp_path / "run"
+    kept = torch.load(run_dir / "weights_path.pt", weights_only=True)
+    assert kept["steps"] == [0, 50, 100, 150, 200] and kept["initial"].tolist() == [1.0, 0.0]
+    distance = dict(scalar_history(run_dir)["dynamics/distance"])
+    for k, step in enumerate(kept["steps"][:-1]):
+        w, b = kept["weights"][k].tolist()
+        assert distance[step] == pytest.approx(math.hypot(w - 1.0, b), rel=1e-5, abs=1e-12)
+    assert read_metrics(run_dir)["dynamics"]["dynamics/distance"]["count"] == 4
