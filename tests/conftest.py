@@ -219,6 +219,8 @@ TRAINED_ONCE = (
     "thermometer_events",
     "thermometer_sweep",
     "vectorized_cli",
+    "measured_thermometer",
+    "mlp_sweep",
     "digits",  # last: the group of a test using two is the first listed
 )
 

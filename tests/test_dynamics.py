@@ -48,15 +48,17 @@ def closed_form(x: torch.Tensor, y: torch.Tensor, w: float, b: float) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def thermometer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def measured_thermometer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("thermometer") / "run"
     assert train_in_process(THERMOMETER, run_dir)["status"] == "finished"
     return run_dir
 
 
-def test_the_thermometers_curvature_is_its_closed_form_hessian_at_every_measured_step(thermometer):
-    logged = scalar_history(thermometer)
-    data = json.loads((thermometer / "trajectory.json").read_text())
+def test_the_thermometers_curvature_is_its_closed_form_hessian_at_every_measured_step(
+    measured_thermometer,
+):
+    logged = scalar_history(measured_thermometer)
+    data = json.loads((measured_thermometer / "trajectory.json").read_text())
     x, y = (
         torch.tensor(data["x"], dtype=torch.float64),
         torch.tensor(data["y"], dtype=torch.float64),
@@ -77,9 +79,9 @@ def test_the_thermometers_curvature_is_its_closed_form_hessian_at_every_measured
         assert [v for _, v in logged[tag]] == pytest.approx([exact] * 3, rel=1e-5), tag
 
 
-def test_the_thermometers_gradient_noise_and_update_are_their_closed_forms(thermometer):
-    logged = scalar_history(thermometer)
-    data = json.loads((thermometer / "trajectory.json").read_text())
+def test_the_thermometers_gradient_noise_and_update_are_their_closed_forms(measured_thermometer):
+    logged = scalar_history(measured_thermometer)
+    data = json.loads((measured_thermometer / "trajectory.json").read_text())
     x, y = (
         torch.tensor(data["x"], dtype=torch.float64),
         torch.tensor(data["y"], dtype=torch.float64),
@@ -112,9 +114,11 @@ def test_the_thermometers_gradient_noise_and_update_are_their_closed_forms(therm
         )
 
 
-def test_the_instruments_reach_metrics_json_the_api_history_and_the_weights_path(thermometer):
-    record = read_metrics(thermometer)
-    logged = scalar_history(thermometer)
+def test_the_instruments_reach_metrics_json_the_api_history_and_the_weights_path(
+    measured_thermometer,
+):
+    record = read_metrics(measured_thermometer)
+    logged = scalar_history(measured_thermometer)
     summary = record["dynamics"]["dynamics/grad_norm"]
     values = [v for _, v in logged["dynamics/grad_norm"]]
     assert summary["count"] == 3 and summary["first_step"] == 0 and summary["final_step"] == 100
@@ -122,9 +126,9 @@ def test_the_instruments_reach_metrics_json_the_api_history_and_the_weights_path
         max(values)
     )
     assert not any(k.startswith("dynamics/") for k in record["metrics"])  # no "best" gradient norm
-    history = api.load(thermometer).history
+    history = api.load(measured_thermometer).history
     assert history["dynamics/hessian_trace"].dropna().index.tolist() == [0, 50, 100]
-    kept = torch.load(thermometer / "weights_path.pt", weights_only=True)
+    kept = torch.load(measured_thermometer / "weights_path.pt", weights_only=True)
     assert kept["steps"] == [0, 50, 100, 101] and kept["names"] == ["linear.weight", "linear.bias"]
     assert kept["weights"][0].tolist() == [1.0, 0.0] == kept["initial"].tolist()
     assert kept["weights"][-1].tolist() == pytest.approx(
@@ -132,9 +136,9 @@ def test_the_instruments_reach_metrics_json_the_api_history_and_the_weights_path
     )
 
 
-def test_instruments_leave_the_training_untouched(thermometer, tmp_path: Path):
+def test_instruments_leave_the_training_untouched(measured_thermometer, tmp_path: Path):
     plain = train_in_process([o for o in THERMOMETER if "dynamics" not in o], tmp_path / "plain")
-    measured = read_metrics(thermometer)
+    measured = read_metrics(measured_thermometer)
     assert plain["parameters"] == measured["parameters"]
     assert plain["metrics"] == measured["metrics"]
 
