@@ -404,48 +404,67 @@ def test_fail_fast_stops_the_population_at_its_first_diverged_job(tmp_path: Path
     }
 
 
-def test_a_job_whose_value_is_refused_is_not_grouped_and_fail_fast_stops_before_anything_trains(
+def test_a_job_refused_while_building_fails_alone_and_fail_fast_stops_before_anything_trains(
     tmp_path: Path,
 ):
+    """A mistake found only when a job builds its model (a monitor its model does not log) fails
+    that job alone; a value outside its domain refuses the whole sweep before it writes anything."""
     done = cli(
         [
             "-m",
             "hydra/launcher=vectorized",
             *SHORT[:3],
-            "optimizer.lr=-0.2,0.01,0.001",
+            "monitor=val/acc,val/loss",
+            "optimizer.lr=0.01,0.001",
             f"hydra.sweep.dir={tmp_path / 'on'}",
         ],
         tmp_path,
     )
     assert (
-        done.returncode == 1 and "3 jobs, 2 of them in 1 group(s) trained together" in done.stdout
+        done.returncode == 1 and "4 jobs, 4 of them in 1 group(s) trained together" in done.stdout
     )
-    assert "error: optimizer.lr must be a positive number, got -0.2." in done.stderr
+    assert "monitor=val/acc" in done.stderr
     records = sorted(
-        (r["status"], next(o for o in r["overrides"] if o.startswith("optimizer.lr=")))
+        (
+            r["status"],
+            *sorted(o for o in r["overrides"] if o.startswith(("optimizer.lr=", "monitor="))),
+        )
         for r in map(read_metrics, (p.parent for p in (tmp_path / "on").glob("*/metrics.json")))
     )
     assert records == [
-        ("failed", "optimizer.lr=-0.2"),
-        ("finished", "optimizer.lr=0.001"),
-        ("finished", "optimizer.lr=0.01"),
+        ("failed", "monitor=val/acc", "optimizer.lr=0.001"),
+        ("failed", "monitor=val/acc", "optimizer.lr=0.01"),
+        ("finished", "monitor=val/loss", "optimizer.lr=0.001"),
+        ("finished", "monitor=val/loss", "optimizer.lr=0.01"),
     ]
     done = cli(
         [
             "-m",
             "hydra/launcher=vectorized",
             *SHORT[:3],
-            "optimizer.lr=-0.2,0.01,0.001",
+            "monitor=val/acc,val/loss",
             "fail_fast=true",
             f"hydra.sweep.dir={tmp_path / 'stop'}",
         ],
         tmp_path,
     )
-    assert (
-        done.returncode == 1
-        and "error: optimizer.lr must be a positive number, got -0.2." in done.stderr
+    assert done.returncode == 1 and "monitor=val/acc" in done.stderr
+    assert not any(
+        r["status"] == "finished" for r in map(read_metrics, job_dirs(tmp_path / "stop"))
     )
-    assert [p.name for p in job_dirs(tmp_path / "stop")] == ["lr=-0.2"]
+    done = cli(
+        [
+            "-m",
+            "hydra/launcher=vectorized",
+            *SHORT[:3],
+            "optimizer.lr=-0.2,0.01,0.001",
+            f"hydra.sweep.dir={tmp_path / 'refused'}",
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 1
+    assert done.stderr == "error: optimizer.lr must be a positive number, got -0.2.\n"
+    assert not (tmp_path / "refused").exists()
 
 
 def test_a_population_refuses_distributed_training_in_one_sentence(tmp_path: Path):

@@ -152,6 +152,9 @@ def gradient_check_of(cfg: DictConfig) -> dict[str, Any]:
     check_positive("gradcheck.eps", cfg.gradcheck.eps)
     check_positive("gradcheck.tolerance", cfg.gradcheck.tolerance)
     check_positive_int("gradcheck.coordinates", cfg.gradcheck.coordinates)
+    from experiments.core.domains import check_config
+
+    check_config(cfg, only="gradcheck.")
     quiet_lightning()
     import lightning.pytorch as pl
 

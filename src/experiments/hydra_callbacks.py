@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from experiments.cli import one_sentence
 from experiments.core.config import UserError, check_loggers_installed
+from experiments.core.domains import check_config
 from experiments.core.rundir import RESUME_ONE_RUN, claim_run_dir, claim_sweep_dir
 
 # The run and sweep directories this process claimed, newest last: experiments.api returns them.
@@ -50,6 +51,8 @@ def check_launcher(config: DictConfig) -> None:
     check_loggers_installed(config)
     answer_for_official_optuna(config)
     check_preset_sweeper(config)
+    check_config(config, only="hydra.sweeper.")  # the sweeper's and launcher's numbers
+    check_config(config, only="hydra.launcher.")
     if str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper"):
         from hydra_plugins.experiments_plugins.optuna_space import check_settings
 

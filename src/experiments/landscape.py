@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.cli import one_sentence, run_cli
 from experiments.core.config import CONF_DIR, UserError, check_positive_int, register_resolvers
+from experiments.core.domains import check_config
 from experiments.core.state import METRICS
 
 register_resolvers()
@@ -204,6 +205,8 @@ def landscape(
         raise UserError(f"resolution must be 3 or more grid points per axis, got {resolution}.")
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
         raise UserError(f"margin must be a number of 0 or more, got {margin!r}.")
+    settings = {"resolution": resolution, "margin": margin, "samples": samples, "batch": batch}
+    check_config(OmegaConf.create({**settings, "seed": seed}), only="landscape.", root="landscape.")
     root = Path(run).expanduser()
     run_dirs = find_runs(run)
     from experiments.evaluate import find_checkpoint, restore

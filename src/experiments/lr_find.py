@@ -87,6 +87,9 @@ def find_lr(cfg: DictConfig, info: RunInfo) -> dict[str, Any]:
         raise UserError(f"lr_find.mode must be exponential or linear, got {settings.mode!r}.")
     if settings.suggest not in ("steepest", "lightning"):
         raise UserError(f"lr_find.suggest must be steepest or lightning, got {settings.suggest!r}.")
+    from experiments.core.domains import check_config
+
+    check_config(cfg, only="lr_find.")
     for key in ("resume", "ckpt_path"):
         if cfg.get(key):
             raise UserError(

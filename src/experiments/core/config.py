@@ -10,17 +10,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.core.errors import UserError
+
 # The repository's conf/, linked from the package's folder (src/experiments/conf) and copied into
 # the built wheel, so a checkout and an installed wheel both find it here.
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-class UserError(ValueError):
-    """Something the user can fix: the message is one sentence naming the key or file and what would
-    be valid. Whatever a library's message it quotes, it stays on one line."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
 
 
 def mistake(error: BaseException | str) -> str:
@@ -145,6 +139,9 @@ def check_values(
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise UserError(f"seed must be an integer from 0 to {2**32 - 1}, got {seed!r}.")
+    from experiments.core.domains import check_config
+
+    check_config(cfg)  # every other value against its domain (experiments.core.domains)
 
 
 DYNAMICS_TIERS = ("basic", "noise", "curvature")

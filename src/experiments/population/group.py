@@ -109,7 +109,8 @@ def train_group(
     refused: dict[int, dict[str, Any]] = {}
 
     def refuse(k: int, error: UserError) -> None:
-        """A job's own mistake fails that job alone, as on the basic launcher."""
+        """A job's own mistake fails that job alone, as on the basic launcher (a sweeper has
+        already refused the sweep for a value outside its domain; this catches the rest)."""
         refused[k] = record_failure(jobs[k].info, error)
 
     for k, job in enumerate(jobs):
@@ -160,6 +161,9 @@ def train_group(
         return [refused.get(k) for k in range(len(jobs))]
 
     trained = [job for _, job, _ in built]
+    first = trained[
+        0
+    ].cfg  # a job refused while building leaves its settings unresolved (mode: auto)
     models, states, loggers, checkpoints = [], [], [], []
     population = {"size": len(trained), "jobs": [j.run_dir.name for j in trained]}
     for _, job, model in built:

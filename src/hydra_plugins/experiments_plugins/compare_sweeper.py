@@ -128,6 +128,7 @@ class CompareSweeper(GridSweeper):
         shown = (*(key_of(o.input_line) for o in parsed if o.is_sweep_override()), "seed")
         named = dict(zip(map(tuple, stage_one), self.named(stage_one, "stage1", shown)))
         self.validate_batch_is_legal(list(named.values()))
+        self.check_jobs(list(named.values()))
         names = [self.folder(named[tuple(job)]) for job in stage_one]
         if len(set(names)) < len(names):
             raise UserError(

@@ -27,7 +27,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from experiments.core.config import CONF_DIR, check_positive_int
+from experiments.core.config import CONF_DIR, check_positive_int, check_values
 from experiments.core.overrides import job_names, key_of, quote_value
 from experiments.core.rundir import sweep_job_dirs
 from experiments.core.state import final_status
@@ -197,6 +197,16 @@ class GridSweeper(Sweeper):
         for overrides in batch:
             composed(self.hydra_context, self.config, overrides, mutable=False)
 
+    def check_jobs(self, jobs: Sequence[Sequence[str]]) -> None:
+        """Every job's values checked as its run checks them (check_values: each number within
+        its domain, experiments.core.domains, and the rest) before the sweep writes anything: one
+        job's mistake refuses the whole sweep in one sentence. Mistakes found only once a job
+        builds its data and model fail that job alone."""
+        for overrides in jobs:
+            job = composed(self.hydra_context, self.config, overrides, mutable=False)
+            given = [o for o in overrides if not key_of(o).startswith("hydra")]
+            check_values(job, given, dict(job.hydra.runtime.choices))
+
     def names_jobs(self) -> bool:
         """Whether the sweep names its jobs' folders (conf/train.yaml's hydra.sweep.subdir), not a
         hydra.sweep.subdir of the user's."""
@@ -240,6 +250,7 @@ class GridSweeper(Sweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         # a mistake in any job stops the sweep before it writes a file
         self.validate_batch_is_legal(jobs)
+        self.check_jobs(jobs)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         return self.launch_all(jobs)
