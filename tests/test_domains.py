@@ -194,3 +194,14 @@ def test_the_other_entry_points_check_their_numbers(tmp_path: Path):
         and "lr_find.early_stop_threshold must be a number above 1" in done.stderr
     )
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.png"))
+
+
+def test_help_lists_every_training_keys_domain_from_the_table(tmp_path: Path):
+    done = cli(["--help"], tmp_path)
+    assert done.returncode == 0
+    listed = done.stdout.split("== The values every number may take", 1)[1]
+    for key in DOMAINS:
+        if not key.startswith(ELSEWHERE):
+            (line,) = [row for row in listed.splitlines() if row.split() and row.split()[0] == key]
+            assert line.strip().endswith(DOMAINS[key].describe()), key
+    assert "scheduler.gamma" in listed and "a number in (0, 1]" in listed

@@ -200,7 +200,14 @@ def gpu_for_job(job_num: int | None = None, gpu_count: int | None = None) -> lis
     return [int(job_num) % gpu_count] if gpu_count else [0]
 
 
+def domains_help() -> str:
+    from experiments.core.domains import help_text
+
+    return help_text()
+
+
 RESOLVERS = {
+    "domains": domains_help,  # --help's list of the values every number may take
     "job_dir": job_dir_name,
     "gpu_for_job": gpu_for_job,
     # resume=<run dir> runs in that directory and leaves its .hydra/ (the run's own config) untouched.

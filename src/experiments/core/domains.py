@@ -241,3 +241,10 @@ def check_config(cfg: DictConfig, only: str | None = None, root: str = "") -> No
 
 
 MISSING = object()
+
+
+def help_text() -> str:
+    """The table as `--help` shows it: one line per key a training job reads."""
+    keys = [k for k in DOMAINS if not k.startswith(ELSEWHERE)]
+    width = max(map(len, keys))
+    return "\n".join(f"  {k:<{width}}  {DOMAINS[k].describe()}" for k in keys)
