@@ -4,8 +4,11 @@ its cost said before it starts, its pictures read back, and its mistakes in one 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,11 +27,21 @@ THERMOMETER = [
 ]
 
 
+def hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "landscape" not in p.relative_to(folder).parts
+    }
+
+
 def test_the_lines_landscape_is_its_exact_quadratic_with_the_tutorials_minimum(tmp_path: Path):
     run_dir = tmp_path / "run"
     train_in_process(THERMOMETER, run_dir)
+    before = hashes(run_dir)
     done = cli([f"run={run_dir}", "resolution=11"], tmp_path, module="experiments.landscape")
     assert done.returncode == 0, done.stderr
+    assert hashes(run_dir) == before  # it adds landscape/ and touches nothing else
     # the cost, said before it starts: 11 x 11 plane, one slice of 22, the run's start and end
     assert "121 points of the parameters plane and 1 slice(s) of 22 points" in done.stdout
     assert "145 evaluations of the loss, 64 at a time" in done.stdout
@@ -146,3 +159,26 @@ def test_a_landscape_mistake_is_one_sentence_and_leaves_nothing(tmp_path: Path):
     done = cli([f"run={run_dir}"], tmp_path, module="experiments.landscape")
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "dynamics=basic" in done.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_a_run_a_live_process_holds_is_refused(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    train_in_process(THERMOMETER, run_dir)
+    holder = subprocess.Popen(  # a process holding the run's lock, as a live run does
+        [
+            sys.executable,
+            "-c",
+            f"import fcntl, os, time; fd = os.open({str(run_dir)!r}, os.O_RDONLY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match="is in use by another run that is still training"):
+            landscape(str(run_dir))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (run_dir / "landscape").exists()

@@ -145,10 +145,15 @@ def landscape(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
     """`python -m experiments.landscape run=PATH` with its options as keywords (plane="random",
     resolution=41, ...): what its landscape.json holds, and under "pictures" the paths of
     plane.png and slices.png. Its cost is printed before it starts."""
+    from experiments.core.rundir import holdings, release_since
     from experiments.landscape import FOLDER
     from experiments.landscape import landscape as draw
 
-    result = draw(str(path), say=print, **options)
+    earlier = holdings()
+    try:
+        result = draw(str(path), say=print, **options)
+    finally:
+        release_since(earlier)  # the run or sweep is free again once its landscape is drawn
     folder = Path(path) / FOLDER
     return {**result, "pictures": {name: folder / f"{name}.png" for name in ("plane", "slices")}}
 

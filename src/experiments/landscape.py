@@ -9,7 +9,8 @@ a line, from each run's start to its end and between two runs' ends. A model of 
 its minimum. The paths are the weights each run kept in weights_path.pt (trained with
 dynamics=...). The loss is evaluated on `samples` training samples, `batch` parameter sets at a
 time (torch.func.vmap, as a population trains); the cost is printed before it starts. It writes
-plane.png, slices.png, landscape.json and TensorBoard images into <run>/landscape/.
+plane.png, slices.png, landscape.json and TensorBoard images into <run>/landscape/, the only
+folder it touches, and refuses a run or sweep that a live process still holds.
 """
 
 from __future__ import annotations
@@ -209,6 +210,9 @@ def landscape(
     check_config(OmegaConf.create({**settings, "seed": seed}), only="landscape.", root="landscape.")
     root = Path(run).expanduser()
     run_dirs = find_runs(run)
+    from experiments.core.rundir import own
+
+    own(root, "run")  # a run or sweep still training is refused; none starts into it meanwhile
     from experiments.evaluate import find_checkpoint, restore
 
     checkpoint = find_checkpoint(str(run_dirs[0]), "last")
