@@ -169,3 +169,26 @@ def test_an_unknown_option_lists_the_valid_ones(tmp_path: Path):
     done = cli(["optimizer=adamm"], tmp_path)
     assert done.returncode == 1
     assert "Could not find 'optimizer/adamm'" in done.stderr and "rmsprop" in done.stderr
+
+
+def test_m_anywhere_on_the_line_sweeps_and_a_group_outside_the_defaults_says_to_add_it(
+    tmp_path: Path,
+):
+    done = cli(
+        ["experiment=thermometer", "optimizer.lr=0.01,0.02", "-m", "trainer.max_epochs=2"], tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 jobs: 2 finished" in done.stdout
+    (tmp_path / "my_conf" / "extra").mkdir(parents=True)
+    (tmp_path / "my_conf" / "extra" / "one.yaml").write_text("a: 1\n")
+    done = cli(["hydra.searchpath=[file://my_conf]", "extra=one"], tmp_path)
+    assert done.returncode == 1 and done.stderr == (
+        "error: extra=one picks an option of the config group extra, which this config's defaults "
+        "list does not include; add the group with a plus: +extra=one.\n"
+    )
+    assert (
+        cli(
+            ["hydra.searchpath=[file://my_conf]", "+extra=one", "--cfg", "job"], tmp_path
+        ).returncode
+        == 0
+    )

@@ -208,3 +208,24 @@ def test_help_lists_every_training_keys_domain_from_the_table(tmp_path: Path):
             (line,) = [row for row in listed.splitlines() if row.split() and row.split()[0] == key]
             assert line.strip().endswith(DOMAINS[key].describe()), key
     assert "scheduler.gamma" in listed and "a number in (0, 1]" in listed
+
+
+@pytest.mark.parametrize(
+    ("swept", "sentence"),
+    [
+        (
+            ["optimizer.lr=interval(0,1)"],
+            "error: optimizer.lr=interval(0,1) can draw 0.0: optimizer.lr must be a positive number, got 0.0.",
+        ),
+        (
+            ["optimizer=momentum", "optimizer.momentum=choice(0.5,1.5)"],
+            "error: optimizer.momentum=choice(0.5,1.5) can draw 1.5: optimizer.momentum must be a number in [0, 1), got 1.5.",
+        ),
+    ],
+)
+def test_an_optuna_search_that_could_draw_outside_a_domain_is_refused_before_it_starts(
+    swept: list[str], sentence: str, tmp_path: Path
+):
+    done = cli(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", *swept], tmp_path)
+    assert done.returncode == 1 and done.stderr == sentence + "\n"
+    assert not (tmp_path / "outputs").exists()

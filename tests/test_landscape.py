@@ -158,6 +158,12 @@ def test_a_landscape_mistake_is_one_sentence_and_leaves_nothing(tmp_path: Path):
         landscape(str(run_dir), resolution=2)
     done = cli([f"run={run_dir}"], tmp_path, module="experiments.landscape")
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "dynamics=basic" in done.stderr
+    done = cli([f"run={run_dir}", "-m"], tmp_path, module="experiments.landscape")
+    assert done.returncode == 1 and done.stderr == (
+        "error: experiments.landscape draws the landscape of one run or sweep (a sweep's jobs all "
+        "on one plane); run it without -m (once per setting).\n"
+    )
+    assert not (tmp_path / "outputs").exists()
     assert sorted(p.name for p in run_dir.iterdir()) == before
 
 

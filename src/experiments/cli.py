@@ -22,7 +22,11 @@ from experiments.core.rundir import discard_claimed, holdings, release_since
 from experiments.core.signals import exit_code, stop_on_sigterm_while_starting
 
 # Entry points that act on one configuration: a sweep of them would write nothing useful.
-ONE_JOB = {"evaluate": "re-tests one run", "gradcheck": "checks the gradient of one configuration"}
+ONE_JOB = {
+    "evaluate": "re-tests one run",
+    "gradcheck": "checks the gradient of one configuration",
+    "landscape": "draws the landscape of one run or sweep (a sweep's jobs all on one plane)",
+}
 
 
 def outcome(entry: Callable[[], Any], config_name: str, argv: list[str]) -> int | str:

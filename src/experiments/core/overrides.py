@@ -38,10 +38,16 @@ def quote_paths(argv: list[str]) -> list[str]:
     return quoted
 
 
+MULTIRUN = ("-m", "--multirun")
+
+
 def prepare_arguments(argv: list[str]) -> list[str]:
-    """`resume=<run dir>` continues a run with its own config: the run's own command-line overrides
+    """-m or --multirun anywhere on the line comes first, as Hydra's parser needs it.
+    `resume=<run dir>` continues a run with its own config: the run's own command-line overrides
     come first, then the new ones. Paths are quoted where Hydra would split them."""
     argv = quote_paths(argv)
+    # -m anywhere on the line: Hydra's parser takes its flags only before the overrides
+    argv = [a for a in argv if a in MULTIRUN] + [a for a in argv if a not in MULTIRUN]
     resume = next((a for a in argv if a.startswith("resume=")), None)
     if resume is None:
         return argv
@@ -199,6 +205,13 @@ def config_error(error: Exception, argv: list[str], config_name: str) -> str | N
     if several:
         return several_values(several[1] or several[2], overrides, config_name)
     missing = re.match(r"Could not override '([^']+)'", head)
+    if missing and "No match in the defaults list" in head:  # a group the defaults do not pick
+        added = next((w for line in rest for w in line.split() if w.startswith("+")), None)
+        given = added[1:] if added else f"{missing[1]}=<option>"
+        return (
+            f"{given} picks an option of the config group {missing[1]}, which this config's defaults "
+            f"list does not include; add the group with a plus: +{given}."
+        )
     if missing and "+" + missing[1] in " ".join(rest):
         return unknown_key(
             missing[1], [o for o in overrides if key_of(o) != missing[1]], config_name

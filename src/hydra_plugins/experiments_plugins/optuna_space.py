@@ -55,6 +55,29 @@ def distribution(override: Any) -> Any:
     )
 
 
+def check_in_domain(override: Any) -> None:
+    """Every value a search may draw for a key lies in its domain (experiments.core.domains): the
+    ends of a range, every choice. One the search could draw outside refuses the sweep."""
+    from experiments.core.config import UserError
+    from experiments.core.domains import DOMAINS, check
+
+    key = override.get_key_element().lstrip("+~")
+    if key not in DOMAINS:
+        return
+    value = override.value()
+    if override.is_interval_sweep():
+        drawn = [value.start, value.end]
+    elif override.is_range_sweep():
+        drawn = list(override.sweep_iterator())[:1] + list(override.sweep_iterator())[-1:]
+    else:
+        drawn = list(override.sweep_iterator())
+    for each in drawn:
+        try:
+            check(key, each)
+        except UserError as error:
+            raise UserError(f"{override.input_line} can draw {each!r}: {error}") from None
+
+
 def built(name: str, setting: Any) -> Any:
     """hydra.sweeper.sampler or .pruner as an object (Hydra hands the plugin its `_target_` settings
     already instantiated; a config written elsewhere may not be)."""
@@ -143,4 +166,5 @@ def check_settings(config: DictConfig) -> None:
             try:
                 distribution(override)
             except HydraException:  # glob(): the options of a config group
-                pass
+                continue
+            check_in_domain(override)
