@@ -179,6 +179,19 @@ def test_a_value_outside_its_domain_refuses_a_run_and_a_sweep_in_one_sentence_le
     done = cli(["-m", "sweep=compare", "hydra.sweeper.seeds=-2"], tmp_path)
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "hydra.sweeper.seeds must be a positive integer, got -2." in done.stderr
+    # one job's value outside its domain refuses the whole sweep, whichever launcher runs it
+    for launcher in ("basic", "vectorized"):
+        done = cli(
+            [
+                "sweep=compare",
+                f"hydra/launcher={launcher}",
+                "optimizer=sgd,adam",
+                "optimizer.lr=0.01,-1",
+            ],
+            tmp_path,
+        )
+        assert done.returncode == 1
+        assert done.stderr == "error: optimizer.lr must be a positive number, got -1.\n"
     assert not (tmp_path / "outputs").exists()
 
 
