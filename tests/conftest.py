@@ -239,3 +239,43 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         keys[item.nodeid] = key = f"{item.path}::{used[0]}" if used else item.nodeid
         slow[key] = slow.get(key, False) or item.get_closest_marker("slow") is not None
     items.sort(key=lambda item: not slow[keys[item.nodeid]])
+
+
+SCIPY = "scipy==1.17.1"  # the reference for a comparison's statistics, never a dependency
+REFERENCE = Path(__file__).parent / ".reference"
+
+
+def scipy_reference(pairs: list[tuple[list[float], list[float]]]) -> list[dict]:
+    """scipy's Welch p and interval and Mann-Whitney U for each pair (tests/scipy_reference.py),
+    from a process with scipy installed under tests/.reference: installed there from PyPI the first
+    time (a lock keeps the two workers from installing it twice), and never on the path of the
+    package's own processes."""
+    import fcntl
+
+    REFERENCE.mkdir(exist_ok=True)
+    with open(REFERENCE.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (REFERENCE / "scipy").is_dir():
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--no-deps",
+                    "--target",
+                    str(REFERENCE),
+                    SCIPY,
+                ],
+                check=True,
+            )
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "scipy_reference.py")],
+        input=json.dumps({"pairs": pairs}),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REFERENCE)},
+        check=True,
+    )
+    return json.loads(done.stdout)["pairs"]

@@ -420,7 +420,7 @@ def test_many_lines_of_two_optimizers_are_coloured_by_learning_rate_in_a_row_eac
 def test_many_equal_seeds_and_a_nan_metric_print_without_a_spread_or_a_crash():
     """30 seeds at one value: their rounded mean and std are not exact, the printed cell is (seeds
     equal), not a spread of rounding noise nor a log10(0); a nan test metric prints as nan."""
-    from experiments.report.comparison import spread
+    from experiments.report.statistics import spread
 
     equal = spread([2.792641242468651] * 30)
     assert equal["std"] == 0 and equal["mean"] == 2.792641242468651

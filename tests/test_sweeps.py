@@ -168,7 +168,7 @@ def test_the_t_quantile_and_welchs_p_value_agree_with_the_t_density():
     of the density and the tables' 4.3027 for 95% with two degrees of freedom."""
     import mpmath
 
-    from experiments.report.comparison import t_quantile, welch_p
+    from experiments.report.statistics import t_quantile, welch_p
 
     assert t_quantile(0.975, 2) == pytest.approx(T_975_DF2, rel=1e-14)
     for df in (1, 2, 4, 9, 29, 7.3):
@@ -649,13 +649,14 @@ def test_collect_orders_best_first_then_diverged_then_failed(tmp_path: Path):
 COMPARE = [
     "experiment=thermometer",
     "sweep=compare",
-    "optimizer=sgd,adam",
+    "optimizer=sgd,adam,momentum",
     "optimizer.lr=1e-3,1e-2,1e-1",
-    "hydra.sweeper.seeds=3",
-    "seed=5",  # the first seed: seeds 5, 6, 7
+    "hydra.sweeper.seeds=4",
+    "seed=5",  # the first seed: studies with seeds 5, 6 and 7; stage 2 with 5, 6, 7 and 8
     "trainer.max_epochs=300",
     "trainer.check_val_every_n_epoch=100",
 ]
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "momentum": 0.01}  # conf/optimizer/
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -664,8 +665,9 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    """sweep=compare on the thermometer, shortened: 2 optimizers x 3 learning rates, then each
-    optimizer's best learning rate with 3 seeds; then the same command into the same directory."""
+    """sweep=compare on the thermometer, shortened: 3 optimizers x 3 learning rates searched by 3
+    studies, then each optimizer's chosen learning rate and its default one with 4 seeds; then the
+    same command into the same directory."""
     cwd = tmp_path_factory.mktemp("compare")
     done = cli(COMPARE, cwd, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -677,46 +679,76 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str
     return sweep, done.stdout + done.stderr, again.stdout + again.stderr, untouched
 
 
+def compare_jobs(sweep: Path) -> dict[str, dict]:
+    return {p.relative_to(sweep).as_posix(): read_metrics(p) for p in job_dirs(sweep)}
+
+
+def studies_picks(jobs: dict[str, dict]) -> dict[str, list[float]]:
+    """Each study's pick per optimizer, recomputed: the learning rate of its finished stage-1 job
+    (one seed per study) with the lowest best val/loss."""
+    picks: dict[str, list[float]] = {}
+    for seed in (5, 6, 7):
+        for name in ("sgd", "adam", "momentum"):
+            finished = [
+                m
+                for job, m in jobs.items()
+                if job.startswith("stage1/")
+                and m["hparams"]["seed"] == seed
+                and m["hparams"]["optimizer"] == name
+                and m["status"] == "finished"
+            ]
+            best = min(finished, key=lambda m: m["monitor"]["best"])
+            picks.setdefault(name, []).append(best["hparams"]["optimizer.lr"])
+    return picks
+
+
 @pytest.mark.slow  # sweep=compare: two stages of jobs
-def test_compare_reruns_each_optimizers_best_stage_one_learning_rate_with_its_seeds(comparison):
-    """Stage 1: the 6-point grid with seed 0, every seed from a random start; stage 2: the point
-    with the best stage-1 value of each optimizer, seeds 0, 1, 2 (seed 0 is stage 1's job)."""
+def test_compare_reruns_the_point_most_studies_picked_and_each_default_with_its_seeds(comparison):
+    """Stage 1: the 9-point grid searched by 3 studies (seeds 5, 6, 7), every seed from a random
+    start; stage 2: the point most studies picked for each optimizer, and each optimizer at its
+    default learning rate, with seeds 5 to 8, the studies' jobs among them."""
     sweep, output, _, _ = comparison
-    jobs = {p.relative_to(sweep).as_posix(): read_metrics(p) for p in job_dirs(sweep)}
-    assert len(jobs) == 6 + 2 * 2
+    jobs = compare_jobs(sweep)
     # each run's name says its stage, optimizer, learning rate and seed, in 40 characters
     for name, m in jobs.items():
-        stage = "stage1" if m["hparams"]["seed"] == 5 else "stage2"
         lr, seed = m["hparams"]["optimizer.lr"], m["hparams"]["seed"]
+        stage = name.split("/")[0]
+        assert (stage == "stage1") == (seed in (5, 6, 7)), name
         assert name == f"{stage}/{m['hparams']['optimizer']},lr={lr:g},seed={seed}", name
         assert len(name) <= 40
     assert all("model.init_weight=null" in m["overrides"] for m in jobs.values())
     assert "random initialisation (model.init_weight=null model.init_bias=null)" in output
-    assert all(name.count("seed=") == 1 for name in jobs)
-    stage_one = [m for m in jobs.values() if "seed=5" in m["overrides"]]
-    assert len(stage_one) == 6 and any(m["status"] == "diverged" for m in stage_one)
+    assert "stage 1: 3 studies of 9 grid points x 1 seed = 27 jobs" in output
+    stage_one = [m for job, m in jobs.items() if job.startswith("stage1/")]
+    assert len(stage_one) == 27 and any(m["status"] == "diverged" for m in stage_one)
     plan = json.loads((sweep / "compare.json").read_text())
+    assert plan["studies"] == [[5], [6], [7]] and plan["seeds"] == [5, 6, 7, 8]
     chosen = {
         name: float(o.split("=")[1])
         for name, point in plan["chosen"].items()
         for o in point
         if o.startswith("optimizer.lr=")
     }
-    for name in ("sgd", "adam"):
-        finished = [
-            m for m in stage_one if m["hparams"]["optimizer"] == name and m["status"] == "finished"
-        ]
-        assert (
-            chosen[name]
-            == min(finished, key=lambda m: m["monitor"]["best"])["hparams"]["optimizer.lr"]
-        )
+    for name, picked in studies_picks(jobs).items():
+        assert [
+            float(next(o for o in point if o.startswith("optimizer.lr=")).split("=")[1])
+            for point in plan["picks"][name]
+        ] == picked
+        assert chosen[name] == statistics.mode(picked)  # one pick is a tie broken by the mean
     stage_two = {
-        job: m["hparams"]["seed"]
+        job
         for job, m in jobs.items()
         if chosen[m["hparams"]["optimizer"]] == m["hparams"]["optimizer.lr"]
     }
     assert sorted(plan["stage2"]) == sorted(stage_two)
-    assert sorted(stage_two.values()) == [5, 5, 6, 6, 7, 7]
+    for name, baseline in plan["baselines"].items():
+        runs = [jobs[job] for job in baseline["jobs"]]
+        assert {m["hparams"]["optimizer.lr"] for m in runs} == {DEFAULT_LR[name]}
+        assert sorted(m["hparams"]["seed"] for m in runs) == [5, 6, 7, 8]
+    # every job of the sweep is in the plan: stage 1, stage 2 or a default
+    planned = {*plan["stage1_jobs"], *plan["stage2"]}
+    planned |= {j for b in plan["baselines"].values() for j in b["jobs"]}
+    assert planned == set(jobs)
 
 
 @pytest.mark.slow  # sweep=compare: two stages of jobs
@@ -737,7 +769,7 @@ def test_the_dashboard_holds_each_stage_two_configurations_mean_and_band_and_the
         hparams = read_metrics(sweep / job)["hparams"]
         name = f"{hparams['optimizer']},lr={hparams['optimizer.lr']:g}"
         configurations.setdefault(name, []).append(sweep / job)
-    assert len(configurations) == 2 and all(len(j) == 3 for j in configurations.values())
+    assert len(configurations) == 3 and all(len(j) == 4 for j in configurations.values())
     assert sorted(p.name for p in dashboard.iterdir()) == sorted([*configurations, "sweep"])
     for name, jobs in configurations.items():
         band = scalar_history(dashboard / name)
@@ -768,9 +800,10 @@ def test_the_dashboard_holds_each_stage_two_configurations_mean_and_band_and_the
 
 @pytest.mark.slow  # sweep=compare: two stages of jobs
 def test_every_picture_of_a_sweep_gives_a_configuration_one_colour(comparison):
-    """summary.png, curves.png and paths.png colour a line (an optimizer with its other settings)
-    from one map: a stage-2 configuration has the same colour in all three, each line its own.
-    Steps whose last is 30 times their first get a log axis."""
+    """summary.png and curves.png colour a line (an optimizer with its other settings) from one
+    map: a stage-2 configuration has the same colour in both, each line its own; paths.png, whose
+    panels here hold 13 paths each and so are coloured by learning rate, gives each configuration
+    one colour too. Steps whose last is 30 times their first get a log axis."""
     from matplotlib.colors import to_rgba
 
     from experiments.report.figures import log_steps
@@ -793,15 +826,39 @@ def test_every_picture_of_a_sweep_gives_a_configuration_one_colour(comparison):
     curves = colours(figures["curves.png"], "mean:")  # by configuration
     paths = colours(figures["paths.png"], "path:")  # by job
     lines = line_names(report.rows)
-    assert sorted(summary) == ["adam", "sgd"] and all(len(c) == 1 for c in summary.values())
-    assert summary["adam"] != summary["sgd"]
+    assert sorted(summary) == ["adam", "momentum", "sgd"]
+    assert (
+        all(len(c) == 1 for c in summary.values())
+        and len(set(map(frozenset, summary.values()))) == 3
+    )
     names = configuration_names(report.stage_two, {r["job"]: r for r in report.rows})
     assert sorted(curves) == sorted(names)  # adam,lr=0.1: the legend's names, the dashboard's
     for config, name in zip(report.stage_two, names):
         colour = summary[lines[config["jobs"][0]]]
         assert curves[name] == colour
-        assert all(paths[job] == colour for job in config["jobs"])
+        # a panel of many paths colours them by learning rate: still one colour per configuration
+        assert len({frozenset(paths[job]) for job in config["jobs"]}) == 1
     assert log_steps([0, 10, 20, 5000]) and not log_steps([860, 1720, 8600])
+
+
+def stage_two_bests(sweep: Path, plan: dict) -> dict[str, dict[int, float]]:
+    """Each tuned optimizer's finished stage-2 seeds' best val/loss, by seed, in the table's order."""
+    finals: dict[str, dict[int, float]] = {name: {} for name in plan["chosen"]}
+    for job in plan["stage2"]:
+        m = read_metrics(sweep / job)
+        if m["status"] == "finished":
+            finals[m["hparams"]["optimizer"]][m["hparams"]["seed"]] = m["monitor"]["best"]
+    return dict(sorted(finals.items(), key=lambda kv: statistics.fmean(kv[1].values())))
+
+
+def holm_by_hand(ps: list[float]) -> list[float]:
+    """Holm (1979) as its paper states it: the i-th smallest p times (m - i + 1), kept monotone."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    adjusted, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 @pytest.mark.slow  # sweep=compare: two stages of jobs
@@ -810,38 +867,178 @@ def test_compare_ends_with_the_stage_two_table_and_a_welch_sentence_recomputed_f
 ):
     sweep, output, _, _ = comparison
     plan = json.loads((sweep / "compare.json").read_text())
-    finals = {name: {} for name in plan["chosen"]}
-    for job in plan["stage2"]:
-        m = read_metrics(sweep / job)
-        finals[m["hparams"]["optimizer"]][m["hparams"]["seed"]] = m["monitor"]["best"]
-    (first, a), (second, b) = sorted(finals.items(), key=lambda kv: sum(kv[1].values()))
+    finals = stage_two_bests(sweep, plan)
+    names = list(finals)
+    (first, a), (second, b) = list(finals.items())[:2]
     assert min(map(statistics.stdev, (a.values(), b.values()))) > 0  # the seeds differ
     lr = {
         name: next(p.split("=")[1] for p in point if p.startswith("optimizer.lr="))
         for name, point in plan["chosen"].items()
     }
     wins = sum(a[s] < b[s] for s in a)
-    p = welch_p_by_quadrature(list(a.values()), list(b.values()))
+    ps = [
+        welch_p_by_quadrature(list(finals[x].values()), list(finals[y].values()))
+        for i, x in enumerate(names)
+        for y in names[i + 1 :]
+    ]
+    p, holm = ps[0], holm_by_hand(ps)[0]
     sentence = (sweep / "comparison.md").read_text().strip().splitlines()[-1]
-    verb = "beats" if p < 0.05 else "and"
+    verb = "beats" if holm < 0.05 else "and"
     assert sentence.startswith(f"{first} at lr {lr[first]} {verb} {second} at lr {lr[second]}")
-    assert f"better in {wins} of 3 seeds, p = {p:.2g} (Welch's t-test)." in sentence
+    assert (
+        f"better in {wins} of 4 seeds, p = {p:.2g} (Welch's t-test; {holm:.2g} after Holm's "
+        "correction for 3 pairs)." in sentence
+    )
     mean = statistics.fmean(a.values())
     shown = re.search(r": ([0-9.]+) ± ([0-9.]+) against", sentence)
     assert float(shown[1]) == pytest.approx(mean, abs=float(shown[2]) / 10 + 1e-12)
     assert " ".join(sentence.split()) in " ".join(output.split())
     table = (sweep / "comparison.md").read_text().splitlines()
-    assert [row.split(" | ")[0].strip("| ") for row in table[2:4]] == [
-        f"optimizer.lr={lr[first]},optimizer={first}",
-        f"optimizer.lr={lr[second]},optimizer={second}",
+    assert [row.split(" | ")[0].strip("| ") for row in table[2:5]] == [
+        f"optimizer.lr={lr[name]},optimizer={name}" for name in names
     ]
+
+
+def markdown_table(text: str, heading: str) -> list[dict[str, str]]:
+    """The rows of the Markdown table under `## heading` in comparison.md, by column."""
+    lines = text.split(f"## {heading}", 1)[1].strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip().strip("|").split(" | ")))))
+    return rows
+
+
+@pytest.mark.slow  # sweep=compare: two stages of jobs
+def test_every_pair_the_tuning_curve_the_defaults_and_the_time_to_target_are_recomputed_from_the_jobs(
+    comparison,
+):
+    """Every number the comparison adds, recomputed from the jobs' metrics.json and event files:
+    each pair's Welch interval and p and Mann-Whitney's P(better) against scipy's, Holm's
+    adjustment by hand, the tuning curve by trying every subset of each study's grid points, the
+    defaults' means, and the steps to the target read back by TensorBoard's reader."""
+    from conftest import scipy_reference
+
+    sweep, output, _, _ = comparison
+    plan = json.loads((sweep / "compare.json").read_text())
+    jobs = compare_jobs(sweep)
+    text = (sweep / "comparison.md").read_text()
+    finals = stage_two_bests(sweep, plan)
+    names = list(finals)
+
+    # every pair: pairs.csv against scipy, Holm by hand, the verdicts
+    pairs = list(csv.DictReader((sweep / "pairs.csv").open()))
+    expected = [(x, y) for i, x in enumerate(names) for y in names[i + 1 :]]
+    assert [(r["first"].split()[0], r["second"].split()[0]) for r in pairs] == expected
+    samples = [(list(finals[x].values()), list(finals[y].values())) for x, y in expected]
+    scipys = scipy_reference(samples)
+    holm = holm_by_hand([s["p"] for s in scipys])
+    for row, scipy, adjusted, (a, b) in zip(pairs, scipys, holm, samples):
+        assert float(row["difference"]) == pytest.approx(
+            statistics.fmean(a) - statistics.fmean(b), rel=1e-12
+        )
+        assert float(row["ci95_low"]) == pytest.approx(scipy["low"], rel=1e-9)
+        assert float(row["ci95_high"]) == pytest.approx(scipy["high"], rel=1e-9)
+        assert float(row["p"]) == pytest.approx(scipy["p"], rel=1e-9)
+        # lower is better: P(a < b) + P(a = b) / 2 = 1 - U(a) / (n_a n_b)
+        assert float(row["p_first_better"]) == pytest.approx(
+            1 - scipy["u"] / (len(a) * len(b)), abs=1e-12
+        )
+        assert float(row["p_holm"]) == pytest.approx(adjusted, rel=1e-9)
+        told = f"{row['first']} better" if adjusted < 0.05 else "not told apart"
+        assert row["verdict"] == told
+    support = next(
+        line for line in text.splitlines() if line.startswith("What the seeds support: ")
+    )
+    assert support.startswith(f"What the seeds support: {pairs[0]['first']} ")
+
+    # the studies' picks, as the sentence says them
+    picks = studies_picks(jobs)
+    sentence = next(line for line in text.splitlines() if line.startswith("Stage 1's 3 studies"))
+    for name, picked in picks.items():
+        counts = sorted(((picked.count(v), v) for v in set(picked)), key=lambda c: -c[0])
+        assert f"{name} " + ", ".join(f"lr {v:g} in {n}" for n, v in counts) in sentence.replace(
+            "e-0", "e-"
+        )
+
+    # the tuning curve: each study's mean at each point, every subset of n points tried
+    import itertools
+
+    curve = list(csv.DictReader((sweep / "tuning.csv").open()))
+    for name in ("sgd", "adam", "momentum"):
+        for study, seed in enumerate((5, 6, 7)):
+            values = [
+                m["monitor"]["best"] if m["status"] == "finished" else math.inf
+                for job, m in sorted(jobs.items())
+                if job.startswith("stage1/")
+                and m["hparams"]["seed"] == seed
+                and m["hparams"]["optimizer"] == name
+            ]
+            assert len(values) == 3
+            for n in (1, 2, 3):
+                bests = [min(subset) for subset in itertools.combinations(values, n)]
+                row = next(
+                    r
+                    for r in curve
+                    if r["optimizer"] == name and r["study"] == str(study) and r["points"] == str(n)
+                )
+                if math.isinf(max(bests)):
+                    assert row["expected_best"] == ""
+                else:
+                    assert float(row["expected_best"]) == pytest.approx(
+                        statistics.fmean(bests), rel=1e-12
+                    )
+    assert matplotlib.image.imread(sweep / "tuning.png").shape[1] > 600
+
+    # each optimizer at its default learning rate beside its tuned point
+    defaults = markdown_table(text, "each optimizer tuned and at its defaults")
+    assert [r["optimizer"] for r in defaults] == ["sgd", "adam", "momentum"]
+    for row in defaults:
+        name = row["optimizer"]
+        assert row["default"] == f"lr {DEFAULT_LR[name]:g}"
+        runs = [jobs[j] for j in plan["baselines"][name]["jobs"]]
+        bests = [m["monitor"]["best"] for m in runs if m["status"] == "finished"]
+        shown = re.match(r"([0-9.]+)(?: ± ([0-9.]+))?", row["default: best val/loss"])
+        if len(bests) == len(runs):
+            half = float(shown[2]) if shown[2] else 0.0
+            assert float(shown[1]) == pytest.approx(
+                statistics.fmean(bests), abs=half / 10 + 1e-6 * abs(statistics.fmean(bests))
+            )
+        assert (
+            f"(picked by {statistics.mode(picks[name]) and picks[name].count(statistics.mode(picks[name]))} of 3 studies)"
+            in row["tuned"]
+        )
+
+    # the steps to within 1% of the best configuration's mean, from each job's event file
+    target = statistics.fmean(next(iter(finals.values())).values()) * 1.01
+    timed = {
+        r["configuration"]: r
+        for r in markdown_table(text, f"time to best val/loss ≤ {float(f'{target:.4g}'):g}")
+    }
+    for name, seeds in finals.items():
+        steps = []
+        for job in plan["stage2"]:
+            m = jobs[job]
+            if m["hparams"]["optimizer"] != name or m["status"] != "finished":
+                continue
+            curve = scalar_history(sweep / job)["val/loss"]
+            hit = next((step for step, value in curve if value <= target), None)
+            if hit is not None:
+                steps.append(hit)
+        row = next(r for c, r in timed.items() if c.startswith(f"{name} at lr"))
+        assert row["seeds that reached it"] == f"{len(steps)} of {len(seeds)}"
+        if steps:
+            assert row["steps: median (min to max)"].split()[0] == f"{statistics.median(steps):.0f}"
+    assert "Time to best val/loss ≤ " in text and "gets there first" in output
 
 
 @pytest.mark.slow  # sweep=compare: two stages of jobs
 def test_compare_run_again_into_its_directory_trains_nothing_and_says_the_same(comparison):
     sweep, output, again, untouched = comparison
-    assert "6 of 6 jobs already have a final result" in again
-    assert "4 of 4 jobs already have a final result" in again
+    assert "27 of 27 jobs already have a final result" in again
+    assert re.search(r"(\d+) of \1 jobs already have a final result", again.split("stage 2:")[1])
     assert untouched  # not a byte of any job changed
     sentence = (sweep / "comparison.md").read_text().strip().splitlines()[-1]
     assert " ".join(sentence.split()) in " ".join(again.split())

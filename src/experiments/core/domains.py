@@ -183,6 +183,11 @@ DOMAINS: dict[str, Domain] = {
     # conf/hydra/sweeper/
     "hydra.sweeper.seeds": positive_int(),
     "hydra.sweeper.search_seeds": positive_int(),
+    "hydra.sweeper.studies": positive_int(),
+    "hydra.sweeper.target": Domain(
+        special=((None, "the best configuration's mean within hydra.sweeper.tolerance"),)
+    ),
+    "hydra.sweeper.tolerance": NON_NEGATIVE,
     "hydra.sweeper.n_trials": positive_int(),
     "hydra.sweeper.n_jobs": positive_int(),
     "hydra.sweeper.sampler.seed": Domain(integer=True, low=0, special=((None, "a random seed"),)),

@@ -1,68 +1,18 @@
-"""Comparing configurations over their seeds: the mean with its Student-t interval, Welch's test of
-two means, numbers printed to the digits that tell them apart, and the sentences `sweep=compare`
-ends with, read from its plan (compare.json, which hydra/sweeper=compare writes)."""
+"""Comparing configurations over their seeds in words: numbers printed to the digits that tell them
+apart, and the sentences `sweep=compare` ends with, read from its plan (compare.json, which
+hydra/sweeper=compare writes). The arithmetic is experiments.report.statistics'."""
 
 from __future__ import annotations
 
-import functools
 import math
-import statistics
 from pathlib import Path
 from typing import Any
 
 from experiments.core.overrides import key_of
 from experiments.core.state import read_json, write_json
+from experiments.report.statistics import float32_steps, welch_p
 
 PLAN = "compare.json"  # a comparison's two stages, written by its sweeper when stage 2 is chosen
-
-
-def spread(values: list[float]) -> dict[str, float | None]:
-    """Mean, sample standard deviation and the 95% Student-t interval of the mean (None for one
-    value). Equal values have a spread of exactly 0 (their rounded mean need not equal them)."""
-    n = len(values)
-    if n < 2:
-        return {"mean": values[0], "std": None, "ci95_low": None, "ci95_high": None}
-    if len(set(values)) == 1:
-        return {"mean": values[0], "std": 0.0, "ci95_low": values[0], "ci95_high": values[0]}
-    mean = math.fsum(values) / n
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
-
-
-# Student's t distribution through the regularized incomplete beta function of mpmath (which torch
-# installs with sympy): scipy.stats would do, but an installed scipy costs every run 1.5 s of
-# start-up, as torchmetrics then imports scipy.signal. Both agree with scipy to 1e-14.
-
-
-def t_two_sided(statistic: Any, df: float) -> Any:
-    """P(|T| >= |statistic|) for T of Student's t distribution with `df` degrees of freedom, as
-    an mpmath number (float() it)."""
-    import mpmath
-
-    x = mpmath.mpf(df) / (df + mpmath.mpf(statistic) ** 2)
-    return mpmath.betainc(mpmath.mpf(df) / 2, 0.5, 0, x, regularized=True)
-
-
-@functools.lru_cache(maxsize=None)
-def t_quantile(q: float, df: float) -> float:
-    """The value t > 0 below which Student's t distribution with `df` degrees of freedom has
-    probability q (q > 0.5), as scipy.stats.t.ppf(q, df)."""
-    import mpmath
-
-    tail = 2 * (1 - mpmath.mpf(q))
-    return float(mpmath.findroot(lambda t: t_two_sided(t, df) - tail, (0, 1e4), solver="illinois"))
-
-
-def welch_p(a: list[float], b: list[float]) -> float:
-    """Welch's t-test of two samples (unequal variances): the two-sided p-value, as
-    scipy.stats.ttest_ind(a, b, equal_var=False).pvalue; nan where neither sample varies."""
-    va, vb = (statistics.variance(x) / len(x) for x in (a, b))
-    if va + vb == 0:
-        return math.nan
-    statistic = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return float(t_two_sided(statistic, df))
 
 
 def has_spread(value: float | None) -> bool:
@@ -81,18 +31,6 @@ def with_spread(mean: float, half: float) -> str:
     return f"{mean:.{max(1, top - exponent + 1)}e} ± {half:.1e}"
 
 
-def float32_steps(a: float, b: float) -> int:
-    """How many float32 values lie from a to b: metrics are logged as float32, so values a few
-    steps apart differ by rounding, not by training."""
-    import struct
-
-    def ordered(x: float) -> int:
-        bits = struct.unpack("<i", struct.pack("<f", x))[0]
-        return bits if bits >= 0 else -(bits & 0x7FFFFFFF)
-
-    return abs(ordered(a) - ordered(b))
-
-
 def telling_apart(values: list[float], least: int = 6) -> list[str]:
     """The values to as many significant digits (from `least`, at most 17) as it takes for
     different values to print differently: 2.9276447 and 2.9276449, not 2.92764 twice."""
@@ -104,8 +42,8 @@ def telling_apart(values: list[float], least: int = 6) -> list[str]:
     return [repr(v) for v in values]
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"
 
 
 def read_plan(sweep_dir: Path) -> dict[str, Any] | None:
@@ -190,10 +128,17 @@ def over(counts: list[int], stats: list[dict[str, float | None]]) -> str:
     return f"mean over {seeds}" if max(counts) > 1 else seeds
 
 
-def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
+def verdict(
+    first: dict[str, Any],
+    second: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+    holm_p: float | None = None,
+    pairs: int = 1,
+) -> str:
     """One sentence on the top two configurations: their means and standard deviations of the
-    monitored best, in how many paired seeds the first was better (and equal), and Welch's t-test;
-    equal means are a tie, whatever order the table lists them in."""
+    monitored best, in how many paired seeds the first was better (and equal), and Welch's t-test,
+    decided on its p adjusted by Holm (`holm_p`) where `pairs` pairs were tested; equal means are
+    a tie, whatever order the table lists them in."""
     metric = rows[first["jobs"][0]]["monitor"]
     name = f"best {metric}"
     values = [
@@ -210,7 +155,7 @@ def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[
     )
     ties = sum(values[0][s] == values[1][s] for s in paired)
     equal = f", equal in {ties}," if ties else ""
-    pairs = f", better in {wins}{equal} of {plural(len(paired), 'seed')}" if paired else ""
+    paired_text = f", better in {wins}{equal} of {plural(len(paired), 'seed')}" if paired else ""
     diverged = [
         f"{c['diverged']} more of {described(c, rows)} diverged"
         for c in (first, second)
@@ -226,6 +171,8 @@ def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[
     numbers = f"{shown[0]} against {shown[1]} ({name}, {over([len(a), len(b)], stats)}{besides})"
     # seeds that ended identically have no spread for a t-test (their rounded std may not be 0)
     p = welch_p(a, b) if len(a) >= 2 and len(b) >= 2 else math.nan
+    corrected = holm_p is not None and pairs > 1 and not math.isnan(p)
+    decided = holm_p if corrected else p
     if stats[0]["mean"] == stats[1]["mean"]:
         head = f"{one} and {other} tie (equal means)"
     elif math.isnan(p) and float32_steps(stats[0]["mean"], stats[1]["mean"]) <= 4:
@@ -233,21 +180,25 @@ def verdict(first: dict[str, Any], second: dict[str, Any], rows: dict[str, dict[
         head = f"{one} and {other} end within float32 rounding of each other ({plural(steps, 'float32 step')} apart)"
     elif math.isnan(p):
         head = f"{one} comes out ahead of {other}"
-    elif p < 0.05:
+    elif decided < 0.05:
         head = f"{one} beats {other}"
     else:
-        head = f"{one} and {other} are not told apart (p ≥ 0.05)"
+        head = f"{one} and {other} are not told apart (p ≥ 0.05{' after correction' if corrected else ''})"
     if math.isnan(p):
         why = "too few seeds" if len(a) < 2 or len(b) < 2 else "the seeds of each ended identically"
-        return f"{head}: {numbers}{pairs}; no t-test ({why})."
-    return f"{head}: {numbers}{pairs}, p = {p:.2g} (Welch's t-test)."
+        return f"{head}: {numbers}{paired_text}; no t-test ({why})."
+    holm_text = f"; {decided:.2g} after Holm's correction for {pairs} pairs" if corrected else ""
+    return f"{head}: {numbers}{paired_text}, p = {p:.2g} (Welch's t-test{holm_text})."
 
 
 def closing_sentences(
-    stage_two: list[dict[str, Any]], plan: dict[str, Any], rows: dict[str, dict[str, Any]]
+    stage_two: list[dict[str, Any]],
+    plan: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+    pairs: list[dict[str, Any]] | None = None,
 ) -> list[str]:
-    """What a comparison ends with: who was left out and why, then the verdict on the top two, or
-    why there is none."""
+    """What a comparison ends with: who was left out and why, then the verdict on the top two
+    (its p Holm-adjusted over `pairs`, every pair's comparison), or why there is none."""
     notes = [
         f"{name} is not compared: none of its stage-1 grid points finished every seed."
         for name in left_out(plan)
@@ -259,7 +210,8 @@ def closing_sentences(
             f"{' and '.join(unfinished)} reached stage 2, but none of {'its' if len(unfinished) == 1 else 'their'} seeds finished."
         )
     if len(ranked) > 1:
-        return [*notes, verdict(ranked[0], ranked[1], rows)]
+        top = (pairs or [{}])[0].get("p_holm")
+        return [*notes, verdict(ranked[0], ranked[1], rows, top, len(pairs or []))]
     if not ranked:
         return [
             *notes,

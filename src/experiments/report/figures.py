@@ -629,3 +629,54 @@ def slices_figure(result: dict[str, Any]) -> Figure:
         ax.legend(fontsize=7)
     fig.subplots_adjust(left=0.11, right=0.98, bottom=0.12, top=0.92)
     return fig
+
+
+def tuning_figure(
+    curves: list[dict[str, Any]],
+    metric: str,
+    defaults: dict[str, float] | None = None,
+    colours: dict[str, Any] | None = None,
+) -> Figure:
+    """A comparison's tuning curves: per optimizer the expected best after n of its grid points
+    tried at random, the mean over the studies as a line and their range as a band, and its mean
+    at its defaults (the baseline) as a dotted level in the same colour."""
+    names = [c["optimizer"] or "(configured)" for c in curves]
+    legend = 0.8 + 0.065 * max((len(n) for n in names), default=10)
+    width = 6 + legend
+    fig = Figure(figsize=(width, 4.2), dpi=100)
+    ax = fig.add_subplot()
+    colours = colours or {}
+    fallback = dict(zip(names, line_colours(len(names))))
+    values = []
+    for curve, name in zip(curves, names):
+        colour = colours.get(name, fallback[name])
+        shown = [
+            (n, m, lo, hi)
+            for n, m, lo, hi in zip(curve["points"], curve["mean"], curve["low"], curve["high"])
+            if m is not None
+        ]
+        if shown:
+            n, mean, low, high = (list(v) for v in zip(*shown))
+            ax.plot(
+                n, mean, marker="o", markersize=3, color=colour, label=name, gid=f"tuning:{name}"
+            )
+            if low != high:
+                ax.fill_between(n, low, high, color=colour, alpha=0.2, linewidth=0)
+            values += low + high
+        level = (defaults or {}).get(curve["optimizer"])
+        if level is not None and math.isfinite(level):
+            ax.axhline(level, color=colour, linestyle=":", linewidth=1.2, gid=f"default:{name}")
+            values.append(level)
+    if values and min(values) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("grid points tried (at random, without replacement)")
+    ax.set_ylabel(f"expected best {metric}")
+    ax.set_title(
+        "tuning curve: line, mean over studies; band, their range; dotted, at the defaults",
+        fontsize=9,
+    )
+    handles, labels = ax.get_legend_handles_labels()
+    right = 1 - legend / width
+    fig.subplots_adjust(left=0.85 / width, right=right - 0.01, bottom=0.13, top=0.9)
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 0.9), fontsize=8)
+    return fig

@@ -44,6 +44,17 @@ def write_figures(
     return images
 
 
+def save_figure(sweep_dir: Path, name: str, figure: Any) -> dict[str, Any]:
+    """One more picture of the sweep, saved as write_figures saves its own; its pixels by name."""
+    from matplotlib.image import imsave
+
+    from experiments.report.figures import image_of
+
+    pixels = image_of(figure)
+    imsave(sweep_dir / name, pixels)
+    return {name: pixels}
+
+
 def sweep_figures(
     sweep_dir: Path,
     rows: list[dict[str, Any]],

@@ -14,11 +14,8 @@ from typing import Any
 
 from experiments.core.overrides import key_of
 from experiments.core.state import METRICS, read_record
-from experiments.report.comparison import (
-    read_plan,
-    spread,
-    tuned_keys,
-)
+from experiments.report.comparison import read_plan, tuned_keys
+from experiments.report.statistics import spread
 
 STATUS_ORDER = {"finished": 0, "pruned": 1, "interrupted": 2, "diverged": 3, "failed": 4}
 
@@ -143,6 +140,7 @@ def read_sweep(sweep_dir: Path) -> SweepReport:
         return SweepReport(rows, rows, configurations(rows), None, None)
     stage_two_jobs = set(plan["stage2"])
     planned = stage_two_jobs | set(plan.get("stage1_jobs", [r["job"] for r in rows]))
+    planned |= {job for b in (plan.get("baselines") or {}).values() for job in b["jobs"]}
     jobs = [r for r in rows if r["job"] in planned]
     named_by = tuned_keys(plan) | {"optimizer", "optimizer.lr"}
     stage_two = configurations([r for r in jobs if r["job"] in stage_two_jobs], named_by)
@@ -196,9 +194,21 @@ def learning_curves(
 
 def scalars(run_dir: Path, tags: list[str] | None = None) -> dict[str, dict[int, float]]:
     """The run's logged values of `tags` (None: every tag), step -> value, the last written where a
-    resumed run logged a step twice: from its TensorBoard event files, read by TensorBoard's own
-    reader, or under logger=csv from its metrics.csv (Lightning's CSVLogger writes a row per
-    logging call, so one step's values may be spread over several rows)."""
+    resumed run logged a step twice (`timed_scalars` without the times)."""
+    return {
+        tag: {step: value for step, (_, value) in points.items()}
+        for tag, points in timed_scalars(run_dir, tags).items()
+    }
+
+
+def timed_scalars(
+    run_dir: Path, tags: list[str] | None = None
+) -> dict[str, dict[int, tuple[float | None, float]]]:
+    """The run's logged values of `tags` (None: every tag), step -> (wall-clock time, value), the
+    last written where a resumed run logged a step twice: from its TensorBoard event files, read
+    by TensorBoard's own reader, or under logger=csv from its metrics.csv (Lightning's CSVLogger
+    writes a row per logging call, so one step's values may be spread over several rows, and no
+    time: None)."""
     if any(run_dir.glob("events.out.tfevents.*")):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -211,11 +221,11 @@ def scalars(run_dir: Path, tags: list[str] | None = None) -> dict[str, dict[int,
         finally:
             reader_log.setLevel(level)
         return {
-            tag: {event.step: event.value for event in events.Scalars(tag)}
+            tag: {event.step: (event.wall_time, event.value) for event in events.Scalars(tag)}
             for tag in events.Tags()["scalars"]
             if tags is None or tag in tags
         }
-    found: dict[str, dict[int, float]] = {}
+    found: dict[str, dict[int, tuple[float | None, float]]] = {}
     if (run_dir / "metrics.csv").is_file():
         with (run_dir / "metrics.csv").open(newline="") as logged:
             for row in csv.DictReader(logged):
@@ -224,7 +234,7 @@ def scalars(run_dir: Path, tags: list[str] | None = None) -> dict[str, dict[int,
                 step = int(float(row.pop("step")))
                 for tag, value in row.items():
                     if value not in ("", None) and (tags is None or tag in tags):
-                        found.setdefault(tag, {})[step] = float(value)
+                        found.setdefault(tag, {})[step] = (None, float(value))
     return found
 
 

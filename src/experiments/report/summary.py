@@ -25,7 +25,9 @@ from experiments.report.comparison import (
     plural,
 )
 from experiments.report.events import write_dashboard, write_sweep_events
-from experiments.report.pictures import write_figures
+from experiments.report.figures import tuning_figure
+from experiments.report.pictures import save_figure, write_figures
+from experiments.report.protocol import analyse, pairs_csv, tuning_csv
 from experiments.report.runs import (
     STATUS_ORDER,
     configuration_names,
@@ -36,6 +38,7 @@ from experiments.report.runs import (
 )
 from experiments.report.tables import (
     configuration_table,
+    csv_text,
     job_table,
     markdown,
     print_table,
@@ -95,6 +98,16 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
     drawn = stage_two or configs
     curves = learning_curves(sweep_dir, drawn, curve_tags(sweep_dir, drawn))
     images = write_figures(sweep_dir, rows, drawn, curves)
+    analysis = analyse(sweep_dir, report) if report.plan is not None else None
+    if analysis is not None:
+        (sweep_dir / "pairs.csv").write_text(csv_text(*pairs_csv(analysis["pairs"])))
+        if analysis["curves"]:
+            (sweep_dir / "tuning.csv").write_text(csv_text(*tuning_csv(analysis["curves"])))
+            images |= save_figure(
+                sweep_dir,
+                "tuning.png",
+                tuning_figure(analysis["curves"], analysis["metric"], analysis["defaults"]),
+            )
     write_sweep_events(sweep_dir, report.rows, images)
     dashboard = None
     if any(c["curves"] for c in curves):
@@ -107,10 +120,16 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
         title += f"; sweep=compare, each optimizer's best point ({len(configs)} configurations in summary.csv)"
         table = printed_configurations(stage_two)
         print_table(*table, title, caption)
-        sentences = closing_sentences(stage_two, report.plan, {r["job"]: r for r in rows})
-        (sweep_dir / "comparison.md").write_text(
-            f"{markdown(*table)}\n{caption}.\n\n" + "\n\n".join(sentences) + "\n"
+        sentences = closing_sentences(
+            stage_two, report.plan, {r["job"]: r for r in rows}, analysis["pairs"]
         )
+        # the verdict on the top two stays the last line (api.Sweep.comparison reads it)
+        sentences[-1:-1] = analysis["sentences"]
+        text = f"{markdown(*table)}\n{caption}.\n"
+        for heading, header, body in analysis["tables"]:
+            print_table(header, body, heading)
+            text += f"\n## {heading}\n\n{markdown(header, body)}"
+        (sweep_dir / "comparison.md").write_text(text + "\n" + "\n\n".join(sentences) + "\n")
         for sentence in sentences:
             print(sentence)
     elif all(c["seeds"] == 1 for c in configs):
@@ -129,7 +148,7 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
         )
     print(
         f"Tables: {sweep_dir}/summary.csv, summary.md (configurations), runs.csv, runs.md (jobs)"
-        f"{', comparison.md' if report.plan is not None else ''}; "
+        f"{', comparison.md, pairs.csv, tuning.csv' if report.plan is not None else ''}; "
         f"pictures: {', '.join(images) or 'none'}"
     )
     if dashboard is not None:

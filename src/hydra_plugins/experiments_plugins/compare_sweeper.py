@@ -1,13 +1,17 @@
 """hydra/sweeper=compare (the sweep=compare preset): DeepOBS' protocol for comparing optimizers
-fairly, in one command.
+fairly, in one command, with the tuning itself repeated (AlgoPerf's studies) and each optimizer
+at its defaults (Crowded Valley's question).
 
-Stage 1 runs the grid of every swept key (`optimizer` and `optimizer.lr` in the preset) with
-`search_seeds` seeds per point. Stage 2 takes, for each optimizer, the grid point with the best
-mean of the monitored best over those seeds (a point where a seed diverged or failed is never
-taken) and runs it with `seeds` seeds: `seed`, `seed + 1`, ... The stage-1 seeds of that point are
-the first stage-2 seeds, so they are not trained twice. The sweep's summary then compares the
-stage-2 configurations (experiments.report.summary: comparison.md, the table and one sentence for the
-top two).
+Stage 1 runs the grid of every swept key (`optimizer` and `optimizer.lr` in the preset) `studies`
+times, each study with its own `search_seeds` seeds per point: study s has the seeds
+`seed + s * search_seeds`, ... Each study picks, for each optimizer, the grid point with the best
+mean of the monitored best over its seeds (a point where a seed diverged or failed is never
+taken). Stage 2 takes the point most studies picked (a tie goes to the better mean over the
+picking studies) and runs it with `seeds` seeds: `seed`, `seed + 1`, ... Beside it, each
+optimizer's baseline runs at its defaults (conf/optimizer/; the grid point that equals them where
+there is one) with the same seeds. Stage-1 jobs among those seeds are not trained twice. The sweep's
+summary then compares the stage-2 configurations (experiments.report.summary: comparison.md, the
+table, every pair, the studies' picks, the tuning curve, the baselines and the time to a target).
 
 A seed must change something for a spread to mean anything: where the model starts from fixed
 values (`model.init_weight` and `model.init_bias` of the thermometer's tutorial 002), the comparison
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
-from experiments.core.config import UserError, check_positive_int
+from experiments.core.config import CONF_DIR, UserError, check_positive_int
 from experiments.core.overrides import key_of
 from experiments.core.state import read_record
 from experiments.report.comparison import optimizer_of, plural, write_plan
@@ -57,25 +62,51 @@ def stage_one_means(
     return means
 
 
+def monitor_mode(by_study: list[dict[tuple[str, ...], list[dict[str, Any] | None]]]) -> str:
+    """Whether the monitored value is better lower ("min") or higher ("max"), as the jobs recorded it."""
+    for records in by_study:
+        for point_records in records.values():
+            for record in point_records:
+                if record is not None and record.get("monitor"):
+                    return record["monitor"].get("mode", "min")
+    return "min"
+
+
 class CompareSweeper(GridSweeper):
     def __init__(
         self,
         params: dict[str, str] | None = None,
         search_seeds: int = 1,
         seeds: int = 10,
+        studies: int = 3,
+        baselines: bool = True,
+        target: float | None = None,
+        tolerance: float = 0.01,
         random_start: bool = True,
         max_batch_size: int | None = None,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
-        self.search_seeds, self.seeds, self.random_start = search_seeds, seeds, random_start
+        self.search_seeds, self.seeds, self.studies = search_seeds, seeds, studies
+        self.baselines, self.target, self.tolerance = baselines, target, tolerance
+        self.random_start = random_start
 
     def check(self, parsed: list[Any]) -> None:
         self.check_max_batch_size()
-        if not isinstance(self.random_start, bool):
-            raise UserError(
-                f"hydra.sweeper.random_start must be true (start each seed from the model's random initialisation) or false (keep the configured start), got {self.random_start!r}."
-            )
-        for key in ("search_seeds", "seeds"):
+        for key, meaning in (
+            (
+                "random_start",
+                "start each seed from the model's random initialisation) or false (keep the configured start",
+            ),
+            (
+                "baselines",
+                "run each optimizer at its defaults beside its tuned point) or false (only the tuned points",
+            ),
+        ):
+            if not isinstance(getattr(self, key), bool):
+                raise UserError(
+                    f"hydra.sweeper.{key} must be true ({meaning}), got {getattr(self, key)!r}."
+                )
+        for key in ("search_seeds", "seeds", "studies"):
             check_positive_int(f"hydra.sweeper.{key}", getattr(self, key))
         if self.search_seeds > self.seeds:
             raise UserError(
@@ -122,13 +153,21 @@ class CompareSweeper(GridSweeper):
         first_seed = seed_value
         fixed = self.random_start_overrides(points[0], given)
         points = [[*point, *fixed] for point in points]
-        search = [f"seed={first_seed + k}" for k in range(self.search_seeds)]
-        stage_one = [[*point, seed] for point in points for seed in search]
+        # study s searches with its own seeds; study 0's are the seeds of a single search
+        studies = [
+            [f"seed={first_seed + s * self.search_seeds + k}" for k in range(self.search_seeds)]
+            for s in range(self.studies)
+        ]
+        stage_one = [[*point, seed] for point in points for study in studies for seed in study]
+        seeds = [f"seed={first_seed + k}" for k in range(self.seeds)]
+        tuned = {key_of(o.input_line) for o in parsed if o.is_sweep_override()}
+        defaults = self.baseline_points(points, tuned) if self.baselines else {}
+        baseline_jobs = [[*point, seed] for point in defaults.values() for seed in seeds]
         # every name says the stage, the swept settings (optimizer, learning rate) and the seed
         shown = (*(key_of(o.input_line) for o in parsed if o.is_sweep_override()), "seed")
         named = dict(zip(map(tuple, stage_one), self.named(stage_one, "stage1", shown)))
         self.validate_batch_is_legal(list(named.values()))
-        self.check_jobs(list(named.values()))
+        self.check_jobs([*named.values(), *(j for j in baseline_jobs if j not in stage_one)])
         names = [self.folder(named[tuple(job)]) for job in stage_one]
         if len(set(names)) < len(names):
             raise UserError(
@@ -146,39 +185,151 @@ class CompareSweeper(GridSweeper):
                 "from a fixed start every seed would be the same run (hydra.sweeper.random_start=false keeps it)"
             )
         log.info(
-            f"sweep=compare, stage 1: {len(points)} grid points x {len(search)} seed(s) = {len(stage_one)} jobs"
+            f"sweep=compare, stage 1: {plural(len(studies), 'study', 'studies')} of {len(points)} grid points x "
+            f"{plural(self.search_seeds, 'seed')} = {len(stage_one)} jobs"
         )
         returns = self.launch_all(list(named.values()))
-        records = {
-            tuple(point): [
-                read_record(self.job_dir(named[(*point, seed)], 0)) for seed in search
-            ]  # the name does not depend on the number
-            for point in points
-        }
-        means = stage_one_means(records)
-        chosen = self.choose(points, means, records)
-        seeds = [f"seed={first_seed + k}" for k in range(self.seeds)]
+        # the name does not depend on the number
+        by_study = [
+            {
+                tuple(point): [
+                    read_record(self.job_dir(named[(*point, seed)], 0)) for seed in study
+                ]
+                for point in points
+            }
+            for study in studies
+        ]
+        study_means = [stage_one_means(records) for records in by_study]
+        mode = monitor_mode(by_study)
+        picks = [self.choose(points, means, mode) for means in study_means]
+        chosen = self.agree(points, picks, study_means, mode)
         stage_two = [[*point, seed] for point in chosen.values() for seed in seeds]
-        new = [job for job in stage_two if job not in stage_one]
+        later = list(dict.fromkeys(tuple(j) for j in [*stage_two, *baseline_jobs]))
+        new = [list(job) for job in later if list(job) not in stage_one]
+        new_named = self.named([j for j in new if j in stage_two], "stage2", shown)
+        new_named += self.named([j for j in new if j not in stage_two], "baseline", shown)
+        named.update(
+            zip(
+                [tuple(j) for j in new if j in stage_two]
+                + [tuple(j) for j in new if j not in stage_two],
+                new_named,
+            )
+        )
         log.info(
             f"sweep=compare, stage 2: the best point of {len(chosen)} optimizer(s) x {plural(len(seeds), 'seed')} = "
-            f"{len(stage_two)} jobs, {len(stage_two) - len(new)} of them from stage 1"
+            f"{len(stage_two)} jobs"
+            + (f", and {len(defaults)} optimizer(s) at their defaults" if defaults else "")
+            + f": {len(new)} new, the others from stage 1"
         )
-        named.update(zip(map(tuple, new), self.named(new, "stage2", shown)))
         returns += self.launch_all([named[tuple(job)] for job in new], first_num=len(stage_one))
+        pooled = stage_one_means(
+            {
+                tuple(point): [r for records in by_study for r in records[tuple(point)]]
+                for point in points
+            }
+        )
         write_plan(
             sweep_dir,
             {
                 "stage1": [
-                    {"overrides": list(point), "mean": means[tuple(point)]} for point in points
+                    {
+                        "overrides": list(point),
+                        "mean": pooled[tuple(point)],
+                        "study_means": [means[tuple(point)] for means in study_means],
+                    }
+                    for point in points
                 ],
                 "stage1_jobs": names,
+                "studies": [[int(s.split("=")[1]) for s in study] for study in studies],
+                "picks": {
+                    name: [list(pick[name]) if name in pick else None for pick in picks]
+                    for name in dict.fromkeys(optimizer_of(p) for p in points)
+                },
                 "chosen": {name: list(point) for name, point in chosen.items()},
                 "stage2": [self.folder(named[tuple(job)]) for job in stage_two],
+                "baselines": {
+                    name: {
+                        "overrides": list(point),
+                        "jobs": [self.folder(named[(*point, seed)]) for seed in seeds],
+                    }
+                    for name, point in defaults.items()
+                },
                 "seeds": [int(s.split("=")[1]) for s in seeds],
+                "target": self.target,
+                "tolerance": self.tolerance,
             },
         )
         return returns
+
+    def baseline_points(self, points: list[list[str]], tuned: set[str]) -> dict[str, list[str]]:
+        """Each optimizer at its defaults for the tuned `optimizer.*` keys, as its file in
+        conf/optimizer/ sets them (`optimizer.lr=0.001` for adam, whatever the experiment sets),
+        and at the configured value of any other tuned key: the grid point with those values where
+        there is one, so that its stage-1 jobs count, else a point of its own."""
+        found: dict[str, list[str]] = {}
+        for point in points:
+            name = optimizer_of(point)
+            if name in found:
+                continue
+            bare = [o for o in point if key_of(o) not in tuned or key_of(o) == "optimizer"]
+            defaults = OmegaConf.load(CONF_DIR / "optimizer" / f"{name}.yaml") if name else {}
+            own = [
+                f"{key}={OmegaConf.select(defaults, key.removeprefix('optimizer.'))}"
+                for key in sorted(tuned)
+                if key.startswith("optimizer.")
+                and OmegaConf.select(defaults, key.removeprefix("optimizer."), default=None)
+                is not None
+            ]
+            default = self.tuned_values([*bare, *own], tuned)
+            same = [
+                p
+                for p in points
+                if optimizer_of(p) == name and self.tuned_values(p, tuned) == default
+            ]
+            found[name] = same[0] if same else [*bare, *own]
+        return found
+
+    def tuned_values(self, point: list[str], tuned: set[str]) -> dict[str, Any]:
+        """The job's values of the tuned keys, as composed: a config group's chosen option, or the
+        value (1e-3 and 0.001 alike)."""
+        config = composed(self.hydra_context, self.config, point, mutable=False)
+        choices = config.hydra.runtime.choices
+        return {
+            key: choices.get(key) if key in choices else OmegaConf.select(config, key)
+            for key in sorted(tuned)
+        }
+
+    def agree(
+        self,
+        points: list[list[str]],
+        picks: list[dict[str, list[str]]],
+        study_means: list[dict[tuple[str, ...], float | None]],
+        mode: str,
+    ) -> dict[str, list[str]]:
+        """Each optimizer's point as the studies chose it: the one most of them picked, a tie to the
+        better mean over the studies that picked it."""
+        names = list(dict.fromkeys(optimizer_of(p) for p in points))
+        chosen = {}
+        for name in names:
+            votes = Counter(tuple(pick[name]) for pick in picks if name in pick)
+            if not votes:
+                continue
+
+            def score(point: tuple[str, ...]) -> tuple[int, float]:
+                means = [
+                    m[point]
+                    for m, pick in zip(study_means, picks)
+                    if tuple(pick.get(name, ())) == point
+                ]
+                mean = math.fsum(means) / len(means)
+                return -votes[point], mean if mode == "min" else -mean
+
+            chosen[name] = list(min(votes, key=score))
+        if left := [n or "(the configured optimizer)" for n in names if n not in chosen]:
+            log.warning(
+                f"sweep=compare: no grid point of {', '.join(left)} finished every seed in any study, so stage 2 leaves it out"
+            )
+        return chosen
 
     def folder(self, job: list[str]) -> str:
         """A job's folder, relative to the sweep's (the names its plan and tables use)."""
@@ -200,22 +351,16 @@ class CompareSweeper(GridSweeper):
         self,
         points: list[list[str]],
         means: dict[tuple[str, ...], float | None],
-        records: dict[tuple[str, ...], list[dict[str, Any] | None]],
+        mode: str,
     ) -> dict[str, list[str]]:
-        """Each optimizer's grid point with the best stage-1 mean."""
+        """Each optimizer's grid point with the best mean of one study."""
         chosen: dict[str, tuple[float, list[str]]] = {}
         for point in points:
             mean = means[tuple(point)]
             name = optimizer_of(point)
             if mean is None:
                 continue
-            record = next(r for r in records[tuple(point)] if r is not None)
-            score = mean if (record.get("monitor") or {}).get("mode", "min") == "min" else -mean
+            score = mean if mode == "min" else -mean
             if name not in chosen or score < chosen[name][0]:
                 chosen[name] = (score, point)
-        names = list(dict.fromkeys(optimizer_of(p) for p in points))
-        if left := [n or "(the configured optimizer)" for n in names if n not in chosen]:
-            log.warning(
-                f"sweep=compare: no grid point of {', '.join(left)} finished every seed, so stage 2 leaves it out"
-            )
         return {name: point for name, (_, point) in chosen.items()}
