@@ -57,7 +57,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 TRAIN = [PY, "-m", "experiments.train"]
-ALL_CASES = "1,2,3,4,5,6,7,8,9"
+ALL_CASES = "1,2,3,4,5,6,7,8,9,10"
 
 
 @dataclass
@@ -340,7 +340,14 @@ def cases(
         )
         for k in sizes_k
     ]
-    compare = [*TRAIN, "sweep=compare", *accelerator]
+    # one study and no defaults: the same fits as the plain loop's (case 10 measures the rest)
+    compare = [
+        *TRAIN,
+        "sweep=compare",
+        "hydra.sweeper.studies=1",
+        "hydra.sweeper.baselines=false",
+        *accelerator,
+    ]
     plain_compare = [PY, str(HERE / "plain_compare.py")]
     thermometer = (
         [
@@ -423,6 +430,40 @@ def cases(
                 jobs=fits,
             ),
         ]
+    # what the repeated studies (and the defaults beside the tuned points) cost on each launcher
+    opts, lrs, seeds = (
+        ("sgd,adam", "1e-2,1e-1", 3)
+        if quick
+        else ("sgd,adam,momentum", "1e-3,1e-2,1e-1,0.464,1.0", 5)
+    )
+    grid_points = len(opts.split(",")) * len(lrs.split(","))
+    studies_case = []
+    for launcher in ("vectorized", "basic"):
+        for studies, baselines in (
+            ((1, "false"), (3, "true")) if quick else ((1, "false"), (3, "false"), (3, "true"))
+        ):
+            studies_case.append(
+                Variant(
+                    f"{launcher} launcher, {studies} stud{'y' if studies == 1 else 'ies'}"
+                    + (", defaults" if baselines == "true" else ""),
+                    [
+                        *TRAIN,
+                        "sweep=compare",
+                        f"hydra/launcher={launcher}",
+                        "experiment=thermometer",
+                        f"optimizer={opts}",
+                        f"optimizer.lr={lrs}",
+                        f"hydra.sweeper.seeds={seeds}",
+                        f"hydra.sweeper.studies={studies}",
+                        f"hydra.sweeper.baselines={baselines}",
+                        *epochs,
+                        *accelerator,
+                    ],
+                    "sweep",
+                    jobs=grid_points * studies + len(opts.split(",")) * (seeds - studies),
+                )
+            )
+    found["10 studies, thermometer comparison" + suffix] = studies_case
     tiers = ("none", "basic", "noise", "curvature")
     found["9 instruments, thermometer" + suffix] = [
         Variant(
@@ -630,6 +671,19 @@ def measured(results: dict[str, list[dict]]) -> list[dict]:
                     "better": "lower",
                 }
             )
+        elif case.startswith("10 "):
+            for launcher in ("vectorized", "basic"):
+                one = by_name[f"{launcher} launcher, 1 study"]["wall_s"]
+                for name in ("3 studies", "3 studies, defaults"):
+                    rows.append(
+                        {
+                            "case": case,
+                            "target": f"{launcher} launcher: {name} against 1 study (wall time)",
+                            "value": ratio(by_name[f"{launcher} launcher, {name}"]["wall_s"], one),
+                            "limit": None,
+                            "better": "lower",
+                        }
+                    )
         elif case.startswith("9 "):
             for tier in ("basic", "noise", "curvature"):
                 rows.append(
@@ -914,7 +968,7 @@ def main() -> None:
                 (name, variants)
                 for device in devices
                 for name, variants in cases(args, work, data, device).items()
-                if name[0] in args.cases.split(",")
+                if name.split()[0] in args.cases.split(",")
             )
         )
         plan = {

@@ -267,6 +267,7 @@ def test_every_notebook_runs_in_a_real_jupyter_kernel(tmp_path: Path, name: str)
         assert re.search(
             r"""(beats|are not told apart).*\(Welch's t-test\)\.["']$""", results, re.MULTILINE
         )
+        assert "p_first_better" in results and "p_holm" in results  # comparison.pairs
     elif name == "04_inside_training.ipynb":
         assert "lr=0.01: sharpness 60.6, 2/lr 200.0: stable, finished" in printed
         assert "lr=0.03: sharpness 60.6, 2/lr 66.7: stable, finished" in printed

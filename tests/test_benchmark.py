@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 CASES = {  # two halves of about equal time, so that the two test workers share them
-    "1,2,4,5,6,9": [
+    "1,2,4,5,6,9,10": [
         "1 mnist",
+        "10 studies, thermometer comparison",
         "2 thermometer",
         "4 start-up",
         "5 mnist sweep of 6",
@@ -91,6 +92,18 @@ def test_the_quick_benchmark_runs_every_case_and_writes_its_tables(tmp_path: Pat
             "plain loop",
         }
         assert compared["package, vectorized launcher"]["jobs"] == 6
+    if "10 studies, thermometer comparison" in results:
+        studies = {v["variant"]: v for v in results["10 studies, thermometer comparison"]}
+        assert list(studies) == [
+            f"{launcher} launcher, {name}"
+            for launcher in ("vectorized", "basic")
+            for name in ("1 study", "3 studies, defaults")
+        ]
+        costs = [r for r in report["targets"] if r["case"].startswith("10 ")]
+        assert [r["target"] for r in costs] == [
+            f"{launcher} launcher: 3 studies, defaults against 1 study (wall time)"
+            for launcher in ("vectorized", "basic")
+        ] and all(r["value"] > 0 for r in costs)
     for case in {"9 instruments, mnist", "9 instruments, thermometer"} & set(results):
         tiers = {v["variant"]: v for v in results[case]}
         assert list(tiers) == [f"dynamics={t}" for t in ("none", "basic", "noise", "curvature")]

@@ -300,6 +300,22 @@ MISTAKES = [
         ["experiment=thermometer", "sweep=compare", "hydra.sweeper.seeds=0"],
         ["hydra.sweeper.seeds must be a positive integer, got 0"],
     ),
+    (
+        ["experiment=thermometer", "sweep=compare", "hydra.sweeper.studies=0"],
+        ["hydra.sweeper.studies must be a positive integer, got 0"],
+    ),
+    (
+        ["experiment=thermometer", "sweep=compare", "hydra.sweeper.baselines=maybe"],
+        ["hydra.sweeper.baselines must be true", "or false", "got 'maybe'"],
+    ),
+    (
+        ["experiment=thermometer", "sweep=compare", "hydra.sweeper.tolerance=-0.1"],
+        ["hydra.sweeper.tolerance must be a number of at least 0, got -0.1"],
+    ),
+    (
+        ["experiment=thermometer", "sweep=compare", "hydra.sweeper.target=low"],
+        ["hydra.sweeper.target must be a finite number or null", "got 'low'"],
+    ),
     (["seed=-1"], ["seed must be an integer"]),
     (
         ["optimizer=adam", "optimizer.betas=[0.9]"],

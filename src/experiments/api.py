@@ -326,6 +326,16 @@ class Sweep:
         return None if last.startswith("mean ± ") else last  # an older version's, without one
 
     @property
+    def pairs(self) -> Any:
+        """sweep=compare's every pair of tuned optimizers (pairs.csv): the difference of means
+        with its 95% interval, P(first better on a seed), Welch's p and Holm's; None for another
+        sweep, or one that has not ended."""
+        import pandas as pd
+
+        path = self.sweep_dir / "pairs.csv"
+        return pd.read_csv(path) if path.is_file() else None
+
+    @property
     def pictures(self) -> dict[str, Path]:
         return {p.stem: p for p in sorted(self.sweep_dir.glob("*.png"))}
 

@@ -25,7 +25,7 @@ from experiments.report.comparison import (
     plural,
 )
 from experiments.report.events import write_dashboard, write_sweep_events
-from experiments.report.figures import tuning_figure
+from experiments.report.figures import colour_map, tuning_figure
 from experiments.report.pictures import save_figure, write_figures
 from experiments.report.protocol import analyse, pairs_csv, tuning_csv
 from experiments.report.runs import (
@@ -33,6 +33,7 @@ from experiments.report.runs import (
     configuration_names,
     curve_tags,
     learning_curves,
+    line_names,
     read_sweep,
     scalars,
 )
@@ -106,7 +107,12 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
             images |= save_figure(
                 sweep_dir,
                 "tuning.png",
-                tuning_figure(analysis["curves"], analysis["metric"], analysis["defaults"]),
+                tuning_figure(
+                    analysis["curves"],
+                    analysis["metric"],
+                    analysis["defaults"],
+                    colour_map(list(line_names(report.rows).values())),  # as summary.png's
+                ),
             )
     write_sweep_events(sweep_dir, report.rows, images)
     dashboard = None
