@@ -22,14 +22,17 @@ mean nothing). With a GPU, cases 1 to 3 also run on it.
      each job's test accuracy is its solo run's.
   6. How a population's cost grows: thermometer sweeps of K = 1, 4, 16, 64, 256 Adam learning
      rates on hydra/launcher=vectorized, wall time against K = 1 and peak memory.
-  7. A fair comparison on the thermometer: `sweep=compare` (5 optimizers x 13 learning rates with
-     one seed, then each optimizer's best learning rate with 10 seeds: 110 distinct fits) on the
+  7. A fair comparison on the thermometer: `sweep=compare` with one study and no defaults (5
+     optimizers x 13 learning rates with one seed, then each optimizer's best learning rate with 10 seeds: 110 distinct fits) on the
      vectorized launcher (the preset's) and on the basic launcher, against a plain loop doing the
      same fits one after another (benchmarks/plain_compare.py).
   8. The same on Fashion-MNIST: adam, sgd and momentum x 5 learning rates, 5 seeds, 2 epochs.
   9. What the instruments cost: the thermometer fit of case 2 and (with data) the MLP of case 1
      with dynamics=none, basic, noise and curvature at their default intervals, per training epoch
      against dynamics=none.
+ 10. What the studies cost: sweep=compare on the thermometer (sgd, adam, momentum x 5 learning
+     rates, 5 seeds) with 1 study, 3 studies, and 3 studies with each optimizer at its defaults,
+     on the vectorized and the basic launcher, wall time against 1 study.
 Case 3 also runs the 15 jobs on hydra/launcher=vectorized.
 
 --before REV runs every package command a second time on the code of git revision REV (a
