@@ -186,11 +186,14 @@ def summary(variant: Variant) -> dict:
         data = run.get("json") or {}
         return data.get("test_acc", (data.get("test") or {}).get("test/acc"))
 
+    # a sweep's jobs as its folders hold them (a comparison's stage 2 depends on stage 1)
+    statuses = (variant.runs[-1].get("json") or {}).get("statuses") if variant.runs else None
+    jobs = len(statuses) if statuses else variant.jobs
     return {
         "variant": variant.name,
         "command": " ".join(variant.command).replace(PY, "python"),
-        "jobs": variant.jobs,
-        "per_job_s": median([r["seconds"] / variant.jobs for r in variant.runs]),
+        "jobs": jobs,
+        "per_job_s": median([r["seconds"] / jobs for r in variant.runs]),
         "accuracies": (variant.runs[-1].get("json") or {}).get("test_acc_by_job")
         if variant.runs
         else None,

@@ -74,10 +74,11 @@ def optimizer_of(overrides: list[str]) -> str:
 
 
 def left_out(plan: dict[str, Any]) -> list[str]:
-    """The optimizers stage 1 searched of which no grid point finished every seed."""
+    """The optimizers stage 1 searched of which no grid point finished every seed of any study."""
     points: dict[str, list[Any]] = {}
     for point in plan["stage1"]:
-        points.setdefault(optimizer_of(point["overrides"]), []).append(point["mean"])
+        means = point.get("study_means") or [point["mean"]]
+        points.setdefault(optimizer_of(point["overrides"]), []).extend(means)
     return [
         name or "(the configured optimizer)"
         for name, means in points.items()
@@ -200,7 +201,8 @@ def closing_sentences(
     """What a comparison ends with: who was left out and why, then the verdict on the top two
     (its p Holm-adjusted over `pairs`, every pair's comparison), or why there is none."""
     notes = [
-        f"{name} is not compared: none of its stage-1 grid points finished every seed."
+        f"{name} is not compared: none of its stage-1 grid points finished every seed"
+        + (" in any study." if len(plan.get("studies") or []) > 1 else ".")
         for name in left_out(plan)
     ]
     ranked = [c for c in stage_two if c["finished"]]

@@ -127,7 +127,7 @@ def ranking(stage_two: list[dict[str, Any]], found: list[dict[str, Any]], rows: 
     for left, right in zip(ranked, ranked[1:]):
         apart = verdicts[(left, right)]["verdict"] == f"{left} better"
         chain += f" {'>' if apart else '≈'} {right}"
-    untold = sum(p["verdict"] != f"{p['first']} better" for p in found)
+    untold = sum(p["verdict"] in ("not told apart", "no test") for p in found)
     # a pair told apart although only ≈ joins them in the chain
     far = []
     for p in found:
