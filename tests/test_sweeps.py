@@ -783,7 +783,9 @@ def test_the_dashboard_holds_each_stage_two_configurations_mean_and_band_and_the
                 assert [v for _, v in band[f"{tag}/{part}"]] == pytest.approx(expected, rel=1e-6)
     pictures = EventAccumulator(str(dashboard / "sweep"), size_guidance={"tensors": 0})
     pictures.Reload()
-    assert {"sweep/summary", "sweep/curves", "sweep/paths"} <= set(pictures.Tags()["images"])
+    assert {"sweep/summary", "sweep/curves", "sweep/paths", "sweep/tuning"} <= set(
+        pictures.Tags()["images"]
+    )
     layout = layout_pb2.Layout.FromString(
         pictures.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
     )

@@ -667,8 +667,11 @@ def tuning_figure(
         if level is not None and math.isfinite(level):
             ax.axhline(level, color=colour, linestyle=":", linewidth=1.2, gid=f"default:{name}")
             values.append(level)
-    if values and min(values) > 0:
+    if values and min(values) > 0 and max(values) >= 10 * min(values):  # losses spanning decades
         ax.set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("grid points tried (at random, without replacement)")
     ax.set_ylabel(f"expected best {metric}")
     ax.set_title(

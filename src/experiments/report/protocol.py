@@ -382,38 +382,27 @@ def time_to_target(
     sweep_dir: Path, configs: list[dict[str, Any]], metric: str, target: float, lower: bool
 ) -> list[dict[str, Any]]:
     """Per configuration and finished seed, the first logged step at which the monitored value
-    reached the target and the wall-clock seconds since the job's first logged value (None where
-    it never did, or under logger=csv, which logs no time); per configuration the median, min and
+    reached the target and the wall-clock seconds since its logger started (None where it never
+    did, or under logger=csv, which logs no time); per configuration the median, min and
     max over the seeds that reached it."""
     found = []
     for config in configs:
-        steps, seconds, never = [], [], 0
+        steps, seconds = [], []
         for job in config["finished_jobs"]:
-            logged = timed_scalars(sweep_dir / job)
-            series = logged.get(metric, {})
-            start = min(
-                (
-                    wall
-                    for points in logged.values()
-                    for wall, _ in points.values()
-                    if wall is not None
-                ),
-                default=None,
-            )
+            series = timed_scalars(sweep_dir / job, [metric], since_start=True).get(metric, {})
             hit = next(
                 (
-                    (step, wall)
-                    for step, (wall, value) in sorted(series.items())
+                    (step, elapsed)
+                    for step, (elapsed, value) in sorted(series.items())
                     if (value <= target if lower else value >= target)
                 ),
                 None,
             )
             if hit is None:
-                never += 1
                 continue
             steps.append(hit[0])
-            if hit[1] is not None and start is not None:
-                seconds.append(hit[1] - start)
+            if hit[1] is not None:
+                seconds.append(hit[1])
         found.append(
             {
                 "configuration": config,

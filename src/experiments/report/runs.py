@@ -202,13 +202,14 @@ def scalars(run_dir: Path, tags: list[str] | None = None) -> dict[str, dict[int,
 
 
 def timed_scalars(
-    run_dir: Path, tags: list[str] | None = None
+    run_dir: Path, tags: list[str] | None = None, since_start: bool = False
 ) -> dict[str, dict[int, tuple[float | None, float]]]:
     """The run's logged values of `tags` (None: every tag), step -> (wall-clock time, value), the
     last written where a resumed run logged a step twice: from its TensorBoard event files, read
     by TensorBoard's own reader, or under logger=csv from its metrics.csv (Lightning's CSVLogger
     writes a row per logging call, so one step's values may be spread over several rows, and no
-    time: None)."""
+    time: None). since_start: the times in seconds since the event file was opened (the logger's
+    start, before the first step)."""
     if any(run_dir.glob("events.out.tfevents.*")):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -220,8 +221,11 @@ def timed_scalars(
             events.Reload()
         finally:
             reader_log.setLevel(level)
+        start = events.FirstEventTimestamp() if since_start else 0.0
         return {
-            tag: {event.step: (event.wall_time, event.value) for event in events.Scalars(tag)}
+            tag: {
+                event.step: (event.wall_time - start, event.value) for event in events.Scalars(tag)
+            }
             for tag in events.Tags()["scalars"]
             if tags is None or tag in tags
         }
