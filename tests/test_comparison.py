@@ -538,3 +538,31 @@ def test_paths_of_a_panel_name_the_other_setting_swept():
     ]
     labels = [t.get_text() for t in paths_figure(trajectories).axes[0].get_legend().get_texts()]
     assert labels == ["lr=0.1, scheduler=cosine", "lr=0.1, scheduler=none"]
+
+
+def test_holm_the_expected_best_and_p_better_on_their_edge_cases():
+    """Holm counts only the pairs that have a test; a grid point that diverged is worse than any,
+    and an expectation that could rest on it alone is None; ties count half."""
+    import itertools
+    import statistics
+
+    from experiments.report.statistics import expected_best, holm, superiority, welch
+
+    # m = 3 tests: 0.01 x 3, then 0.03 x 2 = 0.06, then 0.04 x 1 kept at 0.06 (monotone)
+    assert holm([0.01, None, 0.04, 0.03]) == pytest.approx([0.03, None, 0.06, 0.06])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]
+    values = [1.0, None, 3.0, 2.0]
+    assert expected_best(values, 1, lower_is_better=True) is None  # one draw may be the diverged
+    for n in (2, 3, 4):
+        subsets = itertools.combinations([1.0, float("inf"), 3.0, 2.0], n)
+        assert expected_best(values, n, True) == pytest.approx(
+            statistics.fmean(min(s) for s in subsets)
+        )
+    # higher is better: the diverged point is the worst one too
+    assert expected_best([0.8, None, 0.9], 2, lower_is_better=False) == pytest.approx(
+        (0.9 + 0.8 + 0.9) / 3
+    )
+    assert superiority([1.0, 2.0], [2.0, 3.0], lower_is_better=True) == (3 + 0.5) / 4
+    assert superiority([1.0, 2.0], [2.0, 3.0], lower_is_better=False) == 0.5 / 4
+    same = welch([1.0, 1.0], [1.0, 1.0])
+    assert same["difference"] == 0 and same["p"] is None and same["low"] is None
