@@ -566,3 +566,32 @@ def test_holm_the_expected_best_and_p_better_on_their_edge_cases():
     assert superiority([1.0, 2.0], [2.0, 3.0], lower_is_better=False) == 0.5 / 4
     same = welch([1.0, 1.0], [1.0, 1.0])
     assert same["difference"] == 0 and same["p"] is None and same["low"] is None
+
+
+def test_the_ranking_says_which_way_a_lower_row_is_told_apart_and_across_a_tie():
+    """The table puts a configuration with a diverged seed last whatever its mean: where the
+    lower row is told better, the chain says `<`; a pair told apart that only ≈ joins is named."""
+    from experiments.report.protocol import ranking
+
+    rows, configs = {}, []
+    for name in ("adam", "sgd", "momentum", "rmsprop"):
+        rows[name] = {"overrides": [f"optimizer={name}", "optimizer.lr=0.1"], "optimizer": name}
+        configs.append({"jobs": [name], "configuration": f"optimizer={name}", "finished": 3})
+    told = {
+        ("adam", "sgd"): "not told apart",
+        ("adam", "momentum"): "adam at lr 0.1 better",
+        ("adam", "rmsprop"): "adam at lr 0.1 better",
+        ("sgd", "momentum"): "not told apart",
+        ("sgd", "rmsprop"): "no test",
+        ("momentum", "rmsprop"): "rmsprop at lr 0.1 better",
+    }
+    found = [
+        {"first": f"{a} at lr 0.1", "second": f"{b} at lr 0.1", "verdict": v}
+        for (a, b), v in told.items()
+    ]
+    sentence = ranking(configs, found, rows)
+    assert sentence.startswith(
+        "What the seeds support: adam at lr 0.1 ≈ sgd at lr 0.1 ≈ momentum at lr 0.1 < rmsprop at lr 0.1 "
+        "(≈: not told apart; 3 of 6 pairs are not;"
+    )
+    assert sentence.endswith("; across the ≈, adam at lr 0.1 beats momentum at lr 0.1.")

@@ -98,7 +98,7 @@ def described(config: dict[str, Any], rows: dict[str, dict[str, Any]]) -> str:
     """A configuration as a sentence names it: `adam at lr 0.1`, `adam at lr 0.1 with scheduler=cosine`."""
     overrides = rows[config["jobs"][0]]["overrides"]
     values = {key_of(o): o.split("=", 1)[1] for o in overrides if "=" in o}
-    words = [values.get("optimizer", "")]
+    words = [values.get("optimizer") or rows[config["jobs"][0]].get("optimizer") or ""]
     if "optimizer.lr" in values:
         words.append(f"at lr {values['optimizer.lr']}")
     label = config["configuration"].split(",")
@@ -213,7 +213,8 @@ def closing_sentences(
         )
     if len(ranked) > 1:
         top = (pairs or [{}])[0].get("p_holm")
-        return [*notes, verdict(ranked[0], ranked[1], rows, top, len(pairs or []))]
+        tested = sum(p.get("p") is not None for p in pairs or [])  # Holm's m
+        return [*notes, verdict(ranked[0], ranked[1], rows, top, tested)]
     if not ranked:
         return [
             *notes,

@@ -43,7 +43,8 @@ def metric_of(configs: list[dict[str, Any]], rows: dict[str, dict[str, Any]]) ->
 
 
 def lower_is_better(configs: list[dict[str, Any]]) -> bool:
-    return next((c["mode"] for c in configs), "min") == "min"
+    """As the finished jobs recorded it (a failed job's record has no monitor, so no mode)."""
+    return next((c["mode"] for c in configs if c["finished"]), "min") == "min"
 
 
 def short(value: float | None) -> str:
@@ -118,26 +119,30 @@ def pairs_table(found: list[dict[str, Any]], metric: str) -> tuple[list[str], li
 
 def ranking(stage_two: list[dict[str, Any]], found: list[dict[str, Any]], rows: dict) -> str | None:
     """The ranking the pairs support, in the table's order: `>` between neighbours told apart,
-    `≈` between those that are not; and the pairs ≈ joins although they are told apart."""
+    `≈` between those that are not (`<` where the lower row is told better: the table puts a
+    configuration with a diverged seed last, whatever its mean); and the pairs told apart that
+    only a chain of ≈ joins."""
     ranked = [described(c, rows) for c in stage_two if c["finished"]]
     if len(ranked) < 3:
         return None
-    verdicts = {(p["first"], p["second"]): p for p in found}
+    verdicts = {(p["first"], p["second"]): p["verdict"] for p in found}
     chain = ranked[0]
     for left, right in zip(ranked, ranked[1:]):
-        apart = verdicts[(left, right)]["verdict"] == f"{left} better"
-        chain += f" {'>' if apart else '≈'} {right}"
+        sign = {f"{left} better": ">", f"{right} better": "<"}.get(verdicts[(left, right)], "≈")
+        chain += f" {sign} {right}"
     untold = sum(p["verdict"] in ("not told apart", "no test") for p in found)
     # a pair told apart although only ≈ joins them in the chain
     far = []
     for p in found:
         i, j = ranked.index(p["first"]), ranked.index(p["second"])
         between = [
-            verdicts[(x, y)]["verdict"] == f"{x} better"
+            verdicts[(x, y)] not in ("not told apart", "no test")
             for x, y in zip(ranked[i:j], ranked[i + 1 : j + 1])
         ]
-        if j - i > 1 and p["verdict"] == f"{p['first']} better" and not any(between):
-            far.append(f"{p['first']} beats {p['second']}")
+        if j - i > 1 and p["verdict"].endswith(" better") and not any(between):
+            winner = p["verdict"].removesuffix(" better")
+            loser = p["second"] if winner == p["first"] else p["first"]
+            far.append(f"{winner} beats {loser}")
     besides = f"; across the ≈, {', '.join(far)}" if far else ""
     return (
         f"What the seeds support: {chain} (≈: not told apart; {untold} of {plural(len(found), 'pair')} are not; "
@@ -195,11 +200,13 @@ def picks_sentence(plan: dict[str, Any], lower: bool) -> str | None:
                 f"{name or 'the optimizer'} " + ", ".join(f"{label} in {n}" for label, n in ordered)
             )
     seeds = ", ".join("/".join(map(str, study)) for study in studies)
+    text = f"Stage 1's {len(studies)} studies (seeds {seeds}) picked: {'; '.join(parts)}."
+    if len(plan["picks"]) < 2:
+        return text
     winners = [w or "none" for w in study_winners(plan, lower)]
     same = len(set(winners)) == 1
     return (
-        f"Stage 1's {len(studies)} studies (seeds {seeds}) picked: {'; '.join(parts)}. "
-        f"Each study's best optimizer: {', '.join(winners)} "
+        f"{text} Each study's best optimizer: {', '.join(winners)} "
         f"({'the same in every study' if same else 'the winner changes between studies'})."
     )
 
@@ -368,9 +375,10 @@ def target_of(
     ranked = [c for c in stage_two if c["finished"] and f"best {metric}" in c["stats"]]
     if not ranked:
         return None
-    best = ranked[0]["stats"][f"best {metric}"]["mean"]
-    tolerance = float(plan.get("tolerance") if plan.get("tolerance") is not None else 0.01)
     lower = lower_is_better(ranked)
+    means = [c["stats"][f"best {metric}"]["mean"] for c in ranked]
+    best = min(means) if lower else max(means)
+    tolerance = float(plan.get("tolerance") if plan.get("tolerance") is not None else 0.01)
     target = best + tolerance * abs(best) if lower else best - tolerance * abs(best)
     how = f"within {tolerance:.3g} of the best mean, {short(best)}: hydra.sweeper.tolerance"
     if 0 < tolerance < 1:
@@ -387,9 +395,10 @@ def time_to_target(
     max over the seeds that reached it."""
     found = []
     for config in configs:
-        steps, seconds = [], []
+        steps, seconds, logged = [], [], 0
         for job in config["finished_jobs"]:
             series = timed_scalars(sweep_dir / job, [metric], since_start=True).get(metric, {})
+            logged += bool(series)
             hit = next(
                 (
                     (step, elapsed)
@@ -410,6 +419,7 @@ def time_to_target(
                 "seeds": len(config["finished_jobs"]),
                 "steps": steps,
                 "seconds": seconds,
+                "logged": logged,
             }
         )
     return found
@@ -462,10 +472,16 @@ def time_sentence(
     head = f"Time to best {metric} {sign} {short(target)} ({how})"
     if not all_seeds:
         return f"{head}: no configuration reached it with every seed."
-    first = min(all_seeds, key=lambda f: statistics.median(f["steps"]))
-    text = f"{head}: {name(first)} gets there first, in a median of {statistics.median(first['steps']):.0f} steps"
-    if first["seconds"]:
-        text += f" ({statistics.median(first['seconds']):.2f} s)"
+    fewest = min(statistics.median(f["steps"]) for f in all_seeds)
+    leaders = [f for f in all_seeds if statistics.median(f["steps"]) == fewest]
+    seconds = [f"{statistics.median(f['seconds']):.2f} s" for f in leaders if f["seconds"]]
+    if len(leaders) == 1:
+        text = f"{head}: {name(leaders[0])} gets there first, in a median of {fewest:.0f} steps"
+    else:
+        names_ = ", ".join(name(f) for f in leaders[:-1]) + f" and {name(leaders[-1])}"
+        text = f"{head}: {names_} get there first, each in a median of {fewest:.0f} steps"
+    if len(seconds) == len(leaders):
+        text += f" ({' and '.join(seconds)})"
     missed = [
         f"{name(f)} in {f['seeds'] - f['reached']} of {plural(f['seeds'], 'seed')}"
         for f in found
@@ -519,7 +535,7 @@ def analyse(sweep_dir: Path, report: Any) -> dict[str, Any]:
                 timed.append(default)
                 names[id(default)] = f"{described(default, rows)} (default)"
         times = time_to_target(sweep_dir, timed, metric, target[0], lower)
-        if any(t["steps"] or t["seeds"] for t in times):
+        if any(t["logged"] for t in times):  # logger=mlflow or none: no curves to read
             sign = "≤" if lower else "≥"
             tables.append(
                 (

@@ -106,9 +106,9 @@ def holm(ps: list[float | None]) -> list[float | None]:
 
 
 def expected_best(values: list[float | None], n: int, lower_is_better: bool) -> float | None:
-    """The expected best of n grid points drawn at random without replacement from `values`
-    (Dodge et al. 2019's expected validation performance): the k-th worst is the best of the n
-    with probability C(k-1, n-1) / C(N, n). A point that diverged or failed (None, nan, inf) is
+    """The expected best of n grid points drawn at random without replacement from `values` (the
+    without-replacement form of Dodge et al. 2019's expected validation performance, which draws
+    with replacement): the k-th worst is the best of the n with probability C(k-1, n-1) / C(N, n). A point that diverged or failed (None, nan, inf) is
     worse than any; where one could be the best of the n, the expectation is None."""
     worst = math.inf if lower_is_better else -math.inf
     clean = [v if v is not None and math.isfinite(v) else worst for v in values]

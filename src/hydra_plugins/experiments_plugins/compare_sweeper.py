@@ -89,6 +89,7 @@ class CompareSweeper(GridSweeper):
         self.search_seeds, self.seeds, self.studies = search_seeds, seeds, studies
         self.baselines, self.target, self.tolerance = baselines, target, tolerance
         self.random_start = random_start
+        self.without_defaults: set[str] = set()  # optimizers with no file in conf/optimizer/
 
     def check(self, parsed: list[Any]) -> None:
         self.check_max_batch_size()
@@ -269,10 +270,21 @@ class CompareSweeper(GridSweeper):
         found: dict[str, list[str]] = {}
         for point in points:
             name = optimizer_of(point)
-            if name in found:
+            if name in found or name in self.without_defaults:
                 continue
             bare = [o for o in point if key_of(o) not in tuned or key_of(o) == "optimizer"]
-            defaults = OmegaConf.load(CONF_DIR / "optimizer" / f"{name}.yaml") if name else {}
+            # the optimizer's option: swept, or as the config chooses it
+            option = name or composed(
+                self.hydra_context, self.config, bare, mutable=False
+            ).hydra.runtime.choices.get("optimizer")
+            source = CONF_DIR / "optimizer" / f"{option}.yaml"
+            if not source.is_file():  # an option from another config path: no defaults of ours
+                log.warning(
+                    f"sweep=compare: no conf/optimizer/{option}.yaml of this package, so {option} runs without its defaults beside it"
+                )
+                self.without_defaults.add(name)
+                continue
+            defaults = OmegaConf.load(source)
             own = [
                 f"{key}={OmegaConf.select(defaults, key.removeprefix('optimizer.'))}"
                 for key in sorted(tuned)
