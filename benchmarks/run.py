@@ -444,7 +444,8 @@ def cases(
     )
     grid_points = len(opts.split(",")) * len(lrs.split(","))
     studies_case = []
-    for launcher in ("vectorized", "basic"):
+    # --quick: the vectorized launcher alone (the basic one's figures need the full sizes anyway)
+    for launcher in ("vectorized",) if quick else ("vectorized", "basic"):
         for studies, baselines in (
             ((1, "false"), (3, "true")) if quick else ((1, "false"), (3, "false"), (3, "true"))
         ):
