@@ -256,7 +256,7 @@ def scipy_reference(pairs: list[tuple[list[float], list[float]]]) -> list[dict]:
     with open(REFERENCE.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (REFERENCE / "scipy").is_dir():
-            subprocess.run(
+            installed = subprocess.run(
                 [
                     sys.executable,
                     "-m",
@@ -268,8 +268,13 @@ def scipy_reference(pairs: list[tuple[list[float], list[float]]]) -> list[dict]:
                     str(REFERENCE),
                     SCIPY,
                 ],
-                check=True,
+                capture_output=True,
+                text=True,
             )
+            if installed.returncode != 0:  # offline: the one check that needs PyPI
+                pytest.skip(
+                    f"{SCIPY}, the reference, could not be installed from PyPI into {REFERENCE}"
+                )
     done = subprocess.run(
         [sys.executable, str(Path(__file__).parent / "scipy_reference.py")],
         input=json.dumps({"pairs": pairs}),

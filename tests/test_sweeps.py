@@ -918,11 +918,9 @@ def test_every_pair_the_tuning_curve_the_defaults_and_the_time_to_target_are_rec
     comparison,
 ):
     """Every number the comparison adds, recomputed from the jobs' metrics.json and event files:
-    each pair's Welch interval and p and Mann-Whitney's P(better) against scipy's, Holm's
-    adjustment by hand, the tuning curve by trying every subset of each study's grid points, the
-    defaults' means, and the steps to the target read back by TensorBoard's reader."""
-    from conftest import scipy_reference
-
+    each pair's difference and Holm's adjustment by hand (over Welch's p by quadrature), the
+    tuning curve by trying every subset of each study's grid points, the defaults' means, and
+    the steps to the target read back by TensorBoard's reader (scipy's checks: the next test)."""
     sweep, output, _, _ = comparison
     plan = json.loads((sweep / "compare.json").read_text())
     jobs = compare_jobs(sweep)
@@ -930,23 +928,15 @@ def test_every_pair_the_tuning_curve_the_defaults_and_the_time_to_target_are_rec
     finals = stage_two_bests(sweep, plan)
     names = list(finals)
 
-    # every pair: pairs.csv against scipy, Holm by hand, the verdicts
+    # every pair: the difference, Holm by hand over Welch's p by quadrature, the verdicts
     pairs = list(csv.DictReader((sweep / "pairs.csv").open()))
     expected = [(x, y) for i, x in enumerate(names) for y in names[i + 1 :]]
     assert [(r["first"].split()[0], r["second"].split()[0]) for r in pairs] == expected
     samples = [(list(finals[x].values()), list(finals[y].values())) for x, y in expected]
-    scipys = scipy_reference(samples)
-    holm = holm_by_hand([s["p"] for s in scipys])
-    for row, scipy, adjusted, (a, b) in zip(pairs, scipys, holm, samples):
+    holm = holm_by_hand([welch_p_by_quadrature(a, b) for a, b in samples])
+    for row, adjusted, (a, b) in zip(pairs, holm, samples):
         assert float(row["difference"]) == pytest.approx(
             statistics.fmean(a) - statistics.fmean(b), rel=1e-12
-        )
-        assert float(row["ci95_low"]) == pytest.approx(scipy["low"], rel=1e-9)
-        assert float(row["ci95_high"]) == pytest.approx(scipy["high"], rel=1e-9)
-        assert float(row["p"]) == pytest.approx(scipy["p"], rel=1e-9)
-        # lower is better: P(a < b) + P(a = b) / 2 = 1 - U(a) / (n_a n_b)
-        assert float(row["p_first_better"]) == pytest.approx(
-            1 - scipy["u"] / (len(a) * len(b)), abs=1e-12
         )
         assert float(row["p_holm"]) == pytest.approx(adjusted, rel=1e-9)
         told = f"{row['first']} better" if adjusted < 0.05 else "not told apart"
@@ -1034,6 +1024,33 @@ def test_every_pair_the_tuning_curve_the_defaults_and_the_time_to_target_are_rec
         if steps:
             assert row["steps: median (min to max)"].split()[0] == f"{statistics.median(steps):.0f}"
     assert "Time to best val/loss ≤ " in text and re.search(r"gets? there first", output)
+
+
+@pytest.mark.slow  # sweep=compare: two stages of jobs
+def test_every_pairs_interval_p_and_chance_of_beating_are_scipys(comparison):
+    """pairs.csv against scipy 1.17.1, run in a process of its own (tests/scipy_reference.py):
+    Welch's p and 95% interval (ttest_ind(equal_var=False), confidence_interval()) and
+    P(first better on a seed) from Mann-Whitney's U."""
+    from conftest import scipy_reference
+
+    sweep = comparison[0]
+    plan = json.loads((sweep / "compare.json").read_text())
+    finals = stage_two_bests(sweep, plan)
+    names = list(finals)
+    pairs = list(csv.DictReader((sweep / "pairs.csv").open()))
+    samples = [
+        (list(finals[x].values()), list(finals[y].values()))
+        for i, x in enumerate(names)
+        for y in names[i + 1 :]
+    ]
+    for row, scipy, (a, b) in zip(pairs, scipy_reference(samples), samples, strict=True):
+        assert float(row["ci95_low"]) == pytest.approx(scipy["low"], rel=1e-9)
+        assert float(row["ci95_high"]) == pytest.approx(scipy["high"], rel=1e-9)
+        assert float(row["p"]) == pytest.approx(scipy["p"], rel=1e-9)
+        # lower is better: P(a < b) + P(a = b) / 2 = 1 - U(a) / (n_a n_b)
+        assert float(row["p_first_better"]) == pytest.approx(
+            1 - scipy["u"] / (len(a) * len(b)), abs=1e-12
+        )
 
 
 @pytest.mark.slow  # sweep=compare: two stages of jobs
