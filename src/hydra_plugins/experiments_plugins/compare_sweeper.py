@@ -207,15 +207,11 @@ class CompareSweeper(GridSweeper):
         stage_two = [[*point, seed] for point in chosen.values() for seed in seeds]
         later = list(dict.fromkeys(tuple(j) for j in [*stage_two, *baseline_jobs]))
         new = [list(job) for job in later if list(job) not in stage_one]
-        new_named = self.named([j for j in new if j in stage_two], "stage2", shown)
-        new_named += self.named([j for j in new if j not in stage_two], "baseline", shown)
-        named.update(
-            zip(
-                [tuple(j) for j in new if j in stage_two]
-                + [tuple(j) for j in new if j not in stage_two],
-                new_named,
-            )
-        )
+        for stage, jobs in (
+            ("stage2", [j for j in new if j in stage_two]),
+            ("baseline", [j for j in new if j not in stage_two]),
+        ):
+            named.update(zip(map(tuple, jobs), self.named(jobs, stage, shown)))
         log.info(
             f"sweep=compare, stage 2: the best point of {len(chosen)} optimizer(s) x {plural(len(seeds), 'seed')} = "
             f"{len(stage_two)} jobs"
