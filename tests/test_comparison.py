@@ -592,6 +592,29 @@ def test_the_ranking_says_which_way_a_lower_row_is_told_apart_and_across_a_tie()
     sentence = ranking(configs, found, rows)
     assert sentence.startswith(
         "What the seeds support: adam at lr 0.1 ≈ sgd at lr 0.1 ≈ momentum at lr 0.1 < rmsprop at lr 0.1 "
-        "(≈: not told apart; 3 of 6 pairs are not;"
+        "(≈: not told apart, as 3 of the 6 pairs are;"
     )
     assert sentence.endswith("; across the ≈, adam at lr 0.1 beats momentum at lr 0.1.")
+
+
+def test_seconds_to_a_target_count_from_the_first_event_file_opened_whatever_its_name(
+    tmp_path: Path,
+):
+    """A job of the basic launcher writes a second event file when it tests; `.10` sorts before
+    `.9`, so the clock starts at the earliest first record of all the files, not the first name's."""
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from experiments.report.runs import opened_at, timed_scalars
+
+    for counter, value in (("9", 3.0), ("10", 1.0)):  # training first, then testing
+        with SummaryWriter(str(tmp_path / counter)) as writer:
+            writer.add_scalar("val/loss", value, int(counter))
+        (event,) = (tmp_path / counter).glob("events.out.tfevents.*")
+        event.rename(tmp_path / f"events.out.tfevents.1.host.1.{counter}")
+        time.sleep(0.05)
+    first = opened_at(tmp_path)
+    logged = timed_scalars(tmp_path, ["val/loss"], since_start=True)["val/loss"]
+    assert all(seconds >= 0 for seconds, _ in logged.values())
+    assert logged[9][0] < logged[10][0] and first < time.time()

@@ -144,9 +144,14 @@ def ranking(stage_two: list[dict[str, Any]], found: list[dict[str, Any]], rows: 
             loser = p["second"] if winner == p["first"] else p["first"]
             far.append(f"{winner} beats {loser}")
     besides = f"; across the ≈, {', '.join(far)}" if far else ""
+    told = (
+        f"every one of the {len(found)} pairs told apart"
+        if not untold
+        else f"≈: not told apart, as {untold} of the {plural(len(found), 'pair')} are"
+    )
     return (
-        f"What the seeds support: {chain} (≈: not told apart; {untold} of {plural(len(found), 'pair')} are not; "
-        f"Welch's t-test on every pair, Holm-corrected, α = {ALPHA}){besides}."
+        f"What the seeds support: {chain} ({told}; Welch's t-test on every pair, Holm-corrected, "
+        f"α = {ALPHA}){besides}."
     )
 
 
@@ -345,11 +350,14 @@ def baselines_sentence(found: list[dict[str, Any]], rows: dict, metric: str) -> 
     pick = min if lower else max
     mean = lambda c: c["stats"][f"best {metric}"]["mean"]  # noqa: E731
     untuned, best = pick(defaults, key=mean), pick(tuned, key=mean)
-    head = (
-        f"At their defaults the best of {plural(len(defaults), 'optimizer')} is "
-        f"{described(untuned, rows)}, {mean_and_interval(untuned, metric)} (best {metric}); "
-        f"the best tuned one, {described(best, rows)}, {mean_and_interval(best, metric)}"
-    )
+    shown = [f"{described(c, rows)}, {mean_and_interval(c, metric)}" for c in (untuned, best)]
+    if len(defaults) == 1:
+        head = f"At its defaults, {shown[0]} (best {metric}); tuned, {shown[1]}"
+    else:
+        head = (
+            f"At their defaults the best of {plural(len(defaults), 'optimizer')} is {shown[0]} "
+            f"(best {metric}); the best tuned one, {shown[1]}"
+        )
     if set(untuned["jobs"]) == set(best["jobs"]):
         return f"{head}: the same configuration, so tuning gained nothing here."
     gain = welch(monitored(best, rows), monitored(untuned, rows))
@@ -471,7 +479,13 @@ def time_sentence(
     all_seeds = [f for f in found if f["reached"] == f["seeds"] and f["seeds"]]
     head = f"Time to best {metric} {sign} {short(target)} ({how})"
     if not all_seeds:
-        return f"{head}: no configuration reached it with every seed."
+        closest = max(found, key=lambda f: f["reached"] / f["seeds"] if f["seeds"] else 0)
+        if not closest["reached"]:
+            return f"{head}: no configuration reached it."
+        return (
+            f"{head}: no configuration reached it with every seed; {name(closest)} came closest, "
+            f"with {closest['reached']} of {plural(closest['seeds'], 'seed')}."
+        )
     fewest = min(statistics.median(f["steps"]) for f in all_seeds)
     leaders = [f for f in all_seeds if statistics.median(f["steps"]) == fewest]
     seconds = [f"{statistics.median(f['seconds']):.2f} s" for f in leaders if f["seconds"]]
@@ -547,10 +561,11 @@ def analyse(sweep_dir: Path, report: Any) -> dict[str, Any]:
                 sentences.append(time_sentence(times, rows, metric, *target, lower, names))
     curves = tuning_curves(plan, lower)
     if curves:
+        over = "mean over studies (range)" if len(plan.get("studies") or []) > 1 else "one study"
         tables.append(
             (
-                "tuning curve (tuning.png): the expected best after n grid points tried at random, mean over "
-                "studies (range); may diverge: n points could all be ones that diverged",
+                f"tuning curve (tuning.png): the expected best after n grid points tried at random, {over}; "
+                "may diverge: n points could all be ones that diverged",
                 *tuning_table(curves, metric),
             )
         )

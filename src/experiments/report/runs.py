@@ -221,7 +221,7 @@ def timed_scalars(
             events.Reload()
         finally:
             reader_log.setLevel(level)
-        start = events.FirstEventTimestamp() if since_start else 0.0
+        start = opened_at(run_dir) if since_start else 0.0
         return {
             tag: {
                 event.step: (event.wall_time - start, event.value) for event in events.Scalars(tag)
@@ -240,6 +240,17 @@ def timed_scalars(
                     if value not in ("", None) and (tags is None or tag in tags):
                         found.setdefault(tag, {})[step] = (None, float(value))
     return found
+
+
+def opened_at(run_dir: Path) -> float:
+    """When the run's first event file was opened: the earliest first record of its event files
+    (EventAccumulator's FirstEventTimestamp reads them in name order, where `.10` sorts before `.9`)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return min(
+        next(iter(EventFileLoader(str(path)).Load())).wall_time
+        for path in run_dir.glob("events.out.tfevents.*")
+    )
 
 
 def curve_tags(sweep_dir: Path, configs: list[dict[str, Any]]) -> list[str]:
