@@ -91,7 +91,10 @@ def test_a_value_outside_its_domain_is_one_sentence_naming_key_value_and_what_is
     with pytest.raises(UserError) as refused:
         check(key, value)
     sentence = str(refused.value)
-    assert sentence.startswith(f"{key} must be ") and sentence.endswith(f", got {value!r}.")
+    # true, false and null as the command line and YAML spell them; anything else as Python's repr
+    spelled = {True: "true", False: "false"}.get(value) if isinstance(value, bool) else repr(value)
+    spelled = "null" if value is None else spelled
+    assert sentence.startswith(f"{key} must be ") and sentence.endswith(f", got {spelled}.")
     assert "\n" not in sentence and sentence.count(". ") == 0
 
 

@@ -228,7 +228,10 @@ def check(key: str, value: Any, name: str | None = None) -> None:
         shown = (
             OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
         )
-        raise UserError(f"{name or key} must be {domain.describe()}, got {shown!r}.")
+        # as the command line and YAML spell them: true, false, null
+        spelled = {True: "true", False: "false"}.get(shown) if isinstance(shown, bool) else None
+        spelled = "null" if shown is None else spelled
+        raise UserError(f"{name or key} must be {domain.describe()}, got {spelled or repr(shown)}.")
 
 
 def check_config(cfg: DictConfig, only: str | None = None, root: str = "") -> None:
