@@ -270,3 +270,51 @@ def test_each_jobs_config_equals_hydras_own_composition(sweep: str):
         with pytest.raises(ConfigCompositionException) as hydras:
             loader.load_sweep_config(master, bad)
         assert str(ours.value) == str(hydras.value)
+
+
+@pytest.mark.parametrize("sweeper", ["grid", "optuna"])
+def test_a_sweeps_launcher_takes_the_configs_its_sweeper_composed(
+    sweeper: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Hydra's basic launcher composes each job again; here it takes the config the sweeper
+    composed to check the job (grid_sweeper.ComposedOnce), and the sweeper composes each choice of
+    config groups once: 2 optimizers x 2 learning rates are 2 of Hydra's compositions, not 4 + 4,
+    and 4 Optuna trials 3 at most."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    from conftest import cli, job_dirs, read_metrics
+
+    calls = []
+    original = ConfigLoaderImpl.load_sweep_config
+
+    def counted(self, master_config, sweep_overrides):
+        calls.append(list(sweep_overrides))
+        return original(self, master_config, sweep_overrides)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", counted)
+    jobs = ["experiment=thermometer", "trainer.max_epochs=2"]
+    if sweeper == "grid":
+        jobs += ["optimizer=sgd,adam", "optimizer.lr=0.01,0.1"]
+    else:
+        jobs += [
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.n_jobs=4",
+            "optimizer=choice(sgd,adam)",
+            "optimizer.lr=interval(0.01,0.1)",
+        ]
+    done = cli(["-m", *jobs], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [read_metrics(d) for d in job_dirs(next((tmp_path / "outputs" / "sweeps").iterdir()))]
+    assert len(records) == 4 and {r["status"] for r in records} == {"finished"}
+    optimizers = {r["hparams"]["optimizer"] for r in records}
+    # one composition per optimizer, the others copies; the search composes one more job (its
+    # first values, for the objective's direction)
+    assert len(calls) == len(optimizers) + (sweeper == "optuna")
+    # each job ran with its own values
+    assert sorted(r["hparams"]["optimizer.lr"] for r in records) == sorted(
+        float(o.split("=")[1])
+        for r in records
+        for o in r["overrides"]
+        if o.startswith("optimizer.lr=")
+    )

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +135,23 @@ class OptunaSearch(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        from hydra_plugins.experiments_plugins.grid_sweeper import forget_composed
+        from hydra_plugins.experiments_plugins.grid_sweeper import forget_composed, launcher_context
 
         forget_composed()  # a second sweep in one process (experiments.api) composes anew
         self.hydra_context = hydra_context
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
+            hydra_context=launcher_context(hydra_context, config),
+            task_function=task_function,
+            config=config,
         )
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Each trial composed as Hydra's loader composes it, once: the launcher takes that config."""
+        from hydra_plugins.experiments_plugins.grid_sweeper import composed
+
+        for overrides in batch:
+            composed(self.hydra_context, self.config, overrides, mutable=False)
 
     def direction(self) -> str:
         """Minimize or maximize: the objective metric's own direction (`monitor_mode` when it is
