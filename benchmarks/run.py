@@ -273,6 +273,9 @@ def cases(
                 *TRAIN,
                 "-m",
                 "hydra/launcher=parallel",
+                # --quick: joblib's own path in this process; its two workers would pay the
+                # imports again for two 50-epoch jobs (tests/test_sweeps.py runs them for real)
+                *(["hydra.launcher.n_jobs=1"] if quick else []),
                 "experiment=thermometer",
                 *sweep,
                 *epochs,

@@ -19,17 +19,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 CASES = {  # two halves of about equal time, so that the two test workers share them
-    "1,2,4,5,6,9,10": [
+    "1,2,4,5,6,10": [
         "1 mnist",
         "10 studies, thermometer comparison",
         "2 thermometer",
         "4 start-up",
         "5 mnist sweep of 6",
         "6 population size",
+    ],
+    "3,7,8,9": [
+        "3 sweep of 15",
+        "7 thermometer comparison",
+        "8 mnist comparison",
         "9 instruments, mnist",
         "9 instruments, thermometer",
     ],
-    "3,7,8": ["3 sweep of 15", "7 thermometer comparison", "8 mnist comparison"],
 }
 
 
