@@ -618,3 +618,29 @@ def test_seconds_to_a_target_count_from_the_first_event_file_opened_whatever_its
     logged = timed_scalars(tmp_path, ["val/loss"], since_start=True)["val/loss"]
     assert all(seconds >= 0 for seconds, _ in logged.values())
     assert logged[9][0] < logged[10][0] and first < time.time()
+
+
+def test_a_runs_logged_values_are_read_once_while_its_files_stay_as_they_are(tmp_path: Path):
+    """A summary reads each job's event files for its curves and again for the time to a target:
+    the second read is the first's, unless a file changed (a run still writing, or resumed) or
+    another one appeared; then the new values are there."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from experiments.report.runs import read_logged, timed_scalars
+
+    writer = SummaryWriter(str(tmp_path))
+    writer.add_scalar("train/loss", 3.0, 1)
+    writer.flush()
+    before = read_logged.cache_info()
+    assert timed_scalars(tmp_path, ["train/loss"])["train/loss"][1][1] == 3.0
+    assert {1: 3.0} == {s: v for s, (_, v) in timed_scalars(tmp_path)["train/loss"].items()}
+    after = read_logged.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+    writer.add_scalar("train/loss", 2.0, 2)  # still writing
+    writer.flush()
+    assert sorted(timed_scalars(tmp_path)["train/loss"]) == [1, 2]
+    writer.close()
+    with SummaryWriter(str(tmp_path), filename_suffix=".resumed") as resumed:  # another file
+        resumed.add_scalar("train/loss", 1.0, 3)
+    assert timed_scalars(tmp_path)["train/loss"][3][1] == 1.0
+    assert read_logged.cache_info().misses - after.misses == 2

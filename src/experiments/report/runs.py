@@ -6,6 +6,7 @@ the logged curves (`scalars`, `learning_curves`), and `read_sweep`, which puts t
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -209,8 +210,43 @@ def timed_scalars(
     by TensorBoard's own reader, or under logger=csv from its metrics.csv (Lightning's CSVLogger
     writes a row per logging call, so one step's values may be spread over several rows, and no
     time: None). since_start: the times in seconds since the event file was opened (the logger's
-    start, before the first step)."""
-    if any(run_dir.glob("events.out.tfevents.*")):
+    start, before the first step). A run's files are read once while they stay as they are (a
+    summary's tables, curves and times to a target read the same jobs)."""
+    logged, start = read_logged(run_dir.resolve(), logged_files(run_dir))
+    offset = start if since_start and start is not None else 0.0
+    return {
+        tag: {
+            step: (None if time is None else time - offset, value)
+            for step, (time, value) in points.items()
+        }
+        for tag, points in logged.items()
+        if tags is None or tag in tags
+    }
+
+
+def logged_files(run_dir: Path) -> tuple:
+    """What a run's logged values are read from, as it is now: each event file's (or metrics.csv's)
+    name, size and modification time."""
+    files = sorted(run_dir.glob("events.out.tfevents.*")) or [run_dir / "metrics.csv"]
+    return tuple(
+        (f.name, stat.st_size, stat.st_mtime_ns) for f in files if (stat := stat_of(f)) is not None
+    )
+
+
+def stat_of(path: Path) -> Any:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=512)
+def read_logged(
+    run_dir: Path, files: tuple
+) -> tuple[dict[str, dict[int, tuple[float | None, float]]], float | None]:
+    """Every logged value of the run, step -> (wall-clock time, value), and when its event files
+    were opened (None under logger=csv); `files` (logged_files) makes a changed run a new read."""
+    if any(name.startswith("events.out.tfevents.") for name, *_ in files):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -221,25 +257,21 @@ def timed_scalars(
             events.Reload()
         finally:
             reader_log.setLevel(level)
-        start = opened_at(run_dir) if since_start else 0.0
         return {
-            tag: {
-                event.step: (event.wall_time - start, event.value) for event in events.Scalars(tag)
-            }
+            tag: {event.step: (event.wall_time, event.value) for event in events.Scalars(tag)}
             for tag in events.Tags()["scalars"]
-            if tags is None or tag in tags
-        }
+        }, opened_at(run_dir)
     found: dict[str, dict[int, tuple[float | None, float]]] = {}
-    if (run_dir / "metrics.csv").is_file():
+    if files:
         with (run_dir / "metrics.csv").open(newline="") as logged:
             for row in csv.DictReader(logged):
                 if not row.get("step"):
                     continue
                 step = int(float(row.pop("step")))
                 for tag, value in row.items():
-                    if value not in ("", None) and (tags is None or tag in tags):
+                    if value not in ("", None):
                         found.setdefault(tag, {})[step] = (None, float(value))
-    return found
+    return found, None
 
 
 def opened_at(run_dir: Path) -> float:
