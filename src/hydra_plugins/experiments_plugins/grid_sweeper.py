@@ -152,10 +152,11 @@ def composed(
 
 class ComposedOnce(ConfigLoader):
     """Hydra's config loader as the sweepers hand it to their launcher: a job's config
-    (load_sweep_config) is the one the sweeper composed to check the job and find its folder, a
-    copy of it, not a third composition (Hydra's basic, joblib and submitit launchers compose each
-    job again: 170 ms of a thermometer job's 0.7 s). Everything else is Hydra's own loader. In
-    another process (joblib's, submitit's) nothing is kept and a job is composed as before."""
+    (load_sweep_config) is a copy of the one the sweeper composed to check the job and find its
+    folder, not a composition of its own (Hydra's basic, joblib and submitit launchers compose each
+    job again: about 0.16 s of a 5-epoch thermometer job's 0.8 s). Everything else is Hydra's own
+    loader. In another process (joblib's, submitit's workers) nothing is kept and a job is
+    composed there as before."""
 
     def __init__(self, hydra_context: HydraContext, master: DictConfig) -> None:
         self.context, self.master = hydra_context, master
