@@ -212,8 +212,10 @@ def timed_scalars(
     time: None). since_start: the times in seconds since the event file was opened (the logger's
     start, before the first step). A run's files are read once while they stay as they are (a
     summary's tables, curves and times to a target read the same jobs)."""
-    logged, start = read_logged(run_dir.resolve(), logged_files(run_dir))
-    offset = start if since_start and start is not None else 0.0
+    where, files = run_dir.resolve(), logged_files(run_dir)
+    logged = read_logged(where, files)
+    events = any(name.startswith("events.out.tfevents.") for name, *_ in files)
+    offset = first_opened(where, files) if since_start and events else 0.0
     return {
         tag: {
             step: (None if time is None else time - offset, value)
@@ -241,11 +243,9 @@ def stat_of(path: Path) -> Any:
 
 
 @functools.lru_cache(maxsize=512)
-def read_logged(
-    run_dir: Path, files: tuple
-) -> tuple[dict[str, dict[int, tuple[float | None, float]]], float | None]:
-    """Every logged value of the run, step -> (wall-clock time, value), and when its event files
-    were opened (None under logger=csv); `files` (logged_files) makes a changed run a new read."""
+def read_logged(run_dir: Path, files: tuple) -> dict[str, dict[int, tuple[float | None, float]]]:
+    """Every logged value of the run, step -> (wall-clock time, value); `files` (logged_files)
+    makes a changed run a new read."""
     if any(name.startswith("events.out.tfevents.") for name, *_ in files):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -260,7 +260,7 @@ def read_logged(
         return {
             tag: {event.step: (event.wall_time, event.value) for event in events.Scalars(tag)}
             for tag in events.Tags()["scalars"]
-        }, opened_at(run_dir)
+        }
     found: dict[str, dict[int, tuple[float | None, float]]] = {}
     if files:
         with (run_dir / "metrics.csv").open(newline="") as logged:
@@ -271,7 +271,13 @@ def read_logged(
                 for tag, value in row.items():
                     if value not in ("", None):
                         found.setdefault(tag, {})[step] = (None, float(value))
-    return found, None
+    return found
+
+
+@functools.lru_cache(maxsize=512)
+def first_opened(run_dir: Path, files: tuple) -> float:
+    """opened_at, once while the run's files stay as they are."""
+    return opened_at(run_dir)
 
 
 def opened_at(run_dir: Path) -> float:

@@ -150,6 +150,15 @@ def composed(
     return copy.deepcopy(COMPOSED[key]) if mutable else COMPOSED[key]
 
 
+def compose_all(
+    hydra_context: HydraContext, config: DictConfig, batch: Sequence[Sequence[str]]
+) -> None:
+    """Each job of a batch composed as Hydra's loader composes it (a mistake raises in Hydra's
+    words), kept for the launcher (ComposedOnce): a sweeper's validate_batch_is_legal."""
+    for overrides in batch:
+        composed(hydra_context, config, overrides, mutable=False)
+
+
 class ComposedOnce(ConfigLoader):
     """Hydra's config loader as the sweepers hand it to their launcher: a job's config
     (load_sweep_config) is a copy of the one the sweeper composed to check the job and find its
@@ -248,8 +257,7 @@ class GridSweeper(Sweeper):
         )
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        for overrides in batch:
-            composed(self.hydra_context, self.config, overrides, mutable=False)
+        compose_all(self.hydra_context, self.config, batch)
 
     def check_jobs(self, jobs: Sequence[Sequence[str]]) -> None:
         """Every job's values checked as its run checks them (check_values: each number within

@@ -148,10 +148,9 @@ class OptunaSearch(Sweeper):
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Each trial composed as Hydra's loader composes it, once: the launcher takes that config."""
-        from hydra_plugins.experiments_plugins.grid_sweeper import composed
+        from hydra_plugins.experiments_plugins.grid_sweeper import compose_all
 
-        for overrides in batch:
-            composed(self.hydra_context, self.config, overrides, mutable=False)
+        compose_all(self.hydra_context, self.config, batch)
 
     def direction(self) -> str:
         """Minimize or maximize: the objective metric's own direction (`monitor_mode` when it is
