@@ -895,7 +895,8 @@ def output_dir(args: argparse.Namespace) -> Path:
     return HERE if full else HERE / "out"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The command line; argv: its arguments (the quick smoke test passes them in-process)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -950,7 +951,7 @@ def main() -> None:
         default="auto",
         help="cpu, cuda, or cpu,cuda; auto: cpu, and cuda when there is a GPU",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     reps = 1 if args.quick else args.reps
     if args.keep is not None:
         args.keep.mkdir(parents=True)  # a new folder: no earlier output is touched

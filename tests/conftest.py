@@ -53,12 +53,11 @@ def train_in_process(overrides: list[str], run_dir: Path) -> dict:
 
 
 # Commands whose own process matters: Lightning's DDP runs the command line again in each of its
-# processes, and these launchers start processes of their own whose output the caller reads.
+# processes, and Slurm's jobs run on the cluster. The parallel and submitit_local launchers start
+# their workers from this process as they would from a command line's.
 OWN_PROCESS = (
     "trainer=ddp",
     "strategy=ddp",
-    "hydra/launcher=parallel",
-    "hydra/launcher=submitit",
     "hydra/launcher=slurm",
 )
 

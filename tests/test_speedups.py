@@ -153,3 +153,35 @@ def test_lightning_still_sets_the_nvml_check_and_the_package_removes_it_again():
         env={**env, speedups.NVML_CHECK: "1"},
     )
     assert done.stdout.split() == ["1", "True"]
+
+
+def test_hydra_parses_each_config_file_once_while_it_is_unchanged(tmp_path: Path):
+    """parse_configs_once only pays while Hydra's ConfigRepository sets up its sources through
+    initialize_sources and loads each file through a source's load_config: the cache must fill,
+    a second composition must equal the first, and an edited file must be read again."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from experiments.core.config import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    overrides = ["experiment=thermometer", "optimizer=adam", "+extra=1"]
+    speedups.PARSED.clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
+        first = OmegaConf.to_yaml(compose("train", overrides, return_hydra_config=True))
+        parsed = {name for _, name in speedups.PARSED}
+        assert {
+            "train",
+            "experiment/thermometer",
+            "optimizer/adam",
+            "hydra/output/default",
+        } <= parsed
+        again = compose("train", overrides, return_hydra_config=True)
+        again.optimizer.lr = 123.0  # a composition's config is its own
+        assert OmegaConf.to_yaml(compose("train", overrides, return_hydra_config=True)) == first
+
+    (tmp_path / "app.yaml").write_text("value: 1\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        assert compose("app").value == 1
+        (tmp_path / "app.yaml").write_text("value: 22\n")
+        assert compose("app").value == 22

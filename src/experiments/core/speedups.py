@@ -27,16 +27,26 @@ that stops paying for itself is removed rather than kept "just in case".
    launcher start fresh interpreters), so the variable is removed again after the import, unless
    the user had set it. This one is a public, documented torch variable, kept here because it is a
    speed trick. (Plain SGD never probes, so the thermometer fits do not gain.)
+5. `parse_configs_once`: Hydra parses every YAML file of a composition anew each time it composes,
+   and a command composes several times (the mode, the run, each job of a sweep, a mistake's
+   diagnosis). Each config source of Hydra's ConfigRepository gets a cache of what it parsed,
+   keyed by the file's path, size and modification time, handing out a deep copy: a composition
+   of `experiment=thermometer` takes 110 ms instead of 140 ms (20 compositions each, side by
+   side), a fifth of the suite's composing. An edited file is parsed again.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
+import importlib.resources
 import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # Names this module relies on, checked by tests/test_speedups.py.
@@ -92,3 +102,67 @@ def exit_now(code: int | str | None) -> None:
         os.write(2, (code + "\n").encode())
         code = 1
     os._exit(code if isinstance(code, int) else 0)
+
+
+PARSED: dict[tuple[str, str], tuple[tuple[int, int, int], Any]] = {}  # trick 5's cache
+
+
+def parse_configs_once() -> None:
+    """Trick 5: each file and package config source of every Hydra ConfigRepository keeps what
+    it parsed while the file is unchanged. Idempotent."""
+    try:
+        from hydra._internal.config_repository import ConfigRepository
+    except ImportError:  # Hydra moved it: composing works as before, only slower
+        return
+    initialize = getattr(ConfigRepository, "initialize_sources", None)
+    if initialize is None or getattr(initialize, "parses_once", False):
+        return
+
+    def initialize_sources(self: Any, config_search_path: Any) -> None:
+        initialize(self, config_search_path)
+        for source in self.sources:
+            if source.scheme() in ("file", "pkg"):
+                source.load_config = _parsed_once(source, source.load_config)
+
+    initialize_sources.parses_once = True  # type: ignore[attr-defined]
+    ConfigRepository.initialize_sources = initialize_sources
+
+
+def _config_file(source: Any, config_path: str) -> Path | None:
+    """The file a file:// or pkg:// source reads for config_path, where it is a plain file."""
+    name = config_path if config_path.endswith(".yaml") else f"{config_path}.yaml"
+    if source.scheme() == "file":
+        return Path(source.path, name)
+    try:
+        found = importlib.resources.files(source.path.replace("/", ".")).joinpath(name)
+    except (ImportError, TypeError, ValueError):
+        return None
+    return found if isinstance(found, Path) else None
+
+
+def _parsed_once(source: Any, load: Callable[[str], Any]) -> Callable[[str], Any]:
+    from hydra.plugins.config_source import ConfigResult
+
+    def load_config(config_path: str) -> Any:
+        path = _config_file(source, config_path)
+        try:
+            stat = path.stat() if path is not None else None
+        except OSError:
+            stat = None
+        if stat is None:
+            return load(config_path)  # Hydra says what is missing
+        key = (source.path, config_path)
+        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        held = PARSED.get(key)
+        if held is None or held[0] != signature:
+            held = PARSED[key] = (signature, load(config_path))
+        parsed = held[1]
+        return ConfigResult(
+            provider=parsed.provider,
+            path=parsed.path,
+            config=copy.deepcopy(parsed.config),
+            header=dict(parsed.header),
+            is_schema_source=parsed.is_schema_source,
+        )
+
+    return load_config
