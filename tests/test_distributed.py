@@ -3,6 +3,9 @@ the submitit launcher's local executor, and sweep jobs that resume when run agai
 
 from __future__ import annotations
 
+import os
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 
 from conftest import (
     cli,
+    cli_in_process,
     compose_train,
     fake_mnist,
     job_dirs,
@@ -23,6 +27,33 @@ from experiments.data.mnist import MNISTDataModule
 from experiments.data.thermometer import ThermometerDataModule
 from experiments.models.linear import LinearRegression
 from experiments.models.mlp import MLPClassifier
+
+
+def test_a_run_outside_slurm_says_nothing_about_srun_and_one_in_a_slurm_job_still_warns(
+    tmp_path: Path,
+):
+    """Lightning warns whenever `srun` is on PATH but did not start the process: noise on a login
+    node, where users train small runs all day, but a useful hint inside a Slurm job."""
+    path = os.environ["PATH"]
+    if shutil.which("srun") is None:  # Lightning looks for the name on PATH, nothing more
+        stand_in = tmp_path / "bin" / "srun"
+        stand_in.parent.mkdir()
+        stand_in.write_text("#!/bin/sh\nexit 0\n")
+        stand_in.chmod(0o755)
+        path = f"{stand_in.parent}{os.pathsep}{path}"
+    short = ["trainer.max_epochs=1"]
+    said = {}
+    for where, env in (("login", {}), ("job", {"SLURM_JOB_ID": "7"})):
+        (tmp_path / where).mkdir()
+        with warnings.catch_warnings(record=True) as caught:  # pytest records, not the console
+            warnings.simplefilter("always")
+            done = cli_in_process(
+                short, tmp_path / where, {"CI": "true", "PATH": path, **env}, "experiments.train"
+            )
+        assert done.returncode == 0, done.stderr
+        said[where] = [str(w.message) for w in caught if "srun" in str(w.message)]
+    assert said["login"] == []
+    assert said["job"] and all("The `srun` command is available" in w for w in said["job"])
 
 
 def event_file_pids(run_dir: Path) -> set[str]:
@@ -123,9 +154,7 @@ def test_the_slurm_preset_composes_with_the_usual_settings(tmp_path: Path):
         tmp_path,
     )
     launcher = cfg.hydra.launcher
-    assert (
-        launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    )
+    assert launcher._target_ == "hydra_plugins.experiments_plugins.slurm_launcher.SlurmLauncher"
     assert (
         launcher.partition,
         launcher.gpus_per_node,

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli, fake_mnist, job_dirs, only_run_dir, read_metrics, train_in_process
+from conftest import (
+    cli,
+    cli_in_process,
+    fake_mnist,
+    job_dirs,
+    only_run_dir,
+    read_metrics,
+    train_in_process,
+)
 
 SHORT = ["experiment=thermometer", "trainer.max_epochs=300", "trainer.check_val_every_n_epoch=100"]
 CORES = len(os.sched_getaffinity(0))
@@ -337,7 +345,6 @@ MISTAKES = [
     ),
     (["optimizer=adamm"], ["Could not find 'optimizer/adamm'", "rmsprop"]),
     (["trainer.max_epochs=0"], ["trainer.max_epochs must be a positive integer"]),
-    (["-m", "hydra/launcher=slurm", "trainer.max_epochs=1"], ["hydra/launcher=slurm needs SLURM"]),
     (
         ["scheduler=onecycle", "optimizer=adagrad"],
         ["scheduler settings rejected by torch.optim.lr_scheduler.OneCycleLR"],
@@ -564,6 +571,30 @@ def test_a_mistake_is_one_sentence_and_leaves_nothing(
     one_sentence(cli(args, tmp_path), *fragments)
     assert not (tmp_path / "outputs").exists() and not list(tmp_path.glob("*.db"))
     assert snapshot(finished_run) == before
+
+
+TRAIN = "experiments.train"
+
+
+def test_a_slurm_sweep_without_slurm_or_without_its_controller_is_one_sentence(tmp_path: Path):
+    """Without Slurm's commands on PATH, and with them but no controller to answer (Slurm's own
+    "Could not establish a configuration source"), the sweep stops before submitting anything."""
+    slurm_sweep = ["-m", "hydra/launcher=slurm", "trainer.max_epochs=1", "seed=0,1"]
+    no_slurm = tmp_path / "no-slurm-here"
+    no_slurm.mkdir()
+    done = cli_in_process(slurm_sweep, tmp_path, {"CI": "true", "PATH": str(no_slurm)}, TRAIN)
+    one_sentence(done, "hydra/launcher=slurm needs SLURM", "hydra/launcher=basic")
+    assert not (tmp_path / "outputs").exists()
+    if shutil.which("sinfo") is None:
+        pytest.skip("Slurm's client is not installed: the unreachable controller needs it")
+    nowhere = {"CI": "true", "SLURM_CONF": str(tmp_path / "nowhere" / "slurm.conf")}
+    done = cli_in_process(slurm_sweep, tmp_path, nowhere, TRAIN)
+    one_sentence(
+        done,
+        "found Slurm's commands but no Slurm controller answers",
+        str(tmp_path / "nowhere" / "slurm.conf"),
+    )
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_checkpoint_of_another_model_is_refused(digits_run: Path, tmp_path: Path):

@@ -4,6 +4,7 @@ is one sentence, nothing written); when a sweep ends, its tables, pictures and H
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -58,11 +59,8 @@ def check_launcher(config: DictConfig) -> None:
 
         check_settings(config)
     target = str(config.hydra.launcher.get("_target_", ""))
-    if target.endswith("SlurmLauncher") and not (shutil.which("sbatch") and shutil.which("srun")):
-        raise UserError(
-            "hydra/launcher=slurm needs SLURM, but sbatch and srun are not on this machine's PATH; "
-            "run the sweep on the cluster, or use hydra/launcher=basic, parallel or submitit_local here."
-        )
+    if target.endswith("SlurmLauncher"):
+        check_slurm_reachable()
     if target.endswith("VectorizedLauncher"):
         from experiments.population.group import check_launchable
 
@@ -72,6 +70,42 @@ def check_launcher(config: DictConfig) -> None:
                 f"{config.hydra.job.name} runs each job on its own: use hydra/launcher=basic (the default) or parallel."
             )
         check_launchable(config)
+
+
+SLURM_ELSEWHERE = (
+    "run the sweep on the cluster, or use hydra/launcher=basic, parallel or submitit_local here."
+)
+
+
+def check_slurm_reachable(timeout_s: float = 20) -> None:
+    """Slurm's commands are installed and its controller answers (`sinfo`), before a sweep
+    submits anything: a login node without a reachable controller would otherwise end in
+    submitit's page-long FailedJobError."""
+    import subprocess
+
+    if not (shutil.which("sbatch") and shutil.which("srun") and shutil.which("sinfo")):
+        raise UserError(
+            "hydra/launcher=slurm needs SLURM, but sbatch and srun are not on this machine's PATH; "
+            + SLURM_ELSEWHERE
+        )
+    try:
+        asked = subprocess.run(
+            ["sinfo", "--noheader", "--format=%P"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+        )
+        answer = asked.stderr.strip().splitlines() if asked.returncode else []
+    except subprocess.TimeoutExpired:
+        answer = [f"no answer in {timeout_s:g} s"]
+    if answer:
+        where = os.environ.get("SLURM_CONF", "the default slurm.conf")
+        raise UserError(
+            f"hydra/launcher=slurm found Slurm's commands but no Slurm controller answers "
+            f"(sinfo: {answer[-1].removeprefix('sinfo: ')}; settings from {where}); check SLURM_CONF, or "
+            + SLURM_ELSEWHERE
+        )
 
 
 def check_preset_sweeper(config: DictConfig) -> None:

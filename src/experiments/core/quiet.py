@@ -4,6 +4,7 @@ what remains goes through the run's own log handlers once. Called before any Tra
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 from experiments.core import speedups
@@ -31,3 +32,5 @@ def quiet_lightning() -> None:
         r".*The dirpath has changed from.*",
     ):
         warnings.filterwarnings("ignore", message=message)
+    if "SLURM_JOB_ID" not in os.environ:  # Slurm's client on a login node or laptop: not a job
+        warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")

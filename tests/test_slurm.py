@@ -1,0 +1,145 @@
+"""Sweeps on a real one-node Slurm cluster that the tests start themselves (tests/slurm/
+start-slurm.sh: Debian's slurm-wlm and munge, installed when missing; root only): each job a
+Slurm job through hydra/launcher=slurm, a requeued job that resumes from its last.ckpt to the
+weights of an uninterrupted run, and a failed and a cancelled job recorded while the sweep goes
+on. Without root or without Slurm's packages the tests are skipped, saying why."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import job_dirs, read_metrics, train_in_process
+
+SLURM = Path(__file__).resolve().parent / "slurm"  # the scripts and the sacct stand-in
+BASE = Path(tempfile.gettempdir()) / "experiments-slurm"
+# small Slurm jobs: one core each (two run at once on two cores), no GPU
+ON_SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=10",
+]
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[dict[str, str]]:
+    """A running cluster (started here, stopped after the module's tests) and what its clients
+    need: SLURM_CONF, and the sacct stand-in first on PATH (without accounting, submitit would
+    wait forever for a cancelled job)."""
+    if os.geteuid() != 0:
+        pytest.skip("starting Slurm's daemons and munge needs root")
+    env = {**os.environ, "SLURM_BASE": str(BASE)}
+    started = subprocess.run(
+        ["bash", str(SLURM / "start-slurm.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if started.returncode != 0:
+        said = (started.stdout + started.stderr).strip().splitlines() or ["no output"]
+        pytest.skip(f"Slurm could not start here: {said[-1]}")
+    yield {
+        "SLURM_CONF": str(BASE / "etc" / "slurm.conf"),
+        "PATH": f"{SLURM}{os.pathsep}{os.environ['PATH']}",
+    }
+    subprocess.run(
+        ["bash", str(SLURM / "stop-slurm.sh")], env=env, capture_output=True, timeout=300
+    )
+
+
+def start_sweep(args: list[str], cwd: Path, slurm: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", "-m", *ON_SLURM, *args],
+        cwd=cwd,
+        env={**os.environ, "CI": "true", "XDG_CACHE_HOME": str(cwd / ".cache"), **slurm},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def slurm_job_training(cwd: Path, job: str, steps: int, sweep: subprocess.Popen) -> str:
+    """The Slurm id of the sweep's job `job` (its folder's name) once it has trained `steps`
+    steps: submitit writes it into the job's hydra.job.id."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert sweep.poll() is None, sweep.communicate()[1][-3000:]
+        found = list(cwd.glob(f"outputs/sweeps/*/{job}"))
+        if found and (found[0] / "metrics.json").is_file():
+            record = read_metrics(found[0])
+            if record["status"] == "running" and record["steps"] >= steps:
+                return str(OmegaConf.load(found[0] / ".hydra" / "hydra.yaml").hydra.job.id)
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} did not reach {steps} steps")
+
+
+def test_a_sweep_on_slurm_records_a_failed_and_a_cancelled_job_and_goes_on(
+    slurm: dict[str, str], tmp_path: Path
+):
+    sweep = start_sweep(
+        [
+            "experiment=thermometer",
+            "trainer.max_epochs=60,100000",
+            "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+            "+callbacks.stop.monitor=val/loss,nonexistent",
+            "+callbacks.stop.patience=1000000",
+        ],
+        tmp_path,
+        slurm,
+    )
+    long = "max_epochs=100000,monitor=val_loss"
+    job_id = slurm_job_training(tmp_path, long, 300, sweep)
+    subprocess.run(["scancel", job_id], env={**os.environ, **slurm}, check=True)
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 1, err[-3000:]  # a job did not finish: the sweep says so at its end
+    (folder,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    records = {job.name: read_metrics(job) for job in job_dirs(folder)}
+    assert len(records) == 4 and "4 jobs: 1 finished" in out
+    finished = records["max_epochs=60,monitor=val_loss"]
+    assert finished["status"] == "finished" and finished["steps"] == 60
+    for failed in ("max_epochs=60,monitor=nonexistent", "max_epochs=100000,monitor=nonexistent"):
+        assert records[failed]["status"] == "failed"
+        assert "Early stopping conditioned on metric `nonexistent`" in records[failed]["reason"]
+    cancelled = records[long]
+    assert cancelled["status"] == "interrupted" and 300 <= cancelled["steps"] < 100000
+    assert f"Slurm job {job_id} ended CANCELLED" in cancelled["reason"]
+    assert (folder / long / "checkpoints" / "last.ckpt").is_file()  # a rerun resumes it
+
+
+def test_a_requeued_slurm_job_resumes_to_the_weights_of_an_uninterrupted_run(
+    slurm: dict[str, str], tmp_path: Path
+):
+    """What a preemption does: `scontrol requeue` stops the job (SIGTERM, at a step boundary,
+    last.ckpt written) and Slurm starts it again, in the same directory, where it resumes."""
+    run = [
+        "experiment=thermometer",
+        "trainer.max_epochs=6000",
+        "trainer.check_val_every_n_epoch=100",
+        "optimizer.lr=0.01",
+    ]
+    sweep = start_sweep(run, tmp_path, slurm)
+    job_id = slurm_job_training(tmp_path, "*lr=0.01", 1000, sweep)
+    subprocess.run(["scontrol", "requeue", job_id], env={**os.environ, **slurm}, check=True)
+    straight = train_in_process(run, tmp_path / "straight")  # while Slurm starts the job again
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, err[-3000:]
+    (folder,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    (job,) = job_dirs(folder)
+    record = read_metrics(job)
+    assert record["status"] == "finished" and record["steps"] == 6000
+    log = (job / "train.log").read_text()  # it did stop, and went on from its checkpoint
+    assert "interrupted by SIGTERM" in log and "continues from checkpoints/last.ckpt" in log
+    assert record["parameters"] == straight["parameters"]  # exactly where an unstopped job ends
