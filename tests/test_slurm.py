@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import job_dirs, read_metrics, train_in_process
+from conftest import cli_in_process, job_dirs, read_metrics, train_in_process
 
 SLURM = Path(__file__).resolve().parent / "slurm"  # the scripts and the sacct stand-in
 BASE = Path(tempfile.gettempdir()) / "experiments-slurm"
@@ -29,6 +29,8 @@ ON_SLURM = [
     "hydra.launcher.mem_gb=1",
     "hydra.launcher.timeout_min=10",
 ]
+
+TRAIN = "experiments.train"
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
@@ -143,3 +145,53 @@ def test_a_requeued_slurm_job_resumes_to_the_weights_of_an_uninterrupted_run(
     log = (job / "train.log").read_text()  # it did stop, and went on from its checkpoint
     assert "interrupted by SIGTERM" in log and "continues from checkpoints/last.ckpt" in log
     assert record["parameters"] == straight["parameters"]  # exactly where an unstopped job ends
+
+
+def test_a_sweep_submitted_without_waiting_is_collected_as_its_jobs_end(
+    slurm: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    from experiments import collect
+
+    env = {"CI": "true", **slurm}
+    refused = cli_in_process(
+        ["-m", *ON_SLURM, "hydra.launcher.wait=false", "sweep=compare"], tmp_path, env, TRAIN
+    )
+    assert refused.returncode == 1 and "but the CompareSweeper chooses its next jobs" in (
+        refused.stderr
+    )
+    assert not (tmp_path / "outputs").exists()
+    args = ["experiment=thermometer", "trainer.max_epochs=300", "optimizer.lr=0.001,0.01"]
+    done = cli_in_process(
+        ["-m", *ON_SLURM, "hydra.launcher.wait=false", *args], tmp_path, env, TRAIN
+    )
+    assert done.returncode == 0, done.stderr
+    (folder,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    assert f"python -m experiments.collect {folder.relative_to(tmp_path)}" in done.stdout
+    assert not (folder / "summary.csv").exists()  # nothing has trained yet
+
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    assert collect.main([str(folder)]) == 0  # at once: the jobs are still starting
+    said = capsys.readouterr().out
+    assert "0 of 2 Slurm jobs have ended." in said and said.count("not yet: #") == 2
+    deadline = time.monotonic() + 180
+    while not (
+        len(jobs := job_dirs(folder)) == 2
+        and all((j / "metrics.json").is_file() for j in jobs)
+        and all(read_metrics(j)["status"] == "finished" for j in jobs)
+    ):
+        assert time.monotonic() < deadline, "the jobs did not finish"
+        time.sleep(0.5)
+    assert collect.main([str(folder)]) == 0
+    said = capsys.readouterr().out
+    assert "2 of 2 Slurm jobs have ended." in said and "not yet" not in said, said[-600:]
+    assert len((folder / "runs.csv").read_text().splitlines()) == 3  # a header and two jobs
+    records = {j: (j / "metrics.json").stat().st_mtime_ns for j in job_dirs(folder)}
+    assert collect.main([str(folder)]) == 0  # again: it retrains nothing
+    assert {j: (j / "metrics.json").stat().st_mtime_ns for j in job_dirs(folder)} == records
+
+    assert collect.main([str(tmp_path)]) == 1  # not a sweep's folder: one sentence
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path} is not a sweep's folder: it has no multirun.yaml.\n"
+    )

@@ -61,6 +61,13 @@ def check_launcher(config: DictConfig) -> None:
     target = str(config.hydra.launcher.get("_target_", ""))
     if target.endswith("SlurmLauncher"):
         check_slurm_reachable()
+        sweeper = str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1]
+        if config.hydra.launcher.get("wait", True) is False and sweeper != "GridSweeper":
+            raise UserError(
+                f"hydra.launcher.wait=false returns once the jobs are queued, but the {sweeper} "
+                "chooses its next jobs from the results of the last ones; drop "
+                "hydra.launcher.wait=false, or sweep a grid (the default sweeper)."
+            )
     if target.endswith("VectorizedLauncher"):
         from experiments.population.group import check_launchable
 
@@ -157,5 +164,12 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from experiments.report.summary import summarize
 
-        if summarize(Path(str(config.hydra.sweep.dir))).get("failed"):
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if config.hydra.launcher.get("wait", True) is False:  # queued on Slurm, not yet trained
+            print(
+                f"The jobs are queued on Slurm; this command may end. Their tables and pictures, "
+                f"as they end: python -m experiments.collect {sweep_dir}"
+            )
+            return
+        if summarize(sweep_dir).get("failed"):
             sys.exit(1)

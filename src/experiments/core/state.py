@@ -27,6 +27,7 @@ STATUSES = ("running", "finished", "pruned", "interrupted", "diverged", "failed"
 FINAL = ("finished", "diverged", "pruned")
 # Each run's record (RunState.write): its status, results and settings. read_record is its one reader.
 METRICS = "metrics.json"
+SLURM_JOBS = "slurm_jobs.json"  # a sweep submitted without waiting: its Slurm jobs, to collect
 
 
 def exit_code(status: str, reason: str | None = None) -> int:

@@ -4,24 +4,31 @@ on past a job Slurm ended without a result (cancelled, killed at its time limit,
 that job's metrics.json says what Slurm reported, and the other jobs are collected as usual.
 Hydra's launcher stops at the first such job with submitit's page-long error instead.
 
-Its parameters are the submitit plugin's (conf/hydra/launcher/slurm.yaml); Hydra imports this
-module in every app, so submitit is imported only when a sweep launches.
+With hydra.launcher.wait=false the sweep returns once its jobs are queued: the command that
+submitted them may end with the terminal, and `python -m experiments.collect SWEEP_DIR` writes
+the tables and pictures of whatever has ended (and says what has not), as often as one likes.
+
+Its parameters are the submitit plugin's and `wait` (conf/hydra/launcher/slurm.yaml, schema
+ExperimentsSlurmConf); Hydra imports this module in every app, so submitit is imported only when
+a sweep launches.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: Hydra executes plugin modules before they are in
+# sys.modules, where a dataclass looks its string annotations up
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from experiments.core.state import read_record, write_record
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from experiments.core.state import SLURM_JOBS, read_record, write_json, write_record
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     SlurmLauncher as SubmititSlurmLauncher,
 )
@@ -29,7 +36,26 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class ExperimentsSlurmConf(SlurmQueueConf):
+    _target_: str = "hydra_plugins.experiments_plugins.slurm_launcher.SlurmLauncher"
+    wait: bool = True  # false: return once the jobs are queued; experiments.collect gathers them
+
+
+# our own name: Hydra's submitit_slurm stays the plugin's for every other app
+ConfigStore.instance().store(
+    group="hydra/launcher",
+    name="experiments_slurm",
+    node=ExperimentsSlurmConf,
+    provider="experiments",
+)
+
+
 class SlurmLauncher(SubmititSlurmLauncher):
+    def __init__(self, wait: bool = True, **params: Any) -> None:
+        super().__init__(**params)
+        self.wait = wait
+
     def executor(self) -> Any:
         """submitit's executor with this launcher's parameters, as Hydra's plugin builds it."""
         import submitit
@@ -71,9 +97,37 @@ class SlurmLauncher(SubmititSlurmLauncher):
             )
         jobs = self.executor().map_array(self, *zip(*params))
         log.info(f"submitted {len(jobs)} Slurm job(s): {', '.join(j.job_id for j in jobs)}")
+        if not self.wait:
+            return self.leave(jobs, job_overrides, initial_job_idx)
         return [
             self.collect(job, list(overrides), idx)
             for idx, (job, overrides) in enumerate(zip(jobs, job_overrides), initial_job_idx)
+        ]
+
+    def job_dir(self, overrides: list[str], idx: int) -> tuple[Path, DictConfig]:
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config.hydra.job):
+            config.hydra.job.num = idx
+        return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir), config
+
+    def leave(
+        self, jobs: list[Any], job_overrides: Sequence[Sequence[str]], first: int
+    ) -> list[JobReturn]:
+        """hydra.launcher.wait=false: note the queued jobs in the sweep's folder and return."""
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        noted = [
+            {  # the job's folder relative to the sweep's, which may move
+                "slurm_job": job.job_id,
+                "num": idx,
+                "dir": os.path.relpath(self.job_dir(list(o), idx)[0], sweep_dir),
+            }
+            for idx, (job, o) in enumerate(zip(jobs, job_overrides), first)
+        ]
+        known = (read_json_list(sweep_dir / SLURM_JOBS)) + noted
+        write_json(sweep_dir / SLURM_JOBS, {"jobs": known})
+        return [
+            JobReturn(overrides=list(o), task_name="train", status=JobStatus.COMPLETED)
+            for o in job_overrides
         ]
 
     def collect(self, job: Any, overrides: list[str], idx: int) -> JobReturn:
@@ -86,10 +140,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
         except UncompletedJobError:
             pass
         state = job.state
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(config.hydra.job):
-            config.hydra.job.num = idx
-        run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+        run_dir, config = self.job_dir(overrides, idx)
         reason = f"Slurm job {job.job_id} ended {state} before the run recorded its end"
         record = read_record(run_dir)
         if record is not None and record.get("status") in ("running", "interrupted"):
@@ -108,3 +159,9 @@ class SlurmLauncher(SubmititSlurmLauncher):
             task_name=str(config.hydra.job.name),
             status=JobStatus.COMPLETED,
         )
+
+
+def read_json_list(path: Path) -> list[dict[str, Any]]:
+    from experiments.core.state import read_json
+
+    return (read_json(path) or {}).get("jobs", [])
