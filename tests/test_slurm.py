@@ -7,6 +7,7 @@ on. Without root or without Slurm's packages the tests are skipped, saying why."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -195,3 +196,34 @@ def test_a_sweep_submitted_without_waiting_is_collected_as_its_jobs_end(
         capsys.readouterr().err
         == f"error: {tmp_path} is not a sweep's folder: it has no multirun.yaml.\n"
     )
+
+
+def test_sweep_compare_on_slurm_trains_each_stage_as_populations_with_the_vectorized_table(
+    slurm: dict[str, str], tmp_path: Path
+):
+    """hydra.launcher.populations=true: each stage's jobs that can share every batch train as one
+    population in one Slurm job (the 6 jobs of this comparison in 2 Slurm jobs), to the table
+    hydra/launcher=vectorized gives on one machine."""
+    compare = [
+        "sweep=compare",
+        "experiment=thermometer",
+        "optimizer=sgd,adam",
+        "optimizer.lr=0.01,0.1",
+        "hydra.sweeper.seeds=2",
+        "hydra.sweeper.studies=1",
+        "hydra.sweeper.baselines=false",
+        "trainer.max_epochs=100",
+    ]
+    on_slurm = tmp_path / "slurm"
+    on_slurm.mkdir()
+    populations = [*ON_SLURM, "hydra.launcher.populations=true"]
+    done = cli_in_process([*populations, *compare], on_slurm, {"CI": "true", **slurm}, TRAIN)
+    assert done.returncode == 0, done.stderr[-3000:]
+    submitted = re.findall(r"submitted (\d+) Slurm job\(s\) for (\d+) sweep job\(s\)", done.stdout)
+    assert submitted == [("1", "4"), ("1", "2")]  # stage 1: 4 points; stage 2: 2 more seeds
+    here = tmp_path / "here"
+    here.mkdir()
+    alone = cli_in_process(["hydra/launcher=vectorized", *compare], here, {"CI": "true"}, TRAIN)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    tables = [next((d / "outputs" / "sweeps").iterdir()) / "summary.csv" for d in (on_slurm, here)]
+    assert tables[0].read_text() == tables[1].read_text()

@@ -68,7 +68,9 @@ def check_launcher(config: DictConfig) -> None:
                 "chooses its next jobs from the results of the last ones; drop "
                 "hydra.launcher.wait=false, or sweep a grid (the default sweeper)."
             )
-    if target.endswith("VectorizedLauncher"):
+    if target.endswith("VectorizedLauncher") or (
+        target.endswith("SlurmLauncher") and config.hydra.launcher.get("populations")
+    ):
         from experiments.population.group import check_launchable
 
         if config.hydra.job.name != "train":

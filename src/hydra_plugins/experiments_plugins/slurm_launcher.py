@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 class ExperimentsSlurmConf(SlurmQueueConf):
     _target_: str = "hydra_plugins.experiments_plugins.slurm_launcher.SlurmLauncher"
     wait: bool = True  # false: return once the jobs are queued; experiments.collect gathers them
+    # true: the jobs that can share every batch train together, one Slurm job per population
+    # (as hydra/launcher=vectorized groups them on one machine)
+    populations: bool = False
 
 
 # our own name: Hydra's submitit_slurm stays the plugin's for every other app
@@ -52,9 +55,10 @@ ConfigStore.instance().store(
 
 
 class SlurmLauncher(SubmititSlurmLauncher):
-    def __init__(self, wait: bool = True, **params: Any) -> None:
+    def __init__(self, wait: bool = True, populations: bool = False, **params: Any) -> None:
         super().__init__(**params)
         self.wait = wait
+        self.populations = populations
 
     def executor(self) -> Any:
         """submitit's executor with this launcher's parameters, as Hydra's plugin builds it."""
@@ -83,26 +87,51 @@ class SlurmLauncher(SubmititSlurmLauncher):
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         log.info(f"Slurm sweep output dir : {sweep_dir}")
-        params = []
-        for idx, overrides in enumerate(job_overrides, initial_job_idx):
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            params.append(
-                (
-                    list(overrides),
-                    "hydra.sweep.dir",
-                    idx,
-                    f"job_id_for_{idx}",
-                    Singleton.get_state(),
-                )
-            )
-        jobs = self.executor().map_array(self, *zip(*params))
-        log.info(f"submitted {len(jobs)} Slurm job(s): {', '.join(j.job_id for j in jobs)}")
+        nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
+        state = Singleton.get_state()
+        if self.populations:  # one Slurm job per population, each job in the part it trains in
+            parts = self.vectorized().plan(job_overrides, nums).parts()
+            params = [
+                ([list(job_overrides[i]) for i in part], [nums[i] for i in part], state)
+                for part in parts
+            ]
+            submitted = self.executor().map_array(self.train_part, *zip(*params))
+        else:
+            parts = [[i] for i in range(len(job_overrides))]
+            for idx, overrides in zip(nums, job_overrides):
+                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            params = [
+                (list(o), "hydra.sweep.dir", idx, f"job_id_for_{idx}", state)
+                for idx, o in zip(nums, job_overrides)
+            ]
+            submitted = self.executor().map_array(self, *zip(*params))
+        log.info(
+            f"submitted {len(submitted)} Slurm job(s) for {len(job_overrides)} sweep job(s): "
+            + ", ".join(j.job_id for j in submitted)
+        )
         if not self.wait:
-            return self.leave(jobs, job_overrides, initial_job_idx)
-        return [
-            self.collect(job, list(overrides), idx)
-            for idx, (job, overrides) in enumerate(zip(jobs, job_overrides), initial_job_idx)
-        ]
+            return self.leave(submitted, parts, job_overrides, nums)
+        results: dict[int, JobReturn] = {}
+        for job, part in zip(submitted, parts):
+            results.update(self.collect(job, part, job_overrides, nums))
+        return [results[i] for i in range(len(job_overrides))]
+
+    def vectorized(self) -> Any:
+        """hydra/launcher=vectorized's launcher, for this sweep: it plans and trains populations."""
+        from hydra_plugins.experiments_plugins.vectorized_launcher import VectorizedLauncher
+
+        launcher = VectorizedLauncher()
+        launcher.setup(
+            hydra_context=self.hydra_context, task_function=self.task_function, config=self.config
+        )
+        return launcher
+
+    def train_part(
+        self, overrides: list[list[str]], nums: list[int], singleton_state: dict
+    ) -> list[JobReturn]:
+        """In the Slurm job: one population (or one job alone), as the vectorized launcher trains it."""
+        Singleton.set_state(singleton_state)
+        return self.vectorized().launch_numbered(overrides, nums)
 
     def job_dir(self, overrides: list[str], idx: int) -> tuple[Path, DictConfig]:
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -111,17 +140,22 @@ class SlurmLauncher(SubmititSlurmLauncher):
         return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir), config
 
     def leave(
-        self, jobs: list[Any], job_overrides: Sequence[Sequence[str]], first: int
+        self,
+        submitted: list[Any],
+        parts: list[list[int]],
+        job_overrides: Sequence[Sequence[str]],
+        nums: list[int],
     ) -> list[JobReturn]:
         """hydra.launcher.wait=false: note the queued jobs in the sweep's folder and return."""
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         noted = [
             {  # the job's folder relative to the sweep's, which may move
                 "slurm_job": job.job_id,
-                "num": idx,
-                "dir": os.path.relpath(self.job_dir(list(o), idx)[0], sweep_dir),
+                "num": nums[i],
+                "dir": os.path.relpath(self.job_dir(list(job_overrides[i]), nums[i])[0], sweep_dir),
             }
-            for idx, (job, o) in enumerate(zip(jobs, job_overrides), first)
+            for job, part in zip(submitted, parts)
+            for i in part
         ]
         known = (read_json_list(sweep_dir / SLURM_JOBS)) + noted
         write_json(sweep_dir / SLURM_JOBS, {"jobs": known})
@@ -130,18 +164,29 @@ class SlurmLauncher(SubmititSlurmLauncher):
             for o in job_overrides
         ]
 
-    def collect(self, job: Any, overrides: list[str], idx: int) -> JobReturn:
-        """The job's result; for a job that ended without one, what Slurm said, recorded in its
-        metrics.json (interrupted: a rerun of the sweep resumes it from its last.ckpt)."""
-        from submitit.core.utils import UncompletedJobError
+    def collect(
+        self,
+        job: Any,
+        part: list[int],
+        job_overrides: Sequence[Sequence[str]],
+        nums: list[int],
+    ) -> dict[int, JobReturn]:
+        """The results of one Slurm job (one sweep job, or a population's); for a Slurm job that
+        ended without them, what Slurm said, recorded in each of its jobs' metrics.json."""
+        from submitit.core.utils import FailedJobError, UncompletedJobError
 
         try:
-            return job.results()[0]
-        except UncompletedJobError:
-            pass
-        state = job.state
+            result = job.results()[0]
+        except (UncompletedJobError, FailedJobError):
+            state = job.state
+            return {i: self.lost(job.job_id, state, list(job_overrides[i]), nums[i]) for i in part}
+        return dict(zip(part, result if self.populations else [result]))
+
+    def lost(self, slurm_job: str, state: str, overrides: list[str], idx: int) -> JobReturn:
+        """A job whose Slurm job ended without a result: its metrics.json says so (interrupted:
+        a rerun of the sweep resumes it from its last.ckpt), and the sweep goes on."""
         run_dir, config = self.job_dir(overrides, idx)
-        reason = f"Slurm job {job.job_id} ended {state} before the run recorded its end"
+        reason = f"Slurm job {slurm_job} ended {state} before the run recorded its end"
         record = read_record(run_dir)
         if record is not None and record.get("status") in ("running", "interrupted"):
             record["status"] = "interrupted"

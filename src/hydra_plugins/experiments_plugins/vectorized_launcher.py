@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (
@@ -31,6 +32,21 @@ from experiments.core.state import final_status
 from hydra_plugins.experiments_plugins.grid_sweeper import composed
 
 log = logging.getLogger(__name__)
+
+
+class Plan(NamedTuple):  # not a dataclass: Hydra runs this module before it is in sys.modules
+    """A batch of jobs as the launcher trains them: each job's full config and task config, the
+    jobs refused by a value check, the groups trained together, the jobs trained alone (why)."""
+
+    configs: list[DictConfig]
+    tasks: list[DictConfig]
+    refused: list[int]
+    together: list[list[int]]
+    alone: list[tuple[int, str]]
+
+    def parts(self) -> list[list[int]]:
+        """The jobs in the order they train, each group as one part."""
+        return [[i] for i in self.refused] + self.together + [[i] for i, _ in self.alone]
 
 
 class VectorizedLauncher(Launcher):
@@ -63,16 +79,20 @@ class VectorizedLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
+        return self.launch_numbered(job_overrides, nums)
+
+    def plan(self, job_overrides: Sequence[Sequence[str]], nums: list[int]) -> Plan:
+        """Each job's config, and which train together and which alone, as printed before
+        training; `nums`: the jobs' numbers in the sweep."""
         from experiments.population.group import group_key
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         configs, seen = [], set()
-        for i, overrides in enumerate(job_overrides):
-            configs.append(
-                self.job_config(overrides, initial_job_idx + i, copy=tuple(overrides) in seen)
-            )
+        for overrides, num in zip(job_overrides, nums):
+            configs.append(self.job_config(overrides, num, copy=tuple(overrides) in seen))
             seen.add(tuple(overrides))
         if configs:  # ${hydra:...} in the jobs' values resolves (group_key) as it did before
             HydraConfig.instance().set_config(configs[-1])
@@ -121,24 +141,32 @@ class VectorizedLauncher(Launcher):
             )
         for i, reason in sorted(alone):
             log.info(
-                f"\talone: #{initial_job_idx + i} {' '.join(filter_overrides(job_overrides[i]))} ({reason})"
+                f"\talone: #{nums[i]} {' '.join(filter_overrides(job_overrides[i]))} ({reason})"
             )
         for i in refused:
             log.info(
-                f"\tnot trained: #{initial_job_idx + i} {' '.join(filter_overrides(job_overrides[i]))} (a value fails its check)"
+                f"\tnot trained: #{nums[i]} {' '.join(filter_overrides(job_overrides[i]))} (a value fails its check)"
             )
+        return Plan(configs, tasks, refused, together, sorted(alone))
+
+    def launch_numbered(
+        self, job_overrides: Sequence[Sequence[str]], nums: list[int]
+    ) -> list[JobReturn]:
+        """The jobs numbered `nums` in the sweep, trained as planned."""
         from experiments.population.group import check_launchable
 
-        for members in together:  # a swept trainer.strategy stops the sweep before anything trains
+        plan = self.plan(job_overrides, nums)
+        configs, tasks = plan.configs, plan.tasks
+        for members in plan.together:  # a swept trainer.strategy stops the sweep first
             check_launchable(tasks[members[0]])
         results: dict[int, JobReturn] = {}
         # A job whose value is refused runs first, as on the basic launcher, to record its sentence
         # (and, with fail_fast=true, to stop the sweep before anything trains).
-        for i in refused:
+        for i in plan.refused:
             results[i] = self.run_alone(configs[i])
-        for members in together:
+        for members in plan.together:
             results.update(self.train_together(configs, tasks, job_overrides, members))
-        for i, _ in sorted(alone):
+        for i, _ in plan.alone:
             results[i] = self.run_alone(configs[i])
         return [results[i] for i in range(len(configs))]
 
