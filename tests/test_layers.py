@@ -36,6 +36,7 @@ LAYERS = {
     "experiments.lr_find": 3,
     "experiments.landscape": 3,
     "experiments.gradcheck": 3,
+    "experiments.collect": 3,
     "experiments.hydra_callbacks": 3,
     "hydra_plugins": 3,
 }

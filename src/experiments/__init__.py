@@ -5,9 +5,9 @@ point only down, and none goes round in a cycle):
 
   3  process and Hydra   api (train, sweep and load from Python and Jupyter), cli (the process:
                          arguments, every mistake as one sentence, exit codes; the one error
-                         translation, for the api too), train, evaluate, lr_find, gradcheck (entry
-                         points), hydra_callbacks, hydra_plugins/ (the grid, compare and Optuna
-                         sweepers, the vectorized launcher)
+                         translation, for the api too), train, evaluate, lr_find, gradcheck,
+                         collect (entry points), hydra_callbacks, hydra_plugins/ (the grid,
+                         compare and Optuna sweepers, the vectorized and Slurm launchers)
   2  one fit each        run.train_and_test (a single run), population.group.train_group (a
                          population); neither imports the other, both start with build.start_fit
                          and give each run build.run_parts
@@ -39,7 +39,7 @@ Which test pins each README guarantee: tests/test_guarantees.py (What the packag
 test_vectorized.py (Many jobs in one pass), test_search.py (Finding a learning rate),
 test_reliability.py (Interrupting and resuming), test_sweeps.py (Sweeps, Comparing fairly),
 test_api.py (From Python and Jupyter, the notebooks), test_tensorboard.py
-(TensorBoard), test_distributed.py (Scaling out), test_lightning_features.py (schedules, the
+(TensorBoard), test_distributed.py and test_slurm.py (Scaling out), test_lightning_features.py (schedules, the
 Extending example), test_data.py (MNIST offline), test_cli.py (the two commands, the summary).
 """
 
