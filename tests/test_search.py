@@ -4,8 +4,10 @@ learning-rate range test (experiments.lr_find) and tutorial 002's gradient check
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -447,3 +449,49 @@ def test_gradcheck_exits_non_zero_on_a_broken_gradient_and_zero_on_the_packages_
     assert done.returncode == 0, done.stderr[-2000:]
     assert "by hand" in done.stdout and "largest relative difference" in done.stdout
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow  # three worker processes
+def test_three_workers_share_one_search_with_distinct_trials_and_report_the_studys_best_once(
+    tmp_path: Path,
+):
+    """hydra.sweeper.shared=true, the same command started three times (as three Slurm jobs
+    would): one sweep directory and one study (its journal survives a worker's death), each worker
+    asks for its own trials, none draws another's values although the sampler is seeded alike, and
+    the last worker to end reports the study's best, once."""
+    from optuna.storages.journal import JournalFileBackend
+
+    search = tmp_path / "search"
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.shared=true",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+        "experiment=thermometer",
+        "trainer.max_epochs=30",
+        "optimizer.lr=tag(log,interval(1e-4,1e-2))",
+        f"hydra.sweep.dir={search}",
+    ]
+    env = {**os.environ, "CI": "true"}
+    workers = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    said = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0, 0], said
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(search / "optuna.journal")))
+    study = optuna.load_study(study_name="experiments", storage=storage)
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == list(range(6))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({t.params["optimizer.lr"] for t in trials}) == 6  # no worker repeated another's draw
+    assert len({t.user_attrs["experiments_worker"] for t in trials}) == 3
+    assert len(list(search.glob("trial*/metrics.json"))) == 6
+    reports = [s for s in said if "Best of 6 trials" in s]
+    assert len(reports) == 1 and f"trial {study.best_trial.number}," in reports[0]
+    assert sum("the last worker of the search to end writes its report" in s for s in said) == 2
+    assert len((search / "runs.csv").read_text().splitlines()) == 7  # a header and six trials

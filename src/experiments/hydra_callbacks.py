@@ -154,7 +154,11 @@ class RunDirectoryCheck(Callback):
     @one_sentence
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_launcher(config)
-        claim_sweep_dir(Path(str(config.hydra.sweep.dir)))
+        # a shared Optuna search: its workers run in one sweep directory together
+        shared = bool(config.hydra.sweeper.get("shared")) and str(
+            config.hydra.sweeper.get("_target_", "")
+        ).endswith("OptunaSweeper")
+        claim_sweep_dir(Path(str(config.hydra.sweep.dir)), shared=shared)
         CLAIMED.append(Path(str(config.hydra.sweep.dir)))
 
 
@@ -172,6 +176,11 @@ class SweepSummary(Callback):
                 f"The jobs are queued on Slurm; this command may end. Their tables and pictures, "
                 f"as they end: python -m experiments.collect {sweep_dir}"
             )
+            return
+        from experiments.core.search import DEFERRED
+
+        if str(sweep_dir.resolve()) in DEFERRED:  # a shared search: its last worker reports
+            DEFERRED.discard(str(sweep_dir.resolve()))
             return
         if summarize(sweep_dir).get("failed"):
             sys.exit(1)

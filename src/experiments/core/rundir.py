@@ -37,14 +37,15 @@ def inherited(folder: Path) -> bool:
     return str(folder.resolve()) in os.environ.get(OWNER_VARIABLE, "").split(os.pathsep)
 
 
-def own(folder: Path, key: str) -> None:
-    """Take `folder` for this process (it must exist), or refuse in one sentence if a live run holds it."""
+def own(folder: Path, key: str, shared: bool = False) -> None:
+    """Take `folder` for this process (it must exist), or refuse in one sentence if a live run
+    holds it; shared: together with the other workers of a shared search, which take it so too."""
     resolved = str(folder.resolve())
     if resolved in _held or inherited(folder):
         return
     fd = os.open(resolved, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise UserError(
@@ -277,9 +278,10 @@ def claim_run_dir(config: DictConfig) -> None:
         raise UserError(f"hydra.run.dir={run_dir} already holds a run; pick another directory.")
 
 
-def claim_sweep_dir(sweep_dir: Path) -> None:
+def claim_sweep_dir(sweep_dir: Path, shared: bool = False) -> None:
     """Before a sweep writes anything: its directory holds no run, is writable, and is owned by
-    this process (a sweep run again into it later resumes it)."""
+    this process (a sweep run again into it later resumes it), or, shared, by the workers of one
+    search together."""
     if (top := first_missing(sweep_dir)) is not None:
         _created[str(sweep_dir.absolute())] = top.absolute()
     if traces := [t for t in run_traces(sweep_dir) if not t.startswith("events.out")]:
@@ -288,7 +290,7 @@ def claim_sweep_dir(sweep_dir: Path) -> None:
             "writes each job into a folder of its own: pick another directory."
         )
     check_writable("hydra.sweep.dir", sweep_dir)
-    own(sweep_dir, "hydra.sweep.dir")
+    own(sweep_dir, "hydra.sweep.dir", shared)
 
 
 def sweep_job_dirs(

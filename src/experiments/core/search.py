@@ -13,6 +13,10 @@ DEFAULT_STUDY = "experiments"
 JOURNAL = "optuna.journal"
 
 
+# Sweep directories whose report a shared Optuna search leaves to its last worker (in this process)
+DEFERRED: set[str] = set()
+
+
 def study_storage(storage: Any, sweep_dir: Path) -> Any:
     """The storage a config names (a URL such as sqlite:///study.db), or a journal file in the
     sweep directory, so the same command run again into the same directory continues the study."""

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,13 +92,53 @@ def check_continuation(study: Any, space: dict[str, Any], direction: str, sweep_
                 )
 
 
+WORKER = "experiments_worker"  # a trial's user attribute: the host and process that trains it
+
+
+def this_worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_alive(worker: str | None) -> bool:
+    """Whether the worker process that asked for a trial still runs: on this host, its process
+    is looked up; another host's is taken as alive (its trial is left to it)."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return host != "" and host != socket.gethostname()
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def last_worker(study: Any, sweep_dir: Path) -> bool:
+    """Whether this worker of a shared search writes its report: no other worker's trial is still
+    running, and no worker has reported this many trials yet (decided under a lock, so once)."""
+    import fcntl
+
+    from optuna.trial import TrialState
+
+    with open(sweep_dir / ".report.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return False
+        reported, count = sweep_dir / ".reported", str(len(study.trials))
+        if reported.is_file() and reported.read_text() == count:
+            return False
+        reported.write_text(count)
+        return True
+
+
 def continued_sampler(setting: Any, sampler: Any, trials: int) -> Any:
     """The sampler for a study that already holds `trials` trials: a seeded one seeded anew from
     its seed and that count (repeatable, yet not the first run's draws again)."""
     if OmegaConf.is_dict(setting) and setting.get("seed") is not None:
         from hydra.utils import instantiate
 
-        return instantiate(setting, seed=int(setting.seed) + trials)
+        return instantiate(setting, seed=(int(setting.seed) + trials) % 2**32)
     if sampler is not None and hasattr(sampler, "reseed_rng"):
         sampler.reseed_rng()
     return sampler
@@ -119,6 +161,7 @@ class OptunaSearch(Sweeper):
         pruner: Any = None,
         search_space: Any = None,  # the official plugin's old form, refused by check_settings
         max_failure_rate: float | None = None,
+        shared: bool = False,
     ) -> None:
         self.settings = {
             "sampler": sampler,
@@ -131,6 +174,7 @@ class OptunaSearch(Sweeper):
         self.max_failure_rate = max_failure_rate
         self.params = dict(params or {})
         self.custom_search_space = custom_search_space
+        self.shared = bool(shared)
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -252,11 +296,17 @@ class OptunaSearch(Sweeper):
             )
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            # a run of this sweep killed earlier
-            study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
-        if study.trials:  # a continued study: a seeded sampler must not draw its first trials again
+            # a run of this sweep killed earlier (shared: a dead worker's, not a live one's)
+            if not self.shared or not worker_alive(stale.user_attrs.get(WORKER)):
+                study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
+        if study.trials or self.shared:
+            # a continued study: a seeded sampler must not draw its first trials again; workers
+            # of one search must not draw each other's (their seeds differ by process)
             study.sampler = continued_sampler(
-                self.config.hydra.sweeper.get("sampler"), sampler, len(study.trials)
+                self.config.hydra.sweeper.get("sampler"),
+                sampler,
+                # (a multiplier, so that concurrent workers' counts cannot cancel their pids)
+                len(study.trials) + (1_000_003 * os.getpid() if self.shared else 0),
             )
         self.notes(pruner)
         metric, which = objective(self.config)
@@ -265,6 +315,7 @@ class OptunaSearch(Sweeper):
             trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
             batch = []
             for trial in trials:
+                trial.set_user_attr(WORKER, this_worker())
                 if extend is not None:
                     extend(self.config, trial)
                 sampled = [f"{key}={literal(value)}" for key, value in trial.params.items()]
@@ -292,6 +343,15 @@ class OptunaSearch(Sweeper):
                 )
             left = 0 if exhausted else left - len(trials)
             self.check_failures(study, trials)
+        if self.shared and not last_worker(study, sweep_dir):
+            from experiments.core.search import DEFERRED
+
+            DEFERRED.add(str(sweep_dir.resolve()))  # the sweep's tables wait for the last worker
+            print(
+                f"This worker's trials are done; the last worker of the search to end writes its "
+                f"report, once ({len(study.trials)} trials in the study now)."
+            )
+            return
         self.report(study, fixed, sweep_dir)
 
     def notes(self, pruner: Any) -> None:
