@@ -220,6 +220,7 @@ TRAINED_ONCE = (
     "vectorized_cli",
     "measured_thermometer",
     "mlp_sweep",
+    "slurm",  # the tests' one-node Slurm cluster
     "digits",  # last: the group of a test using two is the first listed
 )
 

@@ -22,7 +22,7 @@ from conftest import cli_in_process, job_dirs, read_metrics, train_in_process
 
 SLURM = Path(__file__).resolve().parent / "slurm"  # the scripts and the sacct stand-in
 BASE = Path(tempfile.gettempdir()) / "experiments-slurm"
-# small Slurm jobs: one core each (two run at once on two cores), no GPU
+# small Slurm jobs: one CPU each, no GPU
 ON_SLURM = [
     "hydra/launcher=slurm",
     "hydra.launcher.gpus_per_node=0",
@@ -33,7 +33,7 @@ ON_SLURM = [
 
 TRAIN = "experiments.train"
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.slow  # on one worker, the cluster's (conftest.TRAINED_ONCE)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def slurm() -> Iterator[dict[str, str]]:
     wait forever for a cancelled job)."""
     if os.geteuid() != 0:
         pytest.skip("starting Slurm's daemons and munge needs root")
-    env = {**os.environ, "SLURM_BASE": str(BASE)}
+    # four job slots on the two cores: the tests' jobs are small and mostly start up or wait
+    env = {**os.environ, "SLURM_BASE": str(BASE), "SLURM_CPUS": "4"}
     started = subprocess.run(
         ["bash", str(SLURM / "start-slurm.sh")],
         env=env,
@@ -89,63 +90,52 @@ def slurm_job_training(cwd: Path, job: str, steps: int, sweep: subprocess.Popen)
     raise AssertionError(f"job {job} did not reach {steps} steps")
 
 
-def test_a_sweep_on_slurm_records_a_failed_and_a_cancelled_job_and_goes_on(
+def test_a_slurm_sweep_resumes_a_requeued_job_and_records_a_failed_and_a_cancelled_one(
     slurm: dict[str, str], tmp_path: Path
 ):
+    """One sweep of four Slurm jobs. A preemption (`scontrol requeue`: SIGTERM,
+    the job stops at a step boundary with its last.ckpt, Slurm starts it again in its directory)
+    ends at exactly the weights of an uninterrupted run; a job cancelled by `scancel` and two that
+    fail at their first validation are recorded in their metrics.json while the sweep goes on."""
+    stop = [
+        "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+        "+callbacks.stop.patience=1000000",
+    ]
+    common = ["experiment=thermometer", "trainer.check_val_every_n_epoch=100", *stop]
     sweep = start_sweep(
-        [
-            "experiment=thermometer",
-            "trainer.max_epochs=60,100000",
-            "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
-            "+callbacks.stop.monitor=val/loss,nonexistent",
-            "+callbacks.stop.patience=1000000",
-        ],
+        [*common, "trainer.max_epochs=6000,100000", "+callbacks.stop.monitor=val/loss,nonexistent"],
         tmp_path,
         slurm,
     )
-    long = "max_epochs=100000,monitor=val_loss"
-    job_id = slurm_job_training(tmp_path, long, 300, sweep)
-    subprocess.run(["scancel", job_id], env={**os.environ, **slurm}, check=True)
+    preempted, cancelled = "max_epochs=6000,monitor=val_loss", "max_epochs=100000,monitor=val_loss"
+    requeued = slurm_job_training(tmp_path, preempted, 1000, sweep)
+    subprocess.run(["scontrol", "requeue", requeued], env={**os.environ, **slurm}, check=True)
+    scancelled = slurm_job_training(tmp_path, cancelled, 300, sweep)
+    subprocess.run(["scancel", scancelled], env={**os.environ, **slurm}, check=True)
+    # while Slurm starts the requeued job again: where it would have ended without a stop
+    straight = train_in_process(
+        [*common, "trainer.max_epochs=6000", "+callbacks.stop.monitor=val/loss"],
+        tmp_path / "straight",
+    )
     out, err = sweep.communicate(timeout=300)
     assert sweep.returncode == 1, err[-3000:]  # a job did not finish: the sweep says so at its end
     (folder,) = (tmp_path / "outputs" / "sweeps").iterdir()
     records = {job.name: read_metrics(job) for job in job_dirs(folder)}
     assert len(records) == 4 and "4 jobs: 1 finished" in out
-    finished = records["max_epochs=60,monitor=val_loss"]
-    assert finished["status"] == "finished" and finished["steps"] == 60
-    for failed in ("max_epochs=60,monitor=nonexistent", "max_epochs=100000,monitor=nonexistent"):
-        assert records[failed]["status"] == "failed"
-        assert "Early stopping conditioned on metric `nonexistent`" in records[failed]["reason"]
-    cancelled = records[long]
-    assert cancelled["status"] == "interrupted" and 300 <= cancelled["steps"] < 100000
-    assert f"Slurm job {job_id} ended CANCELLED" in cancelled["reason"]
-    assert (folder / long / "checkpoints" / "last.ckpt").is_file()  # a rerun resumes it
 
-
-def test_a_requeued_slurm_job_resumes_to_the_weights_of_an_uninterrupted_run(
-    slurm: dict[str, str], tmp_path: Path
-):
-    """What a preemption does: `scontrol requeue` stops the job (SIGTERM, at a step boundary,
-    last.ckpt written) and Slurm starts it again, in the same directory, where it resumes."""
-    run = [
-        "experiment=thermometer",
-        "trainer.max_epochs=6000",
-        "trainer.check_val_every_n_epoch=100",
-        "optimizer.lr=0.01",
-    ]
-    sweep = start_sweep(run, tmp_path, slurm)
-    job_id = slurm_job_training(tmp_path, "*lr=0.01", 1000, sweep)
-    subprocess.run(["scontrol", "requeue", job_id], env={**os.environ, **slurm}, check=True)
-    straight = train_in_process(run, tmp_path / "straight")  # while Slurm starts the job again
-    out, err = sweep.communicate(timeout=300)
-    assert sweep.returncode == 0, err[-3000:]
-    (folder,) = (tmp_path / "outputs" / "sweeps").iterdir()
-    (job,) = job_dirs(folder)
-    record = read_metrics(job)
+    record = records[preempted]
     assert record["status"] == "finished" and record["steps"] == 6000
-    log = (job / "train.log").read_text()  # it did stop, and went on from its checkpoint
+    log = (folder / preempted / "train.log").read_text()  # it did stop, and went on from there
     assert "interrupted by SIGTERM" in log and "continues from checkpoints/last.ckpt" in log
     assert record["parameters"] == straight["parameters"]  # exactly where an unstopped job ends
+
+    for failed in ("max_epochs=6000,monitor=nonexistent", "max_epochs=100000,monitor=nonexistent"):
+        assert records[failed]["status"] == "failed"
+        assert "Early stopping conditioned on metric `nonexistent`" in records[failed]["reason"]
+    record = records[cancelled]
+    assert record["status"] == "interrupted" and 300 <= record["steps"] < 100000
+    assert f"Slurm job {scancelled} ended CANCELLED" in record["reason"]
+    assert (folder / cancelled / "checkpoints" / "last.ckpt").is_file()  # a rerun resumes it
 
 
 def test_a_sweep_submitted_without_waiting_is_collected_as_its_jobs_end(

@@ -17,6 +17,7 @@ a sweep launches.
 # sys.modules, where a dataclass looks its string annotations up
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,21 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 )
 
 log = logging.getLogger(__name__)
+
+
+POLL_S = 2.0  # how often the sweep asks Slurm about the job it waits for
+
+# Slurm's states of a job that ended and will not run again (a requeued one is PENDING)
+ENDED_WITHOUT_RESULT = {
+    "BOOT_FAIL",
+    "CANCELLED",
+    "DEADLINE",
+    "FAILED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "TIMEOUT",
+}
 
 
 @dataclass
@@ -175,6 +191,12 @@ class SlurmLauncher(SubmititSlurmLauncher):
         ended without them, what Slurm said, recorded in each of its jobs' metrics.json."""
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
+        while not job.done(force_check=True):  # Slurm asked each time: a cancelled job has
+            time.sleep(POLL_S)  # no result file to say it ended (submitit's own wait: a minute)
+        state = job.state
+        # Slurm ended it without a result: submitit would wait for one (a slow filesystem's)
+        if state.split(" ")[0] in ENDED_WITHOUT_RESULT and not job.paths.result_pickle.exists():
+            return {i: self.lost(job.job_id, state, list(job_overrides[i]), nums[i]) for i in part}
         try:
             result = job.results()[0]
         except (UncompletedJobError, FailedJobError):
