@@ -495,3 +495,21 @@ def test_three_workers_share_one_search_with_distinct_trials_and_report_the_stud
     assert len(reports) == 1 and f"trial {study.best_trial.number}," in reports[0]
     assert sum("the last worker of the search to end writes its report" in s for s in said) == 2
     assert len((search / "runs.csv").read_text().splitlines()) == 7  # a header and six trials
+
+
+def test_a_shared_search_fails_only_the_running_trials_of_dead_workers_on_its_host(tmp_path: Path):
+    """A worker starting later tells a dead worker's running trial as failed; a live worker's, or
+    one on another host (which it cannot look up), it leaves to that worker."""
+    import socket
+
+    from hydra_plugins.experiments_plugins.optuna_search import worker_alive
+
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    )
+    dead = int(ended.stdout)
+    host = socket.gethostname()
+    assert worker_alive(f"{host}:{os.getpid()}")
+    assert not worker_alive(f"{host}:{dead}")
+    assert worker_alive("another-node:1")
+    assert not worker_alive(None)  # a trial no worker claimed: an earlier run's, failed
