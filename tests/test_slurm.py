@@ -151,6 +151,12 @@ def test_a_sweep_submitted_without_waiting_is_collected_as_its_jobs_end(
         refused.stderr
     )
     assert not (tmp_path / "outputs").exists()
+    search = ["-m", *ON_SLURM, "hydra.launcher.wait=false", "hydra/sweeper=optuna"]
+    refused = cli_in_process([*search, "optimizer.lr=interval(0.01,0.1)"], tmp_path, env, TRAIN)
+    assert refused.returncode == 1 and "but the OptunaSweeper chooses its next jobs" in (
+        refused.stderr
+    )
+    assert not (tmp_path / "outputs").exists()
     args = ["experiment=thermometer", "trainer.max_epochs=300", "optimizer.lr=0.001,0.01"]
     done = cli_in_process(
         ["-m", *ON_SLURM, "hydra.launcher.wait=false", *args], tmp_path, env, TRAIN

@@ -28,7 +28,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from experiments.core.state import SLURM_JOBS, read_record, write_json, write_record
+from experiments.core.state import SLURM_JOBS, read_json, read_record, write_json, write_record
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     SlurmLauncher as SubmititSlurmLauncher,
@@ -173,7 +173,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
             for job, part in zip(submitted, parts)
             for i in part
         ]
-        known = (read_json_list(sweep_dir / SLURM_JOBS)) + noted
+        known = (read_json(sweep_dir / SLURM_JOBS) or {}).get("jobs", []) + noted
         write_json(sweep_dir / SLURM_JOBS, {"jobs": known})
         return [
             JobReturn(overrides=list(o), task_name="train", status=JobStatus.COMPLETED)
@@ -226,9 +226,3 @@ class SlurmLauncher(SubmititSlurmLauncher):
             task_name=str(config.hydra.job.name),
             status=JobStatus.COMPLETED,
         )
-
-
-def read_json_list(path: Path) -> list[dict[str, Any]]:
-    from experiments.core.state import read_json
-
-    return (read_json(path) or {}).get("jobs", [])
