@@ -110,6 +110,54 @@ def test_a_fit_gives_the_signal_handlers_back_when_it_ends(tmp_path: Path):
     assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
 
 
+@pytest.mark.parametrize("in_slurm", [True, False])
+def test_a_slurm_time_limit_notice_is_handled_at_a_step_boundary_once_the_run_is_recorded(
+    in_slurm: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """In a Slurm job, submitit's handler of SIGUSR2 (its notice before the time limit) requeues
+    the job and exits at once, in the middle of a step. A fit holds it back: training stops at the
+    next step boundary with its last.ckpt, the run is recorded, and the job then runs the handler
+    (core.signals.deliver_held, called by train.main). Outside Slurm the handler runs as it comes."""
+    from experiments.core.signals import deliver_held
+
+    run_dir = tmp_path / "run"
+    seen: list[tuple[str, int]] = []
+
+    def submitit(signum: int, frame: object) -> None:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        step = torch.load(last, weights_only=True)["global_step"] if last.is_file() else -1
+        seen.append((read_metrics(run_dir)["status"], step))
+
+    if in_slurm:
+        monkeypatch.setenv("SLURM_JOB_ID", "7")
+    else:
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    previous = signal.signal(signal.SIGUSR2, submitit)
+    try:
+        notice = [
+            "+callbacks.notice._target_=pace.SignalAt",
+            "+callbacks.notice.step=7",
+            f"+callbacks.notice.signum={int(signal.SIGUSR2)}",
+        ]
+        result = train_in_process(
+            ["experiment=thermometer", "trainer.max_epochs=20", *notice], run_dir
+        )
+        assert signal.getsignal(signal.SIGUSR2) is submitit  # given back
+        if in_slurm:
+            assert result["status"] == "interrupted" and result["steps"] == 7
+            assert result["reason"].startswith("interrupted by Slurm's notice of the time limit")
+            assert seen == []  # held until the job is recorded
+            deliver_held()
+            assert seen == [("interrupted", 7)]
+            deliver_held()  # once
+            assert len(seen) == 1
+        else:
+            assert result["status"] == "finished" and result["steps"] == 20
+            assert seen == [("running", -1)]  # at once, in the middle of training
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
 def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path: Path):
     done = cli([f"resume={tmp_path}"], tmp_path)
     assert done.returncode == 1

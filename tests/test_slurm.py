@@ -1,8 +1,8 @@
 """Sweeps on a real one-node Slurm cluster that the tests start themselves (tests/slurm/
 start-slurm.sh: Debian's slurm-wlm and munge, installed when missing; root only): each job a
-Slurm job through hydra/launcher=slurm, a requeued job that resumes from its last.ckpt to the
-weights of an uninterrupted run, and a failed and a cancelled job recorded while the sweep goes
-on. Without root or without Slurm's packages the tests are skipped, saying why."""
+Slurm job through hydra/launcher=slurm, a requeued job and one stopped by its time limit that
+resume from their last.ckpt to the weights of an uninterrupted run, and a failed and a cancelled
+job recorded while the sweep goes on. Without root or without Slurm's packages the tests are skipped, saying why."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 
 from conftest import cli_in_process, job_dirs, read_metrics, train_in_process
 
-SLURM = Path(__file__).resolve().parent / "slurm"  # the scripts and the sacct stand-in
+TESTS = Path(__file__).resolve().parent
+SLURM = TESTS / "slurm"  # the scripts and the sacct stand-in
 BASE = Path(tempfile.gettempdir()) / "experiments-slurm"
 # small Slurm jobs: one CPU each, no GPU
 ON_SLURM = [
@@ -43,8 +44,8 @@ def slurm() -> Iterator[dict[str, str]]:
     wait forever for a cancelled job)."""
     if os.geteuid() != 0:
         pytest.skip("starting Slurm's daemons and munge needs root")
-    # four job slots on the two cores: the tests' jobs are small and mostly start up or wait
-    env = {**os.environ, "SLURM_BASE": str(BASE), "SLURM_CPUS": "4"}
+    # five job slots on the two cores: the tests' jobs are small and mostly start up or wait
+    env = {**os.environ, "SLURM_BASE": str(BASE), "SLURM_CPUS": "5"}
     started = subprocess.run(
         ["bash", str(SLURM / "start-slurm.sh")],
         env=env,
@@ -62,6 +63,34 @@ def slurm() -> Iterator[dict[str, str]]:
     subprocess.run(
         ["bash", str(SLURM / "stop-slurm.sh")], env=env, capture_output=True, timeout=300
     )
+
+
+# 2500 steps paced to about 25 s (tests/pace.py) under a one-minute limit: Slurm's notice
+# (submitit asks for SIGUSR2 signal_delay_s before the limit; Slurm sends it at its next 30 s
+# check) comes while the job trains, in its first run or, if it came during the imports, in
+# the run that follows
+TIME_LIMITED = ["experiment=thermometer", "trainer.max_epochs=2500"]
+
+
+@pytest.fixture(scope="module")
+def time_limited(slurm: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sweep folder of a job with a one-minute time limit, submitted without waiting as the
+    module's first test starts, so that its minute on the cluster passes while the other tests
+    run; the module's last test collects it."""
+    cwd = tmp_path_factory.mktemp("time_limited")
+    limits = [
+        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.signal_delay_s=30",
+        "hydra.launcher.max_num_timeout=5",
+        "hydra.launcher.wait=false",
+    ]
+    pace = ["+callbacks.pace._target_=pace.Pace", "+callbacks.pace.seconds=0.01"]
+    on_slurm = [o for o in ON_SLURM if not o.startswith("hydra.launcher.timeout_min=")]
+    env = {"CI": "true", "PYTHONPATH": str(TESTS), **slurm}  # the job imports tests/pace.py
+    done = cli_in_process(["-m", *on_slurm, *limits, *TIME_LIMITED, *pace], cwd, env, TRAIN)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (folder,) = (cwd / "outputs" / "sweeps").iterdir()
+    return folder
 
 
 def start_sweep(args: list[str], cwd: Path, slurm: dict[str, str]) -> subprocess.Popen:
@@ -91,7 +120,7 @@ def slurm_job_training(cwd: Path, job: str, steps: int, sweep: subprocess.Popen)
 
 
 def test_a_slurm_sweep_resumes_a_requeued_job_and_records_a_failed_and_a_cancelled_one(
-    slurm: dict[str, str], tmp_path: Path
+    slurm: dict[str, str], time_limited: Path, tmp_path: Path
 ):
     """One sweep of four Slurm jobs. A preemption (`scontrol requeue`: SIGTERM,
     the job stops at a step boundary with its last.ckpt, Slurm starts it again in its directory)
@@ -223,3 +252,31 @@ def test_sweep_compare_on_slurm_trains_each_stage_as_populations_with_the_vector
     assert alone.returncode == 0, alone.stderr[-3000:]
     tables = [next((d / "outputs" / "sweeps").iterdir()) / "summary.csv" for d in (on_slurm, here)]
     assert tables[0].read_text() == tables[1].read_text()
+
+
+def test_a_job_stopped_by_its_time_limit_resumes_to_the_weights_of_an_uninterrupted_run(
+    slurm: dict[str, str], time_limited: Path, tmp_path: Path
+):
+    """Slurm's notice before the time limit (SIGUSR2, submitit's) stops training at a step
+    boundary with its last.ckpt; submitit then requeues the job, which continues from there and
+    ends at exactly the weights of a run that was never stopped."""
+    straight = train_in_process(TIME_LIMITED, tmp_path / "straight")
+    deadline = time.monotonic() + 240
+    while not (
+        len(jobs := job_dirs(time_limited)) == 1
+        and (jobs[0] / "metrics.json").is_file()
+        and read_metrics(jobs[0])["status"] == "finished"
+    ):
+        assert time.monotonic() < deadline, "the time-limited job did not finish"
+        time.sleep(0.5)
+    (job,) = jobs
+    record = read_metrics(job)
+    assert record["steps"] == 2500
+    log = (job / "train.log").read_text()
+    assert "this job is timed-out" in log  # submitit's word for the notice
+    stops = re.findall(
+        r"Interrupted in .* (\d+) steps\. Reason: interrupted by Slurm's notice", log
+    )
+    assert stops and all(0 < int(step) < 2500 for step in stops), log[-3000:]
+    assert "continues from checkpoints/last.ckpt" in log
+    assert record["parameters"] == straight["parameters"]

@@ -23,6 +23,7 @@ from experiments.core.config import CONF_DIR, UserError, register_resolvers
 from experiments.core.job import job_code, own_job, record_failure, report, stop_code
 from experiments.core.overrides import disk_full, key_of
 from experiments.core.rundir import RESUME_ONE_RUN, check_continuation
+from experiments.core.signals import deliver_held
 from experiments.core.state import (
     METRICS,
     RunInfo,
@@ -138,6 +139,7 @@ def main(cfg: DictConfig) -> float | None:
     result, printed = run_job(cfg, info)
     if result is not None and not printed and rank_zero():
         report(result)
+    deliver_held()  # a Slurm job stopped for its time limit: submitit requeues it now
     code = job_code(result)
     if stopping := stop_code([code], info.multirun, bool(cfg.fail_fast)):
         sys.exit(stopping)

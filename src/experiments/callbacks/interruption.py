@@ -3,7 +3,9 @@ where the weights are consistent, and checkpoints/last.ckpt is written there so 
 `resume=<run dir>` continues exactly where it stopped. A second Ctrl-C stops at once, without it.
 
 Lightning's own SIGTERM handler marks the trainer and its loop raises SIGTERMException between
-two steps; SIGINT is routed to the same handler.
+two steps; SIGINT is routed to the same handler, and so is a Slurm job's time-limit notice
+(SIGUSR2, whose submitit handler would requeue and exit in the middle of a step: it runs once
+the run is recorded, experiments.core.signals).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from experiments.core import signals
 
 
 class Interruption(pl.Callback):
@@ -29,6 +33,7 @@ class Interruption(pl.Callback):
         self.interrupted_by: str | None = None
         self._previous: dict[int, Any] = {}
         self._lightning_sigterm: Any = None
+        self._notice: Any = None  # the scheduler's time-limit handler, once its notice came
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -39,6 +44,9 @@ class Interruption(pl.Callback):
         ):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, handler)
+        if (scheduler := signals.scheduler_notice_handler()) is not None:
+            self._previous[signals.TIME_LIMIT_NOTICE] = scheduler
+            signal.signal(signals.TIME_LIMIT_NOTICE, self._on_time_limit_notice)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self.interrupted_by is not None:
@@ -48,6 +56,11 @@ class Interruption(pl.Callback):
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.interrupted_by = self.interrupted_by or "SIGTERM"
+        self._stop_at_step_boundary(signum, frame)
+
+    def _on_time_limit_notice(self, signum: int, frame: Any) -> None:
+        self.interrupted_by = self.interrupted_by or "Slurm's notice of the time limit (SIGUSR2)"
+        self._notice = self._previous.get(signum)
         self._stop_at_step_boundary(signum, frame)
 
     def _stop_at_step_boundary(self, signum: int, frame: Any) -> None:
@@ -70,6 +83,8 @@ class Interruption(pl.Callback):
             and self.save_to
         ):
             trainer.save_checkpoint(self.save_to)
+        if isinstance(exception, SIGTERMException) and self._notice is not None:
+            signals.hold(self._notice)  # requeue once the run is recorded
         self.restore_handlers()
         super().on_exception(trainer, pl_module, exception)
 

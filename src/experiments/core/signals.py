@@ -1,12 +1,21 @@
 """SIGTERM while a command is still starting (loading torch, composing, building the data) ends
 it as Ctrl-C does: one line, exit code 143, nothing kept. Once a Trainer is about to train,
 Lightning's own handler takes over, and SIGTERM stops training at a step boundary with a
-checkpoint (experiments.callbacks.interruption)."""
+checkpoint (experiments.callbacks.interruption).
+
+Under Slurm, submitit asks for SIGUSR2 some time before a job's time limit (`--signal=USR2@
+signal_delay_s`) and its handler saves the job's submission, requeues it and exits at once, in
+the middle of a step. A fit holds that handler back: training stops at the next step boundary
+with its last.ckpt, the run is recorded, and then the job runs it (`deliver_held`)."""
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
+
+TIME_LIMIT_NOTICE = signal.SIGUSR2  # submitit's signal before a Slurm job's time limit
+_held: list[tuple[int, Any]] = []  # handlers a fit stopped for, run once the job is recorded
 
 
 class Terminated(KeyboardInterrupt):
@@ -32,3 +41,24 @@ def hand_sigterm_to_lightning() -> None:
 
 def exit_code(interrupt: KeyboardInterrupt) -> int:
     return getattr(interrupt, "exit_code", 130)
+
+
+def scheduler_notice_handler() -> Any:
+    """The handler a job scheduler installed for its time-limit notice (submitit's, in a Slurm
+    job), or None where there is none."""
+    handler = signal.getsignal(TIME_LIMIT_NOTICE)
+    return handler if os.environ.get("SLURM_JOB_ID") and callable(handler) else None
+
+
+def hold(handler: Any) -> None:
+    """A fit stopped for the time-limit notice: its handler runs when the job is recorded."""
+    _held.append((TIME_LIMIT_NOTICE, handler))
+
+
+def deliver_held() -> None:
+    """Run the notice handlers held back (submitit's: save the submission, requeue the Slurm job,
+    exit); nothing where none was held."""
+    while _held:
+        signum, handler = _held.pop()
+        signal.signal(signum, handler)
+        handler(signum, None)

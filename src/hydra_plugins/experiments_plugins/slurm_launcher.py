@@ -26,7 +26,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from experiments.core.state import SLURM_JOBS, read_json, read_record, write_json, write_record
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
@@ -70,6 +70,23 @@ ConfigStore.instance().store(
 )
 
 
+class Population:
+    """What one Slurm job of populations=true runs: one population, as the vectorized launcher
+    trains it. Checkpointable, as submitit asks (a bound method is not): at its time limit
+    submitit requeues it, and its jobs continue from their last.ckpt."""
+
+    def __init__(self, launcher: "SlurmLauncher") -> None:
+        self.launcher = launcher
+
+    def __call__(self, overrides: list[list[str]], nums: list[int], state: dict) -> Any:
+        return self.launcher.train_part(overrides, nums, state)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args, **kwargs)
+
+
 class SlurmLauncher(SubmititSlurmLauncher):
     def __init__(self, wait: bool = True, populations: bool = False, **params: Any) -> None:
         super().__init__(**params)
@@ -111,7 +128,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
                 ([list(job_overrides[i]) for i in part], [nums[i] for i in part], state)
                 for part in parts
             ]
-            submitted = self.executor().map_array(self.train_part, *zip(*params))
+            submitted = self.executor().map_array(Population(self), *zip(*params))
         else:
             parts = [[i] for i in range(len(job_overrides))]
             for idx, overrides in zip(nums, job_overrides):
@@ -150,8 +167,10 @@ class SlurmLauncher(SubmititSlurmLauncher):
         return self.vectorized().launch_numbered(overrides, nums)
 
     def job_dir(self, overrides: list[str], idx: int) -> tuple[Path, DictConfig]:
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(config.hydra.job):
+        from hydra_plugins.experiments_plugins.grid_sweeper import composed
+
+        config = composed(self.hydra_context, self.config, overrides)  # a copy: this job's
+        with read_write(config.hydra), open_dict(config.hydra.job):  # read-only once it ran
             config.hydra.job.num = idx
         return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir), config
 

@@ -193,6 +193,7 @@ class VectorizedLauncher(Launcher):
         from experiments.core.job import job_code, own_job, record_failure, report, stop_code
         from experiments.core.rundir import discard
         from experiments.core.search import job_trial
+        from experiments.core.signals import deliver_held
         from experiments.core.state import RunInfo
         from experiments.population.group import Job, train_group
 
@@ -268,6 +269,7 @@ class VectorizedLauncher(Launcher):
             self.hydra_context.callbacks.on_job_end(config=configs[i], job_return=ret)
             results[i] = ret
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        deliver_held()  # a Slurm job stopped for its time limit: submitit requeues it now
         # A population stops as a single job would: interrupted, or fail_fast=true at a failed job.
         if stopping := stop_code([job_code(o) for o in outcomes], True, fail_fast):
             sys.exit(stopping)
