@@ -125,8 +125,10 @@ def test_lightning_still_wraps_each_hook_in_the_profilers_profile():
     assert any("training_step" in name for name in entered) and len(entered) > 50
 
 
-@pytest.mark.slow  # two fresh processes importing Lightning
-def test_lightning_still_sets_the_nvml_check_and_the_package_removes_it_again():
+@pytest.mark.slow  # a fresh process importing Lightning
+def test_lightning_still_sets_the_nvml_check_and_the_package_removes_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+):
     """skip_nvml_probe only pays while importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK and
     torch's Adam probes the accelerator on every step; a value the user set is left alone."""
     script = textwrap.dedent(
@@ -145,14 +147,11 @@ def test_lightning_still_sets_the_nvml_check_and_the_package_removes_it_again():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["None", "True"]
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**env, speedups.NVML_CHECK: "1"},
-    )
-    assert done.stdout.split() == ["1", "True"]
+    # the user's own value, seen before Lightning was imported, stays
+    monkeypatch.setattr(speedups, "_USER_NVML_CHECK", "1")
+    monkeypatch.setenv(speedups.NVML_CHECK, "1")
+    speedups.skip_nvml_probe()
+    assert os.environ[speedups.NVML_CHECK] == "1"
 
 
 def test_hydra_parses_each_config_file_once_while_it_is_unchanged(tmp_path: Path):
@@ -185,3 +184,34 @@ def test_hydra_parses_each_config_file_once_while_it_is_unchanged(tmp_path: Path
         assert compose("app").value == 1
         (tmp_path / "app.yaml").write_text("value: 22\n")
         assert compose("app").value == 22
+
+
+def test_hydra_builds_a_defaults_lists_choices_map_only_where_one_interpolates(tmp_path: Path):
+    """interpolation_map_when_needed only pays while Hydra builds the map in
+    defaults_list._create_interpolation_map(overrides, defaults_list, self_added) for every node:
+    the patch must be in place, leave an interpolated default working and change no config."""
+    import inspect
+
+    from hydra import compose, initialize_config_dir
+    from hydra._internal import defaults_list
+
+    from experiments.core.config import register_resolvers
+
+    register_resolvers()
+    build = defaults_list._create_interpolation_map
+    assert getattr(build, "when_needed", False), "Hydra's function was not replaced"
+    assert list(inspect.signature(build.__closure__[0].cell_contents).parameters) == [
+        "overrides",
+        "defaults_list",
+        "self_added",
+    ]
+    for group, names in {"server": ["small", "large"], "db": ["small_db", "large_db"]}.items():
+        (tmp_path / group).mkdir()
+        for name in names:
+            (tmp_path / group / f"{name}.yaml").write_text(f"name: {name}\n")
+    (tmp_path / "app.yaml").write_text(
+        "defaults:\n  - server: small\n  - db: ${server}_db\n  - _self_\n"
+    )
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        assert compose("app", ["server=large"]).db.name == "large_db"  # the map, where needed
+        assert compose("app").db.name == "small_db"

@@ -33,6 +33,12 @@ that stops paying for itself is removed rather than kept "just in case".
    keyed by the file's path, size and modification time, handing out a deep copy: a composition
    of `experiment=thermometer` takes 110 ms instead of 140 ms (20 compositions each, side by
    side), a fifth of the suite's composing. An edited file is parsed again.
+6. `interpolation_map_when_needed`: for every node of a composition's defaults tree, Hydra builds
+   an OmegaConf map of all the group choices (`defaults_list._create_interpolation_map`), used
+   only where that node's defaults list holds an interpolation such as `- db: ${server}_db`;
+   ours hold none. It is built only where one does: a composition of `experiment=thermometer
+   optimizer=adam` takes 80 ms instead of 106-128 ms (20 each, three runs side by side), the same
+   config to the byte.
 """
 
 from __future__ import annotations
@@ -105,6 +111,25 @@ def exit_now(code: int | str | None) -> None:
 
 
 PARSED: dict[tuple[str, str], tuple[tuple[int, int, int], Any]] = {}  # trick 5's cache
+
+
+def interpolation_map_when_needed() -> None:
+    """Trick 6. Idempotent."""
+    try:
+        from hydra._internal import defaults_list
+    except ImportError:  # Hydra moved it: composing works as before, only slower
+        return
+    build = getattr(defaults_list, "_create_interpolation_map", None)
+    if build is None or getattr(build, "when_needed", False):
+        return
+
+    def create_interpolation_map(overrides: Any, defaults: list[Any], self_added: bool) -> Any:
+        if not any(d.is_interpolation() for d in defaults):
+            return None  # read only for an interpolated default of this list
+        return build(overrides, defaults, self_added)
+
+    create_interpolation_map.when_needed = True  # type: ignore[attr-defined]
+    defaults_list._create_interpolation_map = create_interpolation_map
 
 
 def parse_configs_once() -> None:
