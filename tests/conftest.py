@@ -222,6 +222,7 @@ TRAINED_ONCE = (
     "mlp_sweep",
     "slurm",  # the tests' one-node Slurm cluster
     "time_limited",  # a Slurm job: with the cluster's tests, which list "slurm" first
+    "straight",  # the Slurm tests' uninterrupted run
     "digits",  # last: the group of a test using two is the first listed
 )
 

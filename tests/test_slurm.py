@@ -6,6 +6,7 @@ job recorded while the sweep goes on. Without root or without Slurm's packages t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -93,6 +94,13 @@ def time_limited(slurm: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     return folder
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """TIME_LIMITED trained here, never stopped: where the requeued and the time-limited job must
+    end (how often they validate and an EarlyStopping that never stops change no weight)."""
+    return train_in_process(TIME_LIMITED, tmp_path_factory.mktemp("straight"))
+
+
 def start_sweep(args: list[str], cwd: Path, slurm: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "experiments.train", "-m", *ON_SLURM, *args],
@@ -120,7 +128,7 @@ def slurm_job_training(cwd: Path, job: str, steps: int, sweep: subprocess.Popen)
 
 
 def test_a_slurm_sweep_resumes_a_requeued_job_and_records_a_failed_and_a_cancelled_one(
-    slurm: dict[str, str], time_limited: Path, tmp_path: Path
+    slurm: dict[str, str], time_limited: Path, straight: dict, tmp_path: Path
 ):
     """One sweep of four Slurm jobs. A preemption (`scontrol requeue`: SIGTERM,
     the job stops at a step boundary with its last.ckpt, Slurm starts it again in its directory)
@@ -132,20 +140,15 @@ def test_a_slurm_sweep_resumes_a_requeued_job_and_records_a_failed_and_a_cancell
     ]
     common = ["experiment=thermometer", "trainer.check_val_every_n_epoch=100", *stop]
     sweep = start_sweep(
-        [*common, "trainer.max_epochs=6000,100000", "+callbacks.stop.monitor=val/loss,nonexistent"],
+        [*common, "trainer.max_epochs=2500,100000", "+callbacks.stop.monitor=val/loss,nonexistent"],
         tmp_path,
         slurm,
     )
-    preempted, cancelled = "max_epochs=6000,monitor=val_loss", "max_epochs=100000,monitor=val_loss"
+    preempted, cancelled = "max_epochs=2500,monitor=val_loss", "max_epochs=100000,monitor=val_loss"
     requeued = slurm_job_training(tmp_path, preempted, 1000, sweep)
     subprocess.run(["scontrol", "requeue", requeued], env={**os.environ, **slurm}, check=True)
     scancelled = slurm_job_training(tmp_path, cancelled, 300, sweep)
     subprocess.run(["scancel", scancelled], env={**os.environ, **slurm}, check=True)
-    # while Slurm starts the requeued job again: where it would have ended without a stop
-    straight = train_in_process(
-        [*common, "trainer.max_epochs=6000", "+callbacks.stop.monitor=val/loss"],
-        tmp_path / "straight",
-    )
     out, err = sweep.communicate(timeout=300)
     assert sweep.returncode == 1, err[-3000:]  # a job did not finish: the sweep says so at its end
     (folder,) = (tmp_path / "outputs" / "sweeps").iterdir()
@@ -153,12 +156,12 @@ def test_a_slurm_sweep_resumes_a_requeued_job_and_records_a_failed_and_a_cancell
     assert len(records) == 4 and "4 jobs: 1 finished" in out
 
     record = records[preempted]
-    assert record["status"] == "finished" and record["steps"] == 6000
+    assert record["status"] == "finished" and record["steps"] == 2500
     log = (folder / preempted / "train.log").read_text()  # it did stop, and went on from there
     assert "interrupted by SIGTERM" in log and "continues from checkpoints/last.ckpt" in log
     assert record["parameters"] == straight["parameters"]  # exactly where an unstopped job ends
 
-    for failed in ("max_epochs=6000,monitor=nonexistent", "max_epochs=100000,monitor=nonexistent"):
+    for failed in ("max_epochs=2500,monitor=nonexistent", "max_epochs=100000,monitor=nonexistent"):
         assert records[failed]["status"] == "failed"
         assert "Early stopping conditioned on metric `nonexistent`" in records[failed]["reason"]
     record = records[cancelled]
@@ -194,6 +197,18 @@ def test_a_sweep_submitted_without_waiting_is_collected_as_its_jobs_end(
     (folder,) = (tmp_path / "outputs" / "sweeps").iterdir()
     assert f"python -m experiments.collect {folder.relative_to(tmp_path)}" in done.stdout
     assert not (folder / "summary.csv").exists()  # nothing has trained yet
+    # the same command into the same folder while they wait: nothing is submitted twice
+    again = cli_in_process(
+        ["-m", *ON_SLURM, "hydra.launcher.wait=false", *args, f"hydra.sweep.dir={folder}"],
+        tmp_path,
+        env,
+        TRAIN,
+    )
+    assert again.returncode == 0, again.stderr
+    said = again.stdout + again.stderr
+    assert "submitted 0 Slurm job(s) for 0 sweep job(s)" in said, said[-2000:]
+    assert len(re.findall(r"as Slurm job \S+; not submitted again", said)) == 2
+    assert len(json.loads((folder / "slurm_jobs.json").read_text())["jobs"]) == 2
 
     for key, value in slurm.items():
         monkeypatch.setenv(key, value)
@@ -255,12 +270,11 @@ def test_sweep_compare_on_slurm_trains_each_stage_as_populations_with_the_vector
 
 
 def test_a_job_stopped_by_its_time_limit_resumes_to_the_weights_of_an_uninterrupted_run(
-    slurm: dict[str, str], time_limited: Path, tmp_path: Path
+    slurm: dict[str, str], time_limited: Path, straight: dict
 ):
     """Slurm's notice before the time limit (SIGUSR2, submitit's) stops training at a step
     boundary with its last.ckpt; submitit then requeues the job, which continues from there and
     ends at exactly the weights of a run that was never stopped."""
-    straight = train_in_process(TIME_LIMITED, tmp_path / "straight")
     deadline = time.monotonic() + 240
     while not (
         len(jobs := job_dirs(time_limited)) == 1

@@ -124,23 +124,31 @@ class SlurmLauncher(SubmititSlurmLauncher):
         state = Singleton.get_state()
         if self.populations:  # one Slurm job per population, each job in the part it trains in
             parts = self.vectorized().plan(job_overrides, nums).parts()
-            params = [
-                ([list(job_overrides[i]) for i in part], [nums[i] for i in part], state)
-                for part in parts
-            ]
-            submitted = self.executor().map_array(Population(self), *zip(*params))
         else:
             parts = [[i] for i in range(len(job_overrides))]
             for idx, overrides in zip(nums, job_overrides):
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        # a part an earlier submission of this sweep left queued or running is not submitted again
+        queued = self.still_queued(parts, job_overrides, nums)
+        new = [part for n, part in enumerate(parts) if n not in queued]
+        if self.populations:
             params = [
-                (list(o), "hydra.sweep.dir", idx, f"job_id_for_{idx}", state)
-                for idx, o in zip(nums, job_overrides)
+                ([list(job_overrides[i]) for i in part], [nums[i] for i in part], state)
+                for part in new
             ]
-            submitted = self.executor().map_array(self, *zip(*params))
+            callable_: Any = Population(self)
+        else:
+            params = [
+                (list(job_overrides[i]), "hydra.sweep.dir", nums[i], f"job_id_for_{nums[i]}", state)
+                for (i,) in new
+            ]
+            callable_ = self
+        fresh = iter(self.executor().map_array(callable_, *zip(*params)) if params else [])
+        submitted = [queued[n] if n in queued else next(fresh) for n in range(len(parts))]
+        ids = [job.job_id for n, job in enumerate(submitted) if n not in queued]
         log.info(
-            f"submitted {len(submitted)} Slurm job(s) for {len(job_overrides)} sweep job(s): "
-            + ", ".join(j.job_id for j in submitted)
+            f"submitted {len(new)} Slurm job(s) for {sum(map(len, new))} sweep job(s)"
+            + (": " + ", ".join(ids) if ids else "")
         )
         if not self.wait:
             return self.leave(submitted, parts, job_overrides, nums)
@@ -148,6 +156,42 @@ class SlurmLauncher(SubmititSlurmLauncher):
         for job, part in zip(submitted, parts):
             results.update(self.collect(job, part, job_overrides, nums))
         return [results[i] for i in range(len(job_overrides))]
+
+    def still_queued(
+        self, parts: list[list[int]], job_overrides: Sequence[Sequence[str]], nums: list[int]
+    ) -> dict[int, Any]:
+        """The parts (by index) whose jobs an earlier submission into this sweep's folder
+        (hydra.launcher.wait=false) left queued or running as one Slurm job: that job, to wait for
+        or note again instead of training them twice."""
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        noted = (read_json(sweep_dir / SLURM_JOBS) or {}).get("jobs") or []
+        if not noted:
+            return {}
+        from submitit import SlurmJob
+
+        from experiments.core.slurm import WAITING, slurm_states
+
+        states = slurm_states(sorted({job["slurm_job"] for job in noted})) or {}
+        live = {
+            job["dir"]: job["slurm_job"] for job in noted if states.get(job["slurm_job"]) in WAITING
+        }
+        queued = {}
+        for n, part in enumerate(parts):
+            dirs = [
+                os.path.relpath(self.job_dir(list(job_overrides[i]), nums[i])[0], sweep_dir)
+                for i in part
+            ]
+            held = {live.get(d) for d in dirs}
+            if len(held) == 1 and None not in held:
+                (slurm_job,) = held
+                folder = str(self.params["submitit_folder"])
+                queued[n] = SlurmJob(folder=folder, job_id=slurm_job)
+                for i in part:
+                    log.info(
+                        f"#{nums[i]} {' '.join(filter_overrides(job_overrides[i]))}: still "
+                        f"{states[slurm_job].lower()} as Slurm job {slurm_job}; not submitted again"
+                    )
+        return queued
 
     def vectorized(self) -> Any:
         """hydra/launcher=vectorized's launcher, for this sweep: it plans and trains populations."""
@@ -192,7 +236,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
             for job, part in zip(submitted, parts)
             for i in part
         ]
-        known = (read_json(sweep_dir / SLURM_JOBS) or {}).get("jobs", []) + noted
+        known = (read_json(sweep_dir / SLURM_JOBS) or {}).get("jobs", [])
+        known += [job for job in noted if job not in known]  # a job still queued: noted once
         write_json(sweep_dir / SLURM_JOBS, {"jobs": known})
         return [
             JobReturn(overrides=list(o), task_name="train", status=JobStatus.COMPLETED)
