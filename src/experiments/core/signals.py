@@ -10,6 +10,7 @@ with its last.ckpt, the run is recorded, and then the job runs it (`deliver_held
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from typing import Any
@@ -61,4 +62,7 @@ def deliver_held() -> None:
     while _held:
         signum, handler = _held.pop()
         signal.signal(signum, handler)
-        handler(signum, None)
+        try:
+            handler(signum, None)
+        except Exception as error:  # submitit: "timed-out too many times"; the run is recorded
+            logging.getLogger(__name__).warning("not requeued: %s", error)
