@@ -164,6 +164,59 @@ def test_the_slurm_preset_composes_with_the_usual_settings(tmp_path: Path):
     assert launcher.max_num_timeout == 3 and launcher.signal_delay_s == 120
 
 
+def test_a_population_slurm_runs_again_does_not_train_again_the_jobs_that_ended(tmp_path: Path):
+    """When Slurm requeues a population's job (preempted, or at its time limit), submitit runs the
+    population again from its start: a member that ended for good (finished, diverged) keeps its
+    record and returns what it says, and nothing is trained again."""
+    from types import SimpleNamespace
+
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.singleton import Singleton
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from experiments.core.config import CONF_DIR
+    from hydra_plugins.experiments_plugins.slurm_launcher import SlurmLauncher
+
+    args = ["experiment=thermometer", "trainer.max_epochs=30", "optimizer.lr=0.01,1e6"]
+    done = cli(["-m", "hydra/launcher=vectorized", *args], tmp_path)
+    assert done.returncode == 0, done.stderr
+    (folder,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    jobs = job_dirs(folder)
+    records = [read_metrics(job) for job in jobs]
+    assert sorted(r["status"] for r in records) == ["diverged", "finished"]
+    written = [(job / "metrics.json").stat().st_mtime_ns for job in jobs]
+    hydra = [OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra for job in jobs]
+    # what the sweeper hands its launcher: the job's overrides and its folder's name
+    overrides = [
+        [*h.overrides.task, *(o for o in h.overrides.hydra if o.startswith("hydra.sweep.subdir="))]
+        for h in hydra
+    ]
+    nums = [int(h.job.num) for h in hydra]
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration(
+            "train",
+            [
+                "hydra/launcher=slurm",
+                "hydra.launcher.populations=true",
+                f"hydra.sweep.dir={folder}",
+                *args,
+            ],
+            run_mode=RunMode.MULTIRUN,
+        )
+        params = OmegaConf.to_container(master.hydra.launcher)
+        params.pop("_target_")
+        launcher = SlurmLauncher(**params)
+        context = SimpleNamespace(config_loader=loader)  # nothing to train: no Hydra callbacks
+        launcher.setup(hydra_context=context, task_function=None, config=master)
+        returns = launcher.train_part(overrides, nums, Singleton.get_state())
+    assert [r.return_value for r in returns] == [r["monitor"].get("best") for r in records]
+    assert [(job / "metrics.json").stat().st_mtime_ns for job in jobs] == written
+
+
 def test_cfg_hydra_shows_the_slurm_launcher_settings(tmp_path: Path):
     done = cli(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra"], tmp_path)
     assert done.returncode == 0, done.stderr

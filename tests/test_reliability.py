@@ -118,8 +118,10 @@ def test_a_slurm_time_limit_notice_is_handled_at_a_step_boundary_once_the_run_is
     the job and exits at once, in the middle of a step. A fit holds it back: training stops at the
     next step boundary with its last.ckpt, the run is recorded, and the job then runs the handler
     (core.signals.deliver_held, called by train.main). Outside Slurm the handler runs as it comes."""
+    from experiments.core import signals
     from experiments.core.signals import deliver_held
 
+    monkeypatch.setattr(signals, "_held", [])  # nothing another test left held
     run_dir = tmp_path / "run"
     seen: list[tuple[str, int]] = []
 
@@ -156,6 +158,33 @@ def test_a_slurm_time_limit_notice_is_handled_at_a_step_boundary_once_the_run_is
             assert seen == [("running", -1)]  # at once, in the middle of training
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_signal_during_a_validation_stops_training_after_it_and_resumes_exactly(
+    digits: Path, uninterrupted: Path, tmp_path: Path
+):
+    """Lightning stops a validation in its middle at SIGTERM, where no last.ckpt is written: a
+    signal there (Ctrl-C here) waits for the validation's end and stops training at the step
+    boundary that follows, with its last.ckpt, from which the run resumes exactly."""
+    notice = [
+        "+callbacks.notice._target_=pace.SignalAt",
+        "+callbacks.notice.step=99",  # the end of the third epoch, in its second batch of five
+        f"+callbacks.notice.signum={int(signal.SIGINT)}",
+        "+callbacks.notice.validating=true",
+        "data.eval_batch_size=8",  # five validation batches (the weights do not change)
+    ]
+    done = cli([*KILLABLE, f"data.root={digits}", *notice], tmp_path)
+    assert done.returncode == 130, done.stderr
+    stopped = read_metrics(run_dir := only_run_dir(tmp_path))
+    assert stopped["status"] == "interrupted" and stopped["steps"] == 99
+    assert stopped["reason"].startswith("interrupted by SIGINT")
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 99
+
+    done = cli([f"resume={run_dir}"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert read_metrics(run_dir)["status"] == "finished"
+    resumed, straight = weights(run_dir), weights(uninterrupted)
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
 def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path: Path):

@@ -3,7 +3,8 @@ where the weights are consistent, and checkpoints/last.ckpt is written there so 
 `resume=<run dir>` continues exactly where it stopped. A second Ctrl-C stops at once, without it.
 
 Lightning's own SIGTERM handler marks the trainer and its loop raises SIGTERMException between
-two steps; SIGINT is routed to the same handler, and so is a Slurm job's time-limit notice
+two steps (a signal during a validation inside the fit waits for its end: Lightning would stop in
+the middle of it, where no last.ckpt is written); SIGINT is routed to the same handler, and so is a Slurm job's time-limit notice
 (SIGUSR2, whose submitit handler would requeue and exit in the middle of a step: it runs once
 the run is recorded, experiments.core.signals).
 """
@@ -34,6 +35,8 @@ class Interruption(pl.Callback):
         self._previous: dict[int, Any] = {}
         self._lightning_sigterm: Any = None
         self._notice: Any = None  # the scheduler's time-limit handler, once its notice came
+        self._validating = False  # inside the fit's validation: a stop waits for its end
+        self._deferred: tuple[int, Any] | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -64,8 +67,21 @@ class Interruption(pl.Callback):
         self._stop_at_step_boundary(signum, frame)
 
     def _stop_at_step_boundary(self, signum: int, frame: Any) -> None:
-        if callable(self._lightning_sigterm):
+        if self._validating:
+            self._deferred = (signum, frame)
+        elif callable(self._lightning_sigterm):
             self._lightning_sigterm(signum, frame)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_start(trainer, pl_module)
+        self._validating = bool(self._previous)  # our handlers are in: the fit's validation
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)  # ModelCheckpoint saves here first
+        self._validating = False
+        if self._deferred is not None:
+            self._stop_at_step_boundary(*self._deferred)
+            self._deferred = None
 
     def request_stop(self, reason: str) -> None:
         """Stop training at the next step boundary, as SIGTERM does, for `reason` (fail_fast=true in

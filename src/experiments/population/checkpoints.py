@@ -157,6 +157,7 @@ class PopulationCheckpoints(Interruption):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: PopulationModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.save(trainer, pl_module, best=True)
+        super().on_validation_end(trainer, pl_module)  # a signal during it stops training now
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: PopulationModule, exception: BaseException

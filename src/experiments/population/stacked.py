@@ -13,6 +13,7 @@ it is on the CPU with hydra.launcher.exact=false, for speed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,12 +25,33 @@ from experiments.models.mlp import MLPClassifier
 Params = dict[str, Tensor]  # parameter name -> the K replicas' values, stacked along dim 0
 
 
+class Lines(torch.autograd.Function):
+    """K lines at once: one batched forward, and each replica's weight gradient summed over the
+    batch by the matrix product its single run's nn.Linear backward computes (grad_output.t() @
+    input). A batched product over the replicas (bmm, baddbmm's own backward, or one matrix
+    product of all their columns) sums in another order on torch 2.14's CPU kernels: 1 ulp apart
+    in most steps' gradients."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return torch.baddbmm(
+            bias.unsqueeze(1), x.expand(len(weight), -1, -1), weight.transpose(1, 2)
+        )
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, Tensor]:
+        (x,) = ctx.saved_tensors
+        weight = torch.stack([rows.t().mm(x) for rows in grad.unbind(0)])
+        return None, weight, grad.sum(1)
+
+
 def line_outputs(model: LinearRegression, params: Params, x: Tensor) -> Tensor:
     """K lines at once: weights (K, out, in), biases (K, out); K x N x out predictions."""
-    weight, bias = params["linear.weight"], params["linear.bias"]
-    return torch.baddbmm(
-        bias.unsqueeze(1), x.flatten(1).expand(len(weight), -1, -1), weight.transpose(1, 2)
-    )
+    return Lines.apply(x.flatten(1), params["linear.weight"], params["linear.bias"])
 
 
 def squared_error_losses(outputs: Tensor, targets: Tensor) -> Tensor:

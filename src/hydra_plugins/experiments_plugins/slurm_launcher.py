@@ -28,7 +28,15 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from experiments.core.state import SLURM_JOBS, read_json, read_record, write_json, write_record
+from experiments.core.errors import UserError
+from experiments.core.state import (
+    SLURM_JOBS,
+    final_status,
+    read_json,
+    read_record,
+    write_json,
+    write_record,
+)
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     SlurmLauncher as SubmititSlurmLauncher,
@@ -171,19 +179,27 @@ class SlurmLauncher(SubmititSlurmLauncher):
 
         from experiments.core.slurm import WAITING, slurm_states
 
-        states = slurm_states(sorted({job["slurm_job"] for job in noted})) or {}
-        live = {
-            job["dir"]: job["slurm_job"] for job in noted if states.get(job["slurm_job"]) in WAITING
-        }
+        states = slurm_states(sorted({job["slurm_job"] for job in noted}))
+        if states is None:  # submitting again could train a job twice
+            raise UserError(
+                f"squeue did not answer, so which of the Slurm jobs noted in {sweep_dir / SLURM_JOBS} "
+                "still run is unknown and nothing was submitted; run the sweep again once squeue "
+                f"answers, or collect it with `python -m experiments.collect {sweep_dir}`."
+            )
+        live: dict[str, set[str]] = {}  # each Slurm job still queued or running: its jobs' folders
+        for job in noted:
+            if states.get(job["slurm_job"]) in WAITING:
+                live.setdefault(job["slurm_job"], set()).add(job["dir"])
         queued = {}
         for n, part in enumerate(parts):
-            dirs = [
+            dirs = {
                 os.path.relpath(self.job_dir(list(job_overrides[i]), nums[i])[0], sweep_dir)
                 for i in part
-            ]
-            held = {live.get(d) for d in dirs}
-            if len(held) == 1 and None not in held:
-                (slurm_job,) = held
+            }
+            # the Slurm job that trains exactly this part (another `populations` may split it)
+            for slurm_job, held in live.items():
+                if held != dirs:
+                    continue
                 folder = str(self.params["submitit_folder"])
                 queued[n] = SlurmJob(folder=folder, job_id=slurm_job)
                 for i in part:
@@ -206,9 +222,21 @@ class SlurmLauncher(SubmititSlurmLauncher):
     def train_part(
         self, overrides: list[list[str]], nums: list[int], singleton_state: dict
     ) -> list[JobReturn]:
-        """In the Slurm job: one population (or one job alone), as the vectorized launcher trains it."""
+        """In the Slurm job: one population (or one job alone), as the vectorized launcher trains it.
+        A member that ended for good is not trained again when submitit requeues the population
+        (at its time limit) or it is resubmitted: its return is what its metrics.json says."""
         Singleton.set_state(singleton_state)
-        return self.vectorized().launch_numbered(overrides, nums)
+        runs = [self.job_dir(o, idx) for o, idx in zip(overrides, nums)]
+        todo = [n for n, (run_dir, _) in enumerate(runs) if not final_status(run_dir)]
+        trained = iter(
+            self.vectorized().launch_numbered([overrides[n] for n in todo], [nums[n] for n in todo])
+            if todo
+            else []
+        )
+        return [
+            next(trained) if n in todo else recorded(config, overrides[n], run_dir)
+            for n, (run_dir, config) in enumerate(runs)
+        ]
 
     def job_dir(self, overrides: list[str], idx: int) -> tuple[Path, DictConfig]:
         from hydra_plugins.experiments_plugins.grid_sweeper import composed
@@ -266,7 +294,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
         except (UncompletedJobError, FailedJobError):
             state = job.state
             return {i: self.lost(job.job_id, state, list(job_overrides[i]), nums[i]) for i in part}
-        return dict(zip(part, result if self.populations else [result]))
+        return dict(zip(part, result if isinstance(result, list) else [result]))
 
     def lost(self, slurm_job: str, state: str, overrides: list[str], idx: int) -> JobReturn:
         """A job whose Slurm job ended without a result: its metrics.json says so (interrupted:
@@ -290,3 +318,15 @@ class SlurmLauncher(SubmititSlurmLauncher):
             task_name=str(config.hydra.job.name),
             status=JobStatus.COMPLETED,
         )
+
+
+def recorded(config: DictConfig, overrides: list[str], run_dir: Path) -> JobReturn:
+    """The return of a job that ended for good in an earlier run: its best monitored value."""
+    ret = JobReturn(
+        overrides=overrides,
+        working_dir=str(run_dir),
+        task_name=str(config.hydra.job.name),
+        status=JobStatus.COMPLETED,
+    )
+    ret.return_value = ((read_record(run_dir) or {}).get("monitor") or {}).get("best")
+    return ret
