@@ -90,14 +90,19 @@ class Interruption(pl.Callback):
             self.interrupted_by = reason
             self._stop_at_step_boundary(signal.SIGTERM, None)
 
+    def saves_last(self, trainer: pl.Trainer, exception: BaseException) -> bool:
+        """Whether this exception ends training with a last.ckpt written here (in on_exception,
+        which Lightning calls after the other callbacks': a ModelCheckpoint's hooks run last)."""
+        return (
+            isinstance(exception, SIGTERMException)
+            and trainer.state.stage == "train"
+            and self.save_to is not None
+        )
+
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if (
-            isinstance(exception, SIGTERMException)
-            and trainer.state.stage == "train"
-            and self.save_to
-        ):
+        if self.saves_last(trainer, exception) and self.save_to:
             trainer.save_checkpoint(self.save_to)
         if isinstance(exception, SIGTERMException) and self._notice is not None:
             signals.hold(self._notice)  # requeue once the run is recorded

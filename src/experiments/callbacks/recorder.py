@@ -22,6 +22,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from experiments.callbacks.interruption import Interruption
 from experiments.core.state import RunState, write_atomically
 from experiments.models.base import Diverged
 
@@ -242,9 +243,15 @@ class StatusRecord:
         status, reason = outcome(exception, trainer)
         # An epoch whose validation stopped the run is a completed one.
         epochs = getattr(exception, "epochs", None)
+        # the checkpoint callback writes last.ckpt after this hook, at a stop between two steps
+        saving = any(
+            isinstance(c, Interruption) and c.saves_last(trainer, exception)
+            for c in trainer.callbacks
+        )
         for _, state in self.running():
             state.epochs = state.epochs if epochs is None else epochs
-            if status == "interrupted" and (state.run_dir / "checkpoints" / "last.ckpt").is_file():
+            last = state.run_dir / "checkpoints" / "last.ckpt"
+            if status == "interrupted" and (saving or last.is_file()):
                 state.end(
                     status,
                     f"{reason}; resume={shell_path(state.run_dir)} continues from checkpoints/last.ckpt",

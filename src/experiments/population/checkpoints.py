@@ -159,10 +159,13 @@ class PopulationCheckpoints(Interruption):
             self.save(trainer, pl_module, best=True)
         super().on_validation_end(trainer, pl_module)  # a signal during it stops training now
 
+    def saves_last(self, trainer: pl.Trainer, exception: BaseException) -> bool:
+        return isinstance(exception, SIGTERMException) and trainer.state.stage == "train"
+
     def on_exception(
         self, trainer: pl.Trainer, pl_module: PopulationModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, SIGTERMException) and trainer.state.stage == "train":
+        if self.saves_last(trainer, exception):
             self.save(trainer, pl_module, best=False)
         super().on_exception(trainer, pl_module, exception)
 
