@@ -22,7 +22,7 @@ from conftest import (
     terminate_at_epoch,
     train_in_process,
 )
-from experiments.core.config import gpu_for_job
+from experiments.core.config import UserError, gpu_for_job
 from experiments.data.mnist import MNISTDataModule
 from experiments.data.thermometer import ThermometerDataModule
 from experiments.models.linear import LinearRegression
@@ -164,10 +164,13 @@ def test_the_slurm_preset_composes_with_the_usual_settings(tmp_path: Path):
     assert launcher.max_num_timeout == 3 and launcher.signal_delay_s == 120
 
 
-def test_a_population_slurm_runs_again_does_not_train_again_the_jobs_that_ended(tmp_path: Path):
+def test_a_population_slurm_runs_again_does_not_train_again_the_jobs_that_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """When Slurm requeues a population's job (preempted, or at its time limit), submitit runs the
     population again from its start: a member that ended for good (finished, diverged) keeps its
-    record and returns what it says, and nothing is trained again."""
+    record and returns what it says, and nothing is trained again. A sweep submitted again into
+    a folder whose noted Slurm jobs squeue cannot report on submits nothing and says why."""
     from types import SimpleNamespace
 
     from hydra import initialize_config_dir
@@ -213,8 +216,26 @@ def test_a_population_slurm_runs_again_does_not_train_again_the_jobs_that_ended(
         context = SimpleNamespace(config_loader=loader)  # nothing to train: no Hydra callbacks
         launcher.setup(hydra_context=context, task_function=None, config=master)
         returns = launcher.train_part(overrides, nums, Singleton.get_state())
-    assert [r.return_value for r in returns] == [r["monitor"].get("best") for r in records]
-    assert [(job / "metrics.json").stat().st_mtime_ns for job in jobs] == written
+        assert [r.return_value for r in returns] == [r["monitor"].get("best") for r in records]
+        assert [(job / "metrics.json").stat().st_mtime_ns for job in jobs] == written
+
+        (folder / "slurm_jobs.json").write_text(
+            '{"jobs": [{"slurm_job": "7", "num": 0, "dir": "x"}]}'
+        )
+        squeue = tmp_path / "bin" / "squeue"  # a login node whose controller stopped answering
+        squeue.parent.mkdir()
+        squeue.write_text(
+            "#!/bin/sh\necho 'squeue: error: Unable to contact slurm controller' >&2\nexit 1\n"
+        )
+        squeue.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{squeue.parent}{os.pathsep}{os.environ['PATH']}")
+        with pytest.raises(UserError) as refused:
+            launcher.still_queued([[0], [1]], overrides, nums)
+    assert str(refused.value) == (
+        f"squeue did not answer, so which of the Slurm jobs noted in {folder / 'slurm_jobs.json'} "
+        "still run is unknown and nothing was submitted; run the sweep again once squeue answers, "
+        f"or collect it with `python -m experiments.collect {folder}`."
+    )
 
 
 def test_cfg_hydra_shows_the_slurm_launcher_settings(tmp_path: Path):
