@@ -299,3 +299,33 @@ def test_the_batched_mean_losses_are_each_replicas_torchmetrics_value_bit_for_bi
     expected = [model.train_metrics["loss"].compute().item() for model in models]
     assert means[1:] == expected[1:] and all(map(math.isnan, (means[0], expected[0])))
     assert len(set(means[1:])) == replicas - 1  # the replicas' values differ
+
+
+@pytest.mark.parametrize("replicas", [2, 16, 40])
+def test_a_populations_lines_have_each_single_runs_gradients_bit_for_bit(replicas: int):
+    """The population's line (one input) gives each replica the loss and gradients its single
+    run's nn.Linear and mse_loss give, bit for bit, at batch sizes where a batched matrix product
+    sums in another order (torch 2.14's CPU kernels: almost every gradient 1 ulp apart)."""
+    import torch.nn.functional as F
+
+    from experiments.population.stacked import exact_line_outputs, squared_error_losses
+
+    generator = torch.Generator().manual_seed(replicas)
+    for samples in (16, 22, 100):
+        x = torch.randn(samples, 1, generator=generator) * 10 + 50
+        y = torch.randn(samples, 1, generator=generator) * 3 + 250
+        weight = torch.randn(replicas, 1, 1, generator=generator).requires_grad_()
+        bias = torch.randn(replicas, 1, generator=generator).requires_grad_()
+        params = {"linear.weight": weight, "linear.bias": bias}
+        losses = squared_error_losses(exact_line_outputs(None, params, x), y)
+        losses.sum().backward()
+        for k in range(replicas):
+            line = nn.Linear(1, 1)
+            with torch.no_grad():
+                line.weight.copy_(weight[k])
+                line.bias.copy_(bias[k])
+            loss = F.mse_loss(line(x), y)
+            loss.backward()
+            assert torch.equal(losses[k], loss)
+            assert torch.equal(weight.grad[k], line.weight.grad), (samples, k)
+            assert torch.equal(bias.grad[k], line.bias.grad), (samples, k)

@@ -25,12 +25,20 @@ from experiments.models.mlp import MLPClassifier
 Params = dict[str, Tensor]  # parameter name -> the K replicas' values, stacked along dim 0
 
 
-class Lines(torch.autograd.Function):
-    """K lines at once: one batched forward, and each replica's weight gradient summed over the
-    batch by the matrix product its single run's nn.Linear backward computes (grad_output.t() @
-    input). A batched product over the replicas (bmm, baddbmm's own backward, or one matrix
-    product of all their columns) sums in another order on torch 2.14's CPU kernels: 1 ulp apart
-    in most steps' gradients."""
+def line_outputs(model: LinearRegression, params: Params, x: Tensor) -> Tensor:
+    """K lines at once: weights (K, out, in), biases (K, out); K x N x out predictions."""
+    weight, bias = params["linear.weight"], params["linear.bias"]
+    return torch.baddbmm(
+        bias.unsqueeze(1), x.flatten(1).expand(len(weight), -1, -1), weight.transpose(1, 2)
+    )
+
+
+class ExactLines(torch.autograd.Function):
+    """K lines of one input at once, as line_outputs, with each replica's weight gradient summed
+    over the batch by the matrix product its single run's nn.Linear backward computes (addmm's
+    gradient of its second matrix, input.t() @ grad_output), one per replica: baddbmm's own backward (one batched product, or
+    one product of all replicas' columns) sums in another order on torch 2.14's CPU kernels, 1
+    ulp apart in most steps' gradients. About 2 us more per replica and step."""
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -45,13 +53,13 @@ class Lines(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, Tensor]:
         (x,) = ctx.saved_tensors
-        weight = torch.stack([rows.t().mm(x) for rows in grad.unbind(0)])
+        inputs = x.t()
+        weight = torch.stack([inputs.mm(rows).t() for rows in grad.unbind(0)])
         return None, weight, grad.sum(1)
 
 
-def line_outputs(model: LinearRegression, params: Params, x: Tensor) -> Tensor:
-    """K lines at once: weights (K, out, in), biases (K, out); K x N x out predictions."""
-    return Lines.apply(x.flatten(1), params["linear.weight"], params["linear.bias"])
+def exact_line_outputs(model: LinearRegression, params: Params, x: Tensor) -> Tensor:
+    return ExactLines.apply(x.flatten(1), params["linear.weight"], params["linear.bias"])
 
 
 def squared_error_losses(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -85,14 +93,15 @@ def cross_entropy_losses(outputs: Tensor, targets: Tensor) -> Tensor:
     )
 
 
-# Batched formulas by model class: (outputs, losses, whether their arithmetic is the single run's for this model).
-BATCHED: dict[type, tuple[Callable, Callable, Callable[[ExperimentModule], bool]]] = {
+# Batched formulas by model class: (outputs, losses, the outputs whose arithmetic, forward and
+# backward, is the single run's for this model, or None where none is).
+BATCHED: dict[type, tuple[Callable, Callable, Callable[[ExperimentModule], Callable | None]]] = {
     LinearRegression: (
         line_outputs,
         squared_error_losses,
-        lambda model: model.linear.in_features == 1,
+        lambda model: exact_line_outputs if model.linear.in_features == 1 else None,
     ),
-    MLPClassifier: (mlp_outputs, cross_entropy_losses, lambda model: False),
+    MLPClassifier: (mlp_outputs, cross_entropy_losses, lambda model: None),
 }
 
 
@@ -104,7 +113,8 @@ def batched_form(
     gives it)."""
     form = BATCHED.get(type(model))
     if device.type == "cpu" and exact:
-        return form[:2] if form is not None and form[2](model) else None
+        outputs = form[2](model) if form is not None else None
+        return (outputs, form[1]) if outputs is not None and form is not None else None
     if form is not None:
         return form[:2]
     from torch.func import functional_call, vmap
