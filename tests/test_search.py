@@ -500,9 +500,11 @@ def test_three_workers_share_one_search_with_distinct_trials_and_report_the_stud
 def test_a_shared_search_fails_only_the_running_trials_of_dead_workers_on_its_host(tmp_path: Path):
     """A worker starting later tells a dead worker's running trial as failed; a live worker's, or
     one on another host (which it cannot look up), it leaves to that worker."""
+    import datetime
     import socket
+    from types import SimpleNamespace
 
-    from hydra_plugins.experiments_plugins.optuna_search import worker_alive
+    from hydra_plugins.experiments_plugins.optuna_search import WORKER, abandoned, worker_alive
 
     ended = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
@@ -512,4 +514,12 @@ def test_a_shared_search_fails_only_the_running_trials_of_dead_workers_on_its_ho
     assert worker_alive(f"{host}:{os.getpid()}")
     assert not worker_alive(f"{host}:{dead}")
     assert worker_alive("another-node:1")
-    assert not worker_alive(None)  # a trial no worker claimed: an earlier run's, failed
+    assert not worker_alive(None)
+    # a trial no worker claimed: one asked for a moment ago (its worker claims it next) is left
+    # alone, one asked for minutes ago was a dead worker's
+    now = datetime.datetime.now()
+    for started, gone in ((now, False), (now - datetime.timedelta(minutes=5), True)):
+        trial = SimpleNamespace(user_attrs={}, datetime_start=started)
+        assert abandoned(trial) is gone
+    assert not abandoned(SimpleNamespace(user_attrs={WORKER: f"{host}:{os.getpid()}"}))
+    assert abandoned(SimpleNamespace(user_attrs={WORKER: f"{host}:{dead}"}))

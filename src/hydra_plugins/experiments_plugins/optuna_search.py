@@ -114,6 +114,22 @@ def worker_alive(worker: str | None) -> bool:
     return True
 
 
+CLAIM_S = 60  # a trial asked for longer ago than this and still unclaimed: its worker died
+
+
+def abandoned(trial: Any) -> bool:
+    """Whether a running trial of a shared search has no live worker: its worker's process is
+    gone, or it never claimed the trial (a worker claims it just after asking for it, in a
+    second write to the storage: one asked for a moment ago is left to that worker)."""
+    import datetime
+
+    worker = trial.user_attrs.get(WORKER)
+    if worker is None:
+        started = trial.datetime_start
+        return started is None or (datetime.datetime.now() - started).total_seconds() > CLAIM_S
+    return not worker_alive(worker)
+
+
 def last_worker(study: Any, sweep_dir: Path) -> bool:
     """Whether this worker of a shared search writes its report: no other worker's trial is still
     running, and no worker has reported this many trials yet (decided under a lock, so once)."""
@@ -297,7 +313,7 @@ class OptunaSearch(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             # a run of this sweep killed earlier (shared: a dead worker's, not a live one's)
-            if not self.shared or not worker_alive(stale.user_attrs.get(WORKER)):
+            if not self.shared or abandoned(stale):
                 study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
         if study.trials or self.shared:
             # a continued study: a seeded sampler must not draw its first trials again; workers

@@ -60,8 +60,9 @@ def check_in_domain(override: Any) -> None:
     ends of a range, every choice. One the search could draw outside refuses the sweep."""
     from experiments.core.config import UserError
     from experiments.core.domains import DOMAINS, check
+    from experiments.core.overrides import key_of
 
-    key = override.get_key_element().lstrip("+~")
+    key = key_of(override.get_key_element())
     if key not in DOMAINS:
         return
     value = override.value()
