@@ -231,11 +231,20 @@ def test_a_population_slurm_runs_again_does_not_train_again_the_jobs_that_ended(
         monkeypatch.setenv("PATH", f"{squeue.parent}{os.pathsep}{os.environ['PATH']}")
         with pytest.raises(UserError) as refused:
             launcher.still_queued([[0], [1]], overrides, nums)
-    assert str(refused.value) == (
+    sentence = (
         f"squeue did not answer, so which of the Slurm jobs noted in {folder / 'slurm_jobs.json'} "
         "still run is unknown and nothing was submitted; run the sweep again once squeue answers, "
         f"or collect it with `python -m experiments.collect {folder}`."
     )
+    assert str(refused.value) == sentence
+    # the command itself refuses before the sweep writes a file (sinfo answers: Slurm is there)
+    for name in ("sbatch", "srun", "sinfo"):
+        (squeue.parent / name).write_text("#!/bin/sh\nexit 0\n")
+        (squeue.parent / name).chmod(0o755)
+    before = {f: f.read_bytes() for f in folder.rglob("*") if f.is_file()}
+    done = cli(["-m", "hydra/launcher=slurm", f"hydra.sweep.dir={folder}", *args], tmp_path)
+    assert done.returncode == 1 and done.stderr == f"error: {sentence}\n"
+    assert {f: f.read_bytes() for f in folder.rglob("*") if f.is_file()} == before
 
 
 def test_cfg_hydra_shows_the_slurm_launcher_settings(tmp_path: Path):

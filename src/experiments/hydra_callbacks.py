@@ -60,7 +60,10 @@ def check_launcher(config: DictConfig) -> None:
         check_settings(config)
     target = str(config.hydra.launcher.get("_target_", ""))
     if target.endswith("SlurmLauncher"):
+        from experiments.core.slurm import still_held
+
         check_slurm_reachable()
+        still_held(Path(str(config.hydra.sweep.dir)))  # squeue answers for a folder's queued jobs
         sweeper = str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1]
         if config.hydra.launcher.get("wait", True) is False and sweeper != "GridSweeper":
             raise UserError(

@@ -28,7 +28,6 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from experiments.core.errors import UserError
 from experiments.core.state import (
     SLURM_JOBS,
     final_status,
@@ -171,21 +170,14 @@ class SlurmLauncher(SubmititSlurmLauncher):
         """The parts (by index) whose jobs an earlier submission into this sweep's folder
         (hydra.launcher.wait=false) left queued or running as one Slurm job: that job, to wait for
         or note again instead of training them twice."""
+        from experiments.core.slurm import WAITING, still_held
+
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        noted = (read_json(sweep_dir / SLURM_JOBS) or {}).get("jobs") or []
+        noted, states = still_held(sweep_dir)  # checked before the sweep started, and again now
         if not noted:
             return {}
         from submitit import SlurmJob
 
-        from experiments.core.slurm import WAITING, slurm_states
-
-        states = slurm_states(sorted({job["slurm_job"] for job in noted}))
-        if states is None:  # submitting again could train a job twice
-            raise UserError(
-                f"squeue did not answer, so which of the Slurm jobs noted in {sweep_dir / SLURM_JOBS} "
-                "still run is unknown and nothing was submitted; run the sweep again once squeue "
-                f"answers, or collect it with `python -m experiments.collect {sweep_dir}`."
-            )
         live: dict[str, set[str]] = {}  # each Slurm job still queued or running: its jobs' folders
         for job in noted:
             if states.get(job["slurm_job"]) in WAITING:
