@@ -3,10 +3,11 @@ where the weights are consistent, and checkpoints/last.ckpt is written there so 
 `resume=<run dir>` continues exactly where it stopped. A second Ctrl-C stops at once, without it.
 
 Lightning's own SIGTERM handler marks the trainer and its loop raises SIGTERMException between
-two steps (a signal during a validation inside the fit waits for its end: Lightning would stop in
-the middle of it, where no last.ckpt is written); SIGINT is routed to the same handler, and so is a Slurm job's time-limit notice
+two steps; SIGINT is routed to the same handler, and so is a Slurm job's time-limit notice
 (SIGUSR2, whose submitit handler would requeue and exit in the middle of a step: it runs once
-the run is recorded, experiments.core.signals).
+the run is recorded, experiments.core.signals). A signal during a validation inside the fit
+waits for the validation's end: Lightning would stop in its middle, where no last.ckpt is
+written.
 """
 
 from __future__ import annotations
@@ -96,14 +97,14 @@ class Interruption(pl.Callback):
         return (
             isinstance(exception, SIGTERMException)
             and trainer.state.stage == "train"
-            and self.save_to is not None
+            and bool(self.save_to)
         )
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if self.saves_last(trainer, exception) and self.save_to:
-            trainer.save_checkpoint(self.save_to)
+        if self.saves_last(trainer, exception):
+            trainer.save_checkpoint(str(self.save_to))
         if isinstance(exception, SIGTERMException) and self._notice is not None:
             signals.hold(self._notice)  # requeue once the run is recorded
         self.restore_handlers()

@@ -36,9 +36,10 @@ def line_outputs(model: LinearRegression, params: Params, x: Tensor) -> Tensor:
 class ExactLines(torch.autograd.Function):
     """K lines of one input at once, as line_outputs, with each replica's weight gradient summed
     over the batch by the matrix product its single run's nn.Linear backward computes (addmm's
-    gradient of its second matrix, input.t() @ grad_output), one per replica: baddbmm's own backward (one batched product, or
-    one product of all replicas' columns) sums in another order on torch 2.14's CPU kernels, 1
-    ulp apart in most steps' gradients. About 2 us more per replica and step."""
+    gradient of its second matrix, input.t() @ grad_output), one product per replica. baddbmm's
+    own backward (one batched product, or one product of all replicas' columns) sums in another
+    order on torch 2.14's CPU kernels, 1 ulp apart in most steps' gradients. It costs 3 to 7 us
+    more per replica and step (README, Speed)."""
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:

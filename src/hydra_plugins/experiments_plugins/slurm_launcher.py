@@ -199,6 +199,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
                         f"#{nums[i]} {' '.join(filter_overrides(job_overrides[i]))}: still "
                         f"{states[slurm_job].lower()} as Slurm job {slurm_job}; not submitted again"
                     )
+                break
         return queued
 
     def vectorized(self) -> Any:
