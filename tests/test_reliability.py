@@ -110,14 +110,15 @@ def test_a_fit_gives_the_signal_handlers_back_when_it_ends(tmp_path: Path):
     assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
 
 
-@pytest.mark.parametrize("in_slurm", [True, False])
+@pytest.mark.parametrize("where", ["submitit's Slurm job", "a bare Slurm job", "no Slurm job"])
 def test_a_slurm_time_limit_notice_is_handled_at_a_step_boundary_once_the_run_is_recorded(
-    in_slurm: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """In a Slurm job, submitit's handler of SIGUSR2 (its notice before the time limit) requeues
     the job and exits at once, in the middle of a step. A fit holds it back: training stops at the
     next step boundary with its last.ckpt, the run is recorded, and the job then runs the handler
-    (core.signals.deliver_held, called by train.main). Outside Slurm the handler runs as it comes."""
+    (core.signals.deliver_held, called by train.main). In a Slurm job where no handler takes the
+    notice (a plain sbatch script), which SIGUSR2 would end, the run stops the same way. Outside Slurm the handler runs as it comes."""
     from experiments.core import signals
     from experiments.core.signals import deliver_held
 
@@ -130,11 +131,12 @@ def test_a_slurm_time_limit_notice_is_handled_at_a_step_boundary_once_the_run_is
         step = torch.load(last, weights_only=True)["global_step"] if last.is_file() else -1
         seen.append((read_metrics(run_dir)["status"], step))
 
-    if in_slurm:
-        monkeypatch.setenv("SLURM_JOB_ID", "7")
-    else:
+    if where == "no Slurm job":
         monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    previous = signal.signal(signal.SIGUSR2, submitit)
+    else:
+        monkeypatch.setenv("SLURM_JOB_ID", "7")
+    handler = signal.SIG_DFL if where == "a bare Slurm job" else submitit
+    previous = signal.signal(signal.SIGUSR2, handler)
     try:
         notice = [
             "+callbacks.notice._target_=pace.SignalAt",
@@ -144,18 +146,22 @@ def test_a_slurm_time_limit_notice_is_handled_at_a_step_boundary_once_the_run_is
         result = train_in_process(
             ["experiment=thermometer", "trainer.max_epochs=20", *notice], run_dir
         )
-        assert signal.getsignal(signal.SIGUSR2) is submitit  # given back
-        if in_slurm:
-            assert result["status"] == "interrupted" and result["steps"] == 7
-            assert result["reason"].startswith("interrupted by Slurm's notice of the time limit")
-            assert seen == []  # held until the job is recorded
-            deliver_held()
-            assert seen == [("interrupted", 7)]
-            deliver_held()  # once
-            assert len(seen) == 1
-        else:
+        assert signal.getsignal(signal.SIGUSR2) is handler  # given back
+        if where == "no Slurm job":
             assert result["status"] == "finished" and result["steps"] == 20
             assert seen == [("running", -1)]  # at once, in the middle of training
+        else:
+            assert result["status"] == "interrupted" and result["steps"] == 7
+            assert result["reason"].startswith("interrupted by Slurm's notice of the time limit")
+            assert (
+                torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+                == 7
+            )
+            assert seen == []  # held until the job is recorded
+            deliver_held()
+            assert seen == ([("interrupted", 7)] if handler is submitit else [])
+            deliver_held()  # once
+            assert len(seen) == (1 if handler is submitit else 0)
     finally:
         signal.signal(signal.SIGUSR2, previous)
 

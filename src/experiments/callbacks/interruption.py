@@ -48,8 +48,8 @@ class Interruption(pl.Callback):
         ):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, handler)
-        if (scheduler := signals.scheduler_notice_handler()) is not None:
-            self._previous[signals.TIME_LIMIT_NOTICE] = scheduler
+        if signals.in_slurm_job():
+            self._previous[signals.TIME_LIMIT_NOTICE] = signal.getsignal(signals.TIME_LIMIT_NOTICE)
             signal.signal(signals.TIME_LIMIT_NOTICE, self._on_time_limit_notice)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
@@ -64,7 +64,8 @@ class Interruption(pl.Callback):
 
     def _on_time_limit_notice(self, signum: int, frame: Any) -> None:
         self.interrupted_by = self.interrupted_by or "Slurm's notice of the time limit (SIGUSR2)"
-        self._notice = self._previous.get(signum)
+        previous = self._previous.get(signum)  # submitit's, to run once the run is recorded
+        self._notice = previous if callable(previous) else None
         self._stop_at_step_boundary(signum, frame)
 
     def _stop_at_step_boundary(self, signum: int, frame: Any) -> None:

@@ -6,7 +6,9 @@ checkpoint (experiments.callbacks.interruption).
 Under Slurm, submitit asks for SIGUSR2 some time before a job's time limit (`--signal=USR2@
 signal_delay_s`) and its handler saves the job's submission, requeues it and exits at once, in
 the middle of a step. A fit holds that handler back: training stops at the next step boundary
-with its last.ckpt, the run is recorded, and then the job runs it (`deliver_held`)."""
+with its last.ckpt, the run is recorded, and then the job runs it (`deliver_held`). A training
+process in a Slurm job that no handler prepared for the notice (a plain sbatch script's run),
+which SIGUSR2 would end, stops at the step boundary too."""
 
 from __future__ import annotations
 
@@ -44,11 +46,9 @@ def exit_code(interrupt: KeyboardInterrupt) -> int:
     return getattr(interrupt, "exit_code", 130)
 
 
-def scheduler_notice_handler() -> Any:
-    """The handler a job scheduler installed for its time-limit notice (submitit's, in a Slurm
-    job), or None where there is none."""
-    handler = signal.getsignal(TIME_LIMIT_NOTICE)
-    return handler if os.environ.get("SLURM_JOB_ID") and callable(handler) else None
+def in_slurm_job() -> bool:
+    """Whether this process runs in a Slurm job, where SIGUSR2 is the time-limit notice."""
+    return bool(os.environ.get("SLURM_JOB_ID"))
 
 
 def hold(handler: Any) -> None:
