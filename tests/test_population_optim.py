@@ -329,3 +329,11 @@ def test_a_populations_lines_have_each_single_runs_gradients_bit_for_bit(replica
             assert torch.equal(losses[k], loss)
             assert torch.equal(weight.grad[k], line.weight.grad), (samples, k)
             assert torch.equal(bias.grad[k], line.bias.grad), (samples, k)
+    # a line of several outputs (or inputs) runs replica by replica: only the 1-by-1 line is exact
+    from experiments.models.linear import LinearRegression
+    from experiments.population.stacked import batched_form
+
+    cpu = torch.device("cpu")
+    assert batched_form(LinearRegression(), cpu)[0] is exact_line_outputs
+    assert batched_form(LinearRegression(num_outputs=2), cpu) is None
+    assert batched_form(LinearRegression(input_shape=(2,)), cpu) is None

@@ -166,17 +166,19 @@ def test_a_slurm_time_limit_notice_is_handled_at_a_step_boundary_once_the_run_is
         signal.signal(signal.SIGUSR2, previous)
 
 
+@pytest.mark.parametrize("validating", [True, False])
 def test_a_signal_during_a_validation_stops_training_after_it_and_resumes_exactly(
-    digits: Path, uninterrupted: Path, tmp_path: Path
+    validating: bool, digits: Path, uninterrupted: Path, tmp_path: Path
 ):
     """Lightning stops a validation in its middle at SIGTERM, where no last.ckpt is written: a
-    signal there (Ctrl-C here) waits for the validation's end and stops training at the step
-    boundary that follows, with its last.ckpt, from which the run resumes exactly."""
+    signal there (Ctrl-C here), or in the training step just before it, waits for the
+    validation's end and stops training at the step boundary that follows, with its last.ckpt,
+    from which the run resumes exactly."""
     notice = [
         "+callbacks.notice._target_=pace.SignalAt",
-        "+callbacks.notice.step=99",  # the end of the third epoch, in its second batch of five
+        "+callbacks.notice.step=99",  # the third epoch's last step, or its validation's 2nd batch
         f"+callbacks.notice.signum={int(signal.SIGINT)}",
-        "+callbacks.notice.validating=true",
+        f"+callbacks.notice.validating={str(validating).lower()}",
         "data.eval_batch_size=8",  # five validation batches (the weights do not change)
     ]
     done = cli([*KILLABLE, f"data.root={digits}", *notice], tmp_path)

@@ -215,3 +215,15 @@ def test_hydra_builds_a_defaults_lists_choices_map_only_where_one_interpolates(t
     with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
         assert compose("app", ["server=large"]).db.name == "large_db"  # the map, where needed
         assert compose("app").db.name == "small_db"
+
+
+def test_lightning_still_keeps_its_stop_flag_where_withdraw_stop_takes_it_back():
+    """Trick 7: the flag Lightning's SIGTERM handler sets is the trainer's signal connector's
+    `received_sigterm`, which Trainer.received_sigterm reads; taking it back clears both."""
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    connector = getattr(trainer, speedups.SIGNAL_CONNECTOR)
+    assert trainer.received_sigterm is False and connector.received_sigterm is False
+    connector.received_sigterm = True
+    assert trainer.received_sigterm is True
+    assert speedups.withdraw_stop(trainer) is True
+    assert trainer.received_sigterm is False and speedups.withdraw_stop(trainer) is False

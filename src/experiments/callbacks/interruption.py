@@ -41,6 +41,7 @@ class Interruption(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        self._validating, self._deferred = False, None
         self._lightning_sigterm = signal.getsignal(signal.SIGTERM)
         for signum, handler in (
             (signal.SIGINT, self._on_sigint),
@@ -77,6 +78,12 @@ class Interruption(pl.Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_start(trainer, pl_module)
         self._validating = bool(self._previous)  # our handlers are in: the fit's validation
+        # a stop asked for in the step just before: after this validation too (speedups trick 7)
+        if self._validating and self.interrupted_by is not None and trainer.received_sigterm:
+            from experiments.core.speedups import withdraw_stop
+
+            withdraw_stop(trainer)
+            self._deferred = (signal.SIGTERM, None)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)  # ModelCheckpoint saves here first

@@ -34,8 +34,8 @@ def line_outputs(model: LinearRegression, params: Params, x: Tensor) -> Tensor:
 
 
 class ExactLines(torch.autograd.Function):
-    """K lines of one input at once, as line_outputs, with each replica's weight gradient summed
-    over the batch by the matrix product its single run's nn.Linear backward computes (addmm's
+    """K lines of one input and one output at once, as line_outputs, with each replica's weight
+    gradient summed over the batch by the matrix product its single run's nn.Linear computes (addmm's
     gradient of its second matrix, input.t() @ grad_output), one product per replica. baddbmm's
     own backward (one batched product, or one product of all replicas' columns) sums in another
     order on torch 2.14's CPU kernels, 1 ulp apart in most steps' gradients. It costs 3 to 7 us
@@ -100,7 +100,7 @@ BATCHED: dict[type, tuple[Callable, Callable, Callable[[ExperimentModule], Calla
     LinearRegression: (
         line_outputs,
         squared_error_losses,
-        lambda model: exact_line_outputs if model.linear.in_features == 1 else None,
+        lambda model: exact_line_outputs if model.linear.weight.shape == (1, 1) else None,
     ),
     MLPClassifier: (mlp_outputs, cross_entropy_losses, lambda model: None),
 }

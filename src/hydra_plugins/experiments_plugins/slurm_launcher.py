@@ -188,9 +188,11 @@ class SlurmLauncher(SubmititSlurmLauncher):
                 os.path.relpath(self.job_dir(list(job_overrides[i]), nums[i])[0], sweep_dir)
                 for i in part
             }
-            # the Slurm job that trains exactly this part (another `populations` may split it)
+            # the Slurm job that trains this part: its jobs, and maybe others that have since
+            # ended for good (a sweep run again leaves those out); one holding only some of
+            # them (another `populations`) is not it
             for slurm_job, held in live.items():
-                if held != dirs:
+                if not dirs <= held or any(not final_status(sweep_dir / d) for d in held - dirs):
                     continue
                 folder = str(self.params["submitit_folder"])
                 queued[n] = SlurmJob(folder=folder, job_id=slurm_job)
