@@ -186,6 +186,39 @@ def test_hydra_parses_each_config_file_once_while_it_is_unchanged(tmp_path: Path
         assert compose("app").value == 22
 
 
+def test_hydras_copies_of_its_config_repository_share_the_config_store():
+    """share_config_store only pays while Hydra's CachingConfigRepository deep-copies the
+    repository and with it the ConfigStore its structured source holds: with the trick the copy
+    holds the store itself, without it a copy; what the store loads is still each caller's own."""
+    from hydra._internal.config_repository import CachingConfigRepository, ConfigRepository
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    def held_store(repository: CachingConfigRepository) -> object:
+        (store,) = [
+            s.store for s in repository.delegate.get_sources() if s.scheme() == "structured"
+        ]
+        return store
+
+    Plugins.instance()  # registers the config sources' kinds
+    search_path = ConfigSearchPathImpl()
+    search_path.append("hydra", "pkg://hydra.conf")
+    search_path.append("schema", "structured://")
+    repository = ConfigRepository(config_search_path=search_path)
+    speedups.share_config_store()
+    assert held_store(CachingConfigRepository(repository)) is ConfigStore.instance()
+    del ConfigStore.__deepcopy__
+    try:  # Hydra still copies it, so the trick still pays
+        assert held_store(CachingConfigRepository(repository)) is not ConfigStore.instance()
+    finally:
+        speedups.share_config_store()
+    store = ConfigStore.instance()
+    store.store(name="speedups_probe", node={"value": 1})
+    store.load("speedups_probe.yaml").node.value = 2
+    assert store.load("speedups_probe.yaml").node.value == 1
+
+
 def test_hydra_builds_a_defaults_lists_choices_map_only_where_one_interpolates(tmp_path: Path):
     """interpolation_map_when_needed only pays while Hydra builds the map in
     defaults_list._create_interpolation_map(overrides, defaults_list, self_added) for every node:

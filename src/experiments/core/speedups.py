@@ -40,6 +40,15 @@ that stops paying for itself is removed rather than kept "just in case".
    optimizer=adam` takes 80 ms instead of 106-128 ms (20 each, three runs side by side), the same
    config to the byte.
 
+8. `share_config_store`: Hydra copies its ConfigRepository deeply (`CachingConfigRepository`)
+   for every composition and for each config group that `--help` lists, and with it the
+   ConfigStore that its structured-config source holds, every structured config in it (3 ms a
+   copy here, 112 copies in `--help`). The ConfigStore is a singleton (`ConfigStore.instance()`)
+   and hands out a copy of each config it loads, so a deep copy of it is now the store itself.
+   (Patching the source's class would not last: Hydra's plugin scan executes
+   `hydra._internal.core_plugins` again, defining its classes anew.) `--help`
+   takes 0.40 s instead of 0.76 s (medians of five runs each, side by side), the same text.
+
 Not a speed trick, but a private name all the same:
 
 7. `withdraw_stop`: a stop asked for in the training step just before a validation (Ctrl-C,
@@ -147,6 +156,15 @@ def interpolation_map_when_needed() -> None:
 
     create_interpolation_map.when_needed = True  # type: ignore[attr-defined]
     defaults_list._create_interpolation_map = create_interpolation_map
+
+
+def share_config_store() -> None:
+    """Trick 8: a deep copy of Hydra's ConfigStore, a singleton, is the ConfigStore itself.
+    Idempotent."""
+    from hydra.core.config_store import ConfigStore
+
+    if "__deepcopy__" not in vars(ConfigStore):
+        ConfigStore.__deepcopy__ = lambda self, memo: self  # type: ignore[attr-defined]
 
 
 def parse_configs_once() -> None:

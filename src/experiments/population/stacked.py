@@ -54,8 +54,8 @@ class ExactLines(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, Tensor]:
         (x,) = ctx.saved_tensors
-        inputs = x.t()
-        weight = torch.stack([inputs.mm(rows).t() for rows in grad.unbind(0)])
+        inputs = x.t()  # (1, N) @ (N, 1): one weight's gradient, as its single run's addmm takes it
+        weight = torch.stack([inputs.mm(rows) for rows in grad.unbind(0)])
         return None, weight, grad.sum(1)
 
 
